@@ -1,0 +1,27 @@
+"""Injected time: everything that judges time takes a Clock, tests fix it (STYLE 9)."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> dt.datetime: ...
+
+
+class SystemClock:
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+class FixedClock:
+    """A clock for tests; ``advance`` moves it forward."""
+
+    def __init__(self, at: dt.datetime):
+        self._at = at
+
+    def now(self) -> dt.datetime:
+        return self._at
+
+    def advance(self, delta: dt.timedelta) -> None:
+        self._at = self._at + delta

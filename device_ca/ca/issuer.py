@@ -1,0 +1,186 @@
+"""Issuing device certificates (RFC 5280 §4.1, §4.2) with an injected signer.
+
+The cycle follows boulder's: build the TBSCertificate, sign it with a throw-away key of the
+same type, lint that copy, and only then let the real signer (the HSM) sign the same builder;
+the signed TBS must equal the linted one byte for byte, and the signature must verify against
+the issuer's public key before the certificate leaves this module.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
+
+from device_ca.ca.clock import Clock
+from device_ca.ca.csr import hash_for_key_type, key_type_of, public_key_der
+from device_ca.errors import DeviceCAError, Kind
+
+BACKDATE = dt.timedelta(minutes=5)
+
+# (certificate DER, issuer certificate DER) -> None; raises on a finding that must stop issuance.
+Linter = Callable[[bytes, bytes], None]
+
+
+@dataclass(frozen=True)
+class PublicUrls:
+    """Where relying parties fetch status and the issuer: written into CRL DP and AIA."""
+
+    base: str
+    ca_name: str = "issuing"
+
+    @property
+    def crl(self) -> str:
+        return f"{self.base.rstrip('/')}/crl/{self.ca_name}.crl"
+
+    @property
+    def ocsp(self) -> str:
+        return f"{self.base.rstrip('/')}/ocsp"
+
+    @property
+    def ca_issuers(self) -> str:
+        return f"{self.base.rstrip('/')}/ca/{self.ca_name}.crt"
+
+
+@dataclass(frozen=True)
+class CertificateRequest:
+    """What goes into a device certificate once the policy has decided."""
+
+    subject: x509.Name
+    public_key: object
+    validity: dt.timedelta
+    sans: tuple[x509.GeneralName, ...] = ()
+    ekus: tuple[x509.ObjectIdentifier, ...] = (x509.ExtendedKeyUsageOID.CLIENT_AUTH,)
+    key_agreement: bool = False
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A linted, not yet signed certificate."""
+
+    serial: int
+    subject: x509.Name
+    not_before: dt.datetime
+    not_after: dt.datetime
+    tbs: bytes
+    public_key_der: bytes
+    builder: x509.CertificateBuilder
+
+
+class Issuer:
+    """An issuing CA: its certificate, a signer holding its key, a clock and the public URLs."""
+
+    def __init__(self, certificate: x509.Certificate, signer, clock: Clock, urls: PublicUrls,
+                 linter: Linter | None = None):
+        self.certificate = certificate
+        self.signer = signer
+        self.clock = clock
+        self.urls = urls
+        self.linter = linter
+        self.key_type = key_type_of(certificate.public_key())
+        self.hash = hash_for_key_type(self.key_type)
+        self.der = certificate.public_bytes(Encoding.DER)
+        check_issuer(certificate, signer)
+        ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+    def prepare(self, request: CertificateRequest, serial: int) -> Prepared:
+        """Build the certificate and lint it (signed with a throw-away key)."""
+        now = self.clock.now()
+        if now >= self.certificate.not_valid_after_utc:
+            raise DeviceCAError(Kind.INTERNAL, "the issuing CA certificate has expired")
+        not_before = max(now - BACKDATE, self.certificate.not_valid_before_utc)
+        not_after = min(now + request.validity, self.certificate.not_valid_after_utc)
+        builder = self._builder(request, serial, not_before, not_after)
+        lint_copy = builder.sign(_throwaway_key(self.key_type), self.hash)
+        if self.linter is not None:
+            self.linter(lint_copy.public_bytes(Encoding.DER), self.der)
+        return Prepared(serial=serial, subject=request.subject, not_before=not_before, not_after=not_after,
+                        tbs=lint_copy.tbs_certificate_bytes, public_key_der=public_key_der(request.public_key),
+                        builder=builder)
+
+    def sign(self, prepared: Prepared) -> x509.Certificate:
+        """Sign with the real key; refuse a result that differs from what was linted or does not verify."""
+        certificate = prepared.builder.sign(self.signer, self.hash)
+        if certificate.tbs_certificate_bytes != prepared.tbs:
+            raise DeviceCAError(Kind.INTERNAL, "signed TBSCertificate differs from the linted one")
+        verify_signed_by(certificate, self.certificate)
+        return certificate
+
+    def _builder(self, request: CertificateRequest, serial: int, not_before: dt.datetime,
+                 not_after: dt.datetime) -> x509.CertificateBuilder:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(request.subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(request.public_key)
+            .serial_number(serial)
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(request), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(list(request.ekus)), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(request.public_key), critical=False)
+            .add_extension(self._aki, critical=False)
+            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(self.urls.crl)],
+                relative_name=None, reasons=None, crl_issuer=None)]), critical=False)
+            .add_extension(x509.AuthorityInformationAccess([
+                x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
+                                       x509.UniformResourceIdentifier(self.urls.ocsp)),
+                x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                       x509.UniformResourceIdentifier(self.urls.ca_issuers)),
+            ]), critical=False)
+        )
+        if request.sans:
+            # RFC 5280 §4.2.1.6: critical when the subject is empty.
+            builder = builder.add_extension(x509.SubjectAlternativeName(list(request.sans)),
+                                            critical=len(request.subject) == 0)
+        return builder
+
+
+def _key_usage(request: CertificateRequest) -> x509.KeyUsage:
+    is_ec = isinstance(request.public_key, ec.EllipticCurvePublicKey)
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False,
+        key_encipherment=isinstance(request.public_key, rsa.RSAPublicKey),
+        data_encipherment=False, key_agreement=is_ec and request.key_agreement,
+        key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False)
+
+
+def check_issuer(certificate: x509.Certificate, signer) -> None:
+    """Refuse to issue from a key that does not match its certificate or a certificate that may not sign."""
+    if public_key_der(signer.public_key()) != public_key_der(certificate.public_key()):
+        raise DeviceCAError(Kind.INTERNAL, "the CA key on the token does not match the CA certificate")
+    try:
+        bc = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        ku = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        certificate.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_KEY_IDENTIFIER)
+    except x509.ExtensionNotFound as exc:
+        raise DeviceCAError(Kind.INTERNAL, f"CA certificate lacks an extension it needs: {exc.oid._name}") from None
+    if not bc.ca or not ku.key_cert_sign or not ku.crl_sign:
+        raise DeviceCAError(Kind.INTERNAL, "CA certificate is not allowed to sign certificates and CRLs")
+
+
+def verify_signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> None:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise DeviceCAError(Kind.INTERNAL, "signature made by the token does not verify; nothing was issued",
+                            cause=exc) from None
+
+
+@functools.lru_cache(maxsize=None)
+def _throwaway_key(key_type: str):
+    """A software key of the same type as the CA key: the TBS it signs is identical."""
+    kind, _, size = key_type.partition(":")
+    if kind == "ec":
+        curve = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}[size]
+        return ec.generate_private_key(curve)
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)

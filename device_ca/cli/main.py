@@ -1,0 +1,323 @@
+"""The operator's command line (click): one group, sub-groups per object, one lazily built context.
+
+Every error is one line on stderr and a non-zero exit code chosen by the error's kind
+(see EXIT_CODES and the README); listings take ``--json``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from device_ca.ca.authority import CaProfile
+from device_ca.ca.serial import from_hex, to_hex
+from device_ca.config import Settings
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.policy import load_policy
+from device_ca.ra.revocation import REASONS
+from device_ca.services import CA_KEY_TYPES, ROOT, ISSUING, Services
+
+EXIT_CODES = {
+    Kind.MALFORMED: 3, Kind.POLICY_REJECTED: 4, Kind.NOT_FOUND: 5, Kind.CONFLICT: 6,
+    Kind.UNAUTHORIZED: 7, Kind.FORBIDDEN: 7, Kind.PENDING: 8, Kind.HSM_UNAVAILABLE: 9,
+    Kind.DB_UNAVAILABLE: 10, Kind.INTERNAL: 11,
+}
+AUDIT_BROKEN = 12
+
+
+class CaGroup(click.Group):
+    """Turns domain errors into one line and an exit code, once, for every command."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DeviceCAError as exc:
+            click.echo(f"device-ca: {exc.detail}", err=True)
+            ctx.exit(EXIT_CODES[exc.kind])
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:   # one line for the operator; the traceback only on request
+            if os.environ.get("DEVICE_CA_DEBUG"):
+                raise
+            click.echo(f"device-ca: internal error ({type(exc).__name__}); set DEVICE_CA_DEBUG=1 for details",
+                       err=True)
+            ctx.exit(EXIT_CODES[Kind.INTERNAL])
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return f"cli:uid{os.getuid()}"
+
+
+def services(ctx: click.Context) -> Services:
+    if ctx.obj is None:
+        ctx.obj = Services(Settings.load())
+    return ctx.obj
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def _emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@click.group(cls=CaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log workflow steps to stderr.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """device-ca: a certificate authority for IoT device identity.
+
+    Settings come from DEVICE_CA_* environment variables and $DEVICE_CA_HOME/device-ca.toml;
+    the HSM PIN from DEVICE_CA_HSM_PIN or DEVICE_CA_HSM_PIN_FILE, never from the command line.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+# -- CA -------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--key-type", type=click.Choice(CA_KEY_TYPES), default="ec:P-256", show_default=True)
+@click.option("--organization", default="device-ca", show_default=True, help="O= of the CA names.")
+@click.option("--permitted-dns", multiple=True, help="Name constraint on the issuing CA (repeatable).")
+@click.option("--permitted-uri", multiple=True, help="URI host name constraint on the issuing CA (repeatable).")
+@click.pass_context
+def init(ctx, key_type, organization, permitted_dns, permitted_uri) -> None:
+    """Create the root and issuing CA keys on the token and their certificates."""
+    svc = services(ctx)
+    profile = CaProfile(organization=organization, permitted_dns=tuple(permitted_dns),
+                        permitted_uri=tuple(permitted_uri))
+    certs = svc.init_ca(key_type, profile, _actor())
+    for name, cert in certs.items():
+        click.echo(f"{name}: {cert.subject.rfc4514_string()}  serial {to_hex(cert.serial_number)}  "
+                   f"until {_iso(cert.not_valid_after_utc)}")
+    click.echo(f"certificates written to {svc.settings.home / 'ca'}")
+
+
+@cli.group()
+def ca() -> None:
+    """The CA certificates."""
+
+
+@ca.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ca_show(ctx, as_json) -> None:
+    """Subject, serial, validity, fingerprint and key location of the root and issuing CA."""
+    svc = services(ctx)
+    records = svc.store.ca_certificates()
+    if not records:
+        raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
+    rows = []
+    for name in (ROOT, ISSUING):
+        r = records[name]
+        cert = x509.load_der_x509_certificate(r.der)
+        rows.append({"name": name, "subject": cert.subject.rfc4514_string(), "serial": to_hex(cert.serial_number),
+                     "not_before": _iso(cert.not_valid_before_utc), "not_after": _iso(cert.not_valid_after_utc),
+                     "sha256": hashlib.sha256(r.der).hexdigest(), "key_type": r.key_type,
+                     "key": f"pkcs11:token={svc.settings.hsm_token};object={r.key_label}"})
+    if as_json:
+        _emit_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['name']}:")
+        for key in ("subject", "serial", "not_before", "not_after", "sha256", "key_type", "key"):
+            click.echo(f"  {key:<11} {row[key]}")
+
+
+@ca.command("chain")
+@click.pass_context
+def ca_chain(ctx) -> None:
+    """The chain as PEM: issuing CA first, then the root."""
+    certs = services(ctx).ca_certificates()
+    if not certs:
+        raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
+    click.echo((certs[ISSUING].public_bytes(Encoding.PEM) + certs[ROOT].public_bytes(Encoding.PEM)).decode(), nl=False)
+
+
+# -- certificates ---------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--policy", "policy_name", required=True, help="Device class (policies/<name>.toml).")
+@click.option("--csr", "csr_file", required=True, type=click.File("rb"), help="PKCS#10 file, PEM or DER ('-' for stdin).")
+@click.option("--device-id", help="Device id; default: read from the CSR subject as the policy's template says.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the PEM here instead of stdout.")
+@click.pass_context
+def issue(ctx, policy_name, csr_file, device_id, out) -> None:
+    """Issue one device certificate from a CSR."""
+    issued = services(ctx).ra.issue(policy_name, csr_file.read(), device_id=device_id, actor=_actor())
+    if out:
+        out.write_bytes(issued.pem)
+    else:
+        click.echo(issued.pem.decode(), nl=False)
+    click.echo(f"issued serial {issued.record.serial} to {issued.record.device_id} "
+               f"until {_iso(issued.record.not_after)}", err=True)
+
+
+def _certificate_dict(r) -> dict:
+    return {"serial": r.serial, "device_id": r.device_id, "policy": r.policy, "subject": r.subject,
+            "status": r.status, "not_before": _iso(r.not_before), "not_after": _iso(r.not_after),
+            "sha256": r.fingerprint, "issued_at": _iso(r.issued_at), "revoked_at": _iso(r.revoked_at),
+            "revocation_reason": r.revocation_reason}
+
+
+@cli.command("list")
+@click.option("--status", type=click.Choice(["good", "revoked"]))
+@click.option("--policy", "policy_name")
+@click.option("--device-id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_(ctx, status, policy_name, device_id, as_json) -> None:
+    """List issued certificates."""
+    records = services(ctx).store.certificates(status=status, policy=policy_name, device_id=device_id)
+    if as_json:
+        _emit_json([_certificate_dict(r) for r in records])
+        return
+    click.echo(f"{'SERIAL':<36}  {'DEVICE':<20} {'POLICY':<14} {'STATUS':<8} NOT AFTER")
+    for r in records:
+        click.echo(f"{r.serial:<36}  {r.device_id:<20} {r.policy:<14} {r.status:<8} {_iso(r.not_after)}")
+
+
+def _serial_arg(serial: str) -> str:
+    try:
+        return to_hex(from_hex(serial))
+    except ValueError as exc:
+        raise DeviceCAError(Kind.MALFORMED, str(exc)) from None
+
+
+@cli.command()
+@click.argument("serial")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--pem", is_flag=True, help="Print the certificate as PEM.")
+@click.pass_context
+def show(ctx, serial, as_json, pem) -> None:
+    """Show one certificate by its hex serial."""
+    record = services(ctx).store.certificate(_serial_arg(serial))
+    if record is None:
+        raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
+    if pem:
+        click.echo(x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM).decode(), nl=False)
+    elif as_json:
+        _emit_json(_certificate_dict(record))
+    else:
+        for key, value in _certificate_dict(record).items():
+            if value is not None:
+                click.echo(f"{key:<18} {value}")
+
+
+@cli.command()
+@click.argument("serial")
+@click.option("--reason", type=click.Choice(list(REASONS)), default="unspecified", show_default=True)
+@click.pass_context
+def revoke(ctx, serial, reason) -> None:
+    """Revoke a certificate (RFC 5280 reason names)."""
+    record = services(ctx).ra.revoke(serial, reason, actor=_actor())
+    click.echo(f"revoked {record.serial} ({record.device_id}) reason {reason} at {_iso(record.revoked_at)}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def reconcile(ctx, as_json) -> None:
+    """List serials reserved for signing whose certificate was never recorded (crash or failed write).
+
+    Such a serial is never reused and never reported as good; the certificate, if it was
+    signed at all, never reached anyone through device-ca.
+    """
+    pending = services(ctx).ra.reconcile()
+    if as_json:
+        _emit_json([{"serial": r.serial, "device_id": r.device_id, "policy": r.policy,
+                     "reserved_at": _iso(r.reserved_at), "tbs_sha256": r.tbs_sha256} for r in pending])
+        return
+    if not pending:
+        click.echo("no unfinished reservations")
+    for r in pending:
+        click.echo(f"{r.serial}  {r.device_id:<20} {r.policy:<14} reserved {_iso(r.reserved_at)}  no certificate recorded")
+
+
+# -- policies and audit -----------------------------------------------------------------------
+
+def _policy_dict(p) -> dict:
+    return {"name": p.name, "description": p.description, "subject": p.subject, "key_types": list(p.key_types),
+            "san": list(p.san), "eku": list(p.eku), "validity_days": p.validity.days,
+            "enrollment": list(p.enrollment), "require_approval": p.require_approval,
+            "keycloak": None if p.keycloak is None else {
+                "realm": p.keycloak.realm, "access_token_lifespan_s": int(p.keycloak.access_token_lifespan.total_seconds()),
+                "default_client_scopes": list(p.keycloak.default_client_scopes),
+                "certificate_bound_tokens": p.keycloak.certificate_bound_tokens}}
+
+
+@cli.group()
+def policy() -> None:
+    """Device-class policies."""
+
+
+@policy.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def policy_list(ctx, as_json) -> None:
+    """The policies in the policy directory."""
+    items = [_policy_dict(p) for p in services(ctx).policies]
+    if as_json:
+        _emit_json(items)
+        return
+    click.echo(f"{'POLICY':<16} {'KEY TYPES':<22} {'VALIDITY':<9} {'ENROLLMENT':<32} KEYCLOAK")
+    for p in items:
+        kc = p["keycloak"]
+        kc_text = f"{kc['realm']} ({kc['access_token_lifespan_s'] // 60} min tokens)" if kc else "-"
+        click.echo(f"{p['name']:<16} {','.join(p['key_types']):<22} {str(p['validity_days']) + 'd':<9} "
+                   f"{','.join(p['enrollment']):<32} {kc_text}")
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def policy_check(file) -> None:
+    """Load a policy file and report whether device-ca accepts it."""
+    p = load_policy(file)
+    click.echo(f"{file}: OK (policy {p.name}: {', '.join(p.key_types)}, {p.validity.days} days, "
+               f"subject {p.subject})")
+
+
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def audit_verify(ctx, as_json) -> None:
+    """Check every event's hash and link; exit 12 if anything was edited, deleted or reordered."""
+    report, head = services(ctx).store.verify_audit()
+    if as_json:
+        _emit_json({"ok": report.ok, "events": report.events, "head": head, "problems": list(report.problems)})
+    elif report.ok:
+        click.echo(f"audit log OK: {report.events} events, head {head}")
+    else:
+        for problem in report.problems:
+            click.echo(f"audit: {problem}", err=True)
+        click.echo(f"device-ca: audit log is NOT intact ({len(report.problems)} problems in {report.events} events)",
+                   err=True)
+    if not report.ok:
+        ctx.exit(AUDIT_BROKEN)
+
+
+def main() -> None:
+    cli(prog_name="device-ca")
+
+
+if __name__ == "__main__":
+    main()

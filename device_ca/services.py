@@ -1,0 +1,147 @@
+"""The composition root: settings in, lazily built store, token, policies, issuer and RA out.
+
+Nothing here opens PKCS#11 until a signer is needed, so a process may build ``Services`` and
+fork before the first signature (SoftHSM must be initialised after a fork).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from device_ca.ca.authority import CaProfile, build_issuing, build_root
+from device_ca.ca.clock import Clock, SystemClock
+from device_ca.ca.csr import key_type_of
+from device_ca.ca.issuer import Issuer, Linter, PublicUrls
+from device_ca.config import Settings
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.policy import Policies
+from device_ca.ra.authority import RegistrationAuthority
+from device_ca.store import AuditEvent, CaRecord, Store
+
+ROOT, ISSUING = "root", "issuing"
+KEY_LABELS = {ROOT: "device-ca-root", ISSUING: "device-ca-issuing"}
+CA_KEY_TYPES = ("ec:P-256", "ec:P-384", "rsa:3072")
+
+
+# The linted copy is signed by a throw-away key, so its signature cannot verify against the
+# issuer; the real signature is verified after the token signs (Issuer.sign).
+_PRE_ISSUANCE_EXPECTED = frozenset({"pkix.signature_verification_failed"})
+
+
+def pkilint_gate(cert_der: bytes, issuer_der: bytes) -> None:
+    """Pre-issuance lint: any finding at ERROR or above stops the signature."""
+    from device_ca.ca.lint import LintError, lint_certificate, require_clean
+
+    findings = [f for f in lint_certificate(cert_der, issuer_der) if f.code not in _PRE_ISSUANCE_EXPECTED]
+    try:
+        require_clean(findings, threshold="ERROR")
+    except LintError as exc:
+        raise DeviceCAError(Kind.POLICY_REJECTED, f"pre-issuance {exc}") from None
+
+
+class Services:
+    def __init__(self, settings: Settings, clock: Clock | None = None, linter: Linter | None = pkilint_gate):
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.linter = linter
+
+    @functools.cached_property
+    def store(self) -> Store:
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        return Store(self.settings.database_url)
+
+    @functools.cached_property
+    def policies(self) -> Policies:
+        return Policies.load(self.settings.policy_dir)
+
+    @functools.cached_property
+    def token(self):
+        import hsm
+
+        try:
+            return hsm.open_token(hsm.TokenConfig(module=self.settings.hsm_module,
+                                                  token_label=self.settings.hsm_token, pin=hsm.pin_from_env()))
+        except hsm.HsmError as exc:
+            raise DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc) from None
+
+    def ca_certificates(self) -> dict[str, x509.Certificate]:
+        return {name: x509.load_der_x509_certificate(r.der) for name, r in self.store.ca_certificates().items()}
+
+    def _signer(self, label: str):
+        import hsm
+
+        try:
+            key = self.token.find_key(label)
+        except hsm.HsmError as exc:
+            raise DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc) from None
+        if key is None:
+            raise DeviceCAError(Kind.HSM_UNAVAILABLE, f"key {label!r} not found on token {self.settings.hsm_token!r}")
+        return key
+
+    @functools.cached_property
+    def issuer(self) -> Issuer:
+        records = self.store.ca_certificates()
+        if ISSUING not in records:
+            raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
+        record = records[ISSUING]
+        certificate = x509.load_der_x509_certificate(record.der)
+        return Issuer(certificate, self._signer(record.key_label), self.clock,
+                      PublicUrls(self.settings.public_url, ISSUING), self.linter)
+
+    @functools.cached_property
+    def ra(self) -> RegistrationAuthority:
+        return RegistrationAuthority(self.store, self.policies, lambda: self.issuer, self.clock)
+
+    def init_ca(self, key_type: str, profile: CaProfile, actor: str) -> dict[str, x509.Certificate]:
+        """Generate both CA keys on the token and create the root and issuing certificates."""
+        import hsm
+
+        if key_type not in CA_KEY_TYPES:
+            raise DeviceCAError(Kind.MALFORMED, f"CA key type must be one of {', '.join(CA_KEY_TYPES)}")
+        if self.store.ca_certificates():
+            raise DeviceCAError(Kind.CONFLICT, "a CA already exists; refusing to overwrite it")
+        try:
+            present = set(self.token.labels()) & set(KEY_LABELS.values())
+            if present:
+                raise DeviceCAError(Kind.CONFLICT, f"token {self.settings.hsm_token!r} already holds "
+                                    f"{', '.join(sorted(present))}; refusing to overwrite")
+            root_key = self.token.generate_key(KEY_LABELS[ROOT], key_type)
+            issuing_key = self.token.generate_key(KEY_LABELS[ISSUING], key_type)
+        except hsm.HsmError as exc:
+            raise DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc) from None
+        root = build_root(root_key, profile, self.clock, self.linter)
+        issuing = build_issuing(root, root_key, issuing_key.public_key(), profile, self.clock, self.linter)
+        now = self.clock.now()
+        records = [CaRecord(name=name, key_label=KEY_LABELS[name], key_type=key_type_of(c.public_key()),
+                            der=c.public_bytes(Encoding.DER), serial=format(c.serial_number, "x"),
+                            not_after=c.not_valid_after_utc, created_at=now)
+                   for name, c in ((ROOT, root), (ISSUING, issuing))]
+        self.store.save_ca(records, AuditEvent(
+            action="ca.created", actor=actor, at=now,
+            details={"key_type": key_type, "root": records[0].serial, "issuing": records[1].serial,
+                     "token": self.settings.hsm_token}))
+        self.export_ca_files()
+        return {ROOT: root, ISSUING: issuing}
+
+    def export_ca_files(self) -> dict[str, Path]:
+        """root.pem, issuing.pem and chain.pem (issuing first) under the state directory."""
+        certs = self.ca_certificates()
+        directory = self.settings.home / "ca"
+        directory.mkdir(parents=True, exist_ok=True)
+        contents = {f"{name}.pem": c.public_bytes(Encoding.PEM) for name, c in certs.items()}
+        contents["chain.pem"] = contents["issuing.pem"] + contents["root.pem"]
+        paths = {}
+        for filename, data in contents.items():
+            path = directory / filename
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            paths[filename] = path
+        return paths
+
+
+__all__ = ["Services", "CaProfile", "pkilint_gate", "KEY_LABELS", "CA_KEY_TYPES"]

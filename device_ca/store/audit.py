@@ -1,0 +1,76 @@
+"""The audit log as a hash chain: each event's hash covers its content and the previous hash.
+
+``verify`` walks the chain in sequence order and reports an edited row (its hash no longer
+matches), a deleted row (a gap in the sequence or a broken link) and reordered rows (broken
+links), and compares the end of the chain with ``audit_head``, so dropping the newest rows is
+also seen. An attacker who can rewrite the whole table and the head can rebuild a chain; the
+chain makes tampering evident to anyone who kept an earlier head hash (``audit verify`` prints it).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+from sqlmodel import Session, select
+
+from device_ca.store.records import AuditEvent, AuditReport
+from device_ca.store.tables import AuditEventRow, AuditHeadRow
+
+GENESIS = "0" * 64
+
+
+def event_hash(seq: int, at: dt.datetime, action: str, actor: str, serial: str | None, device_id: str | None,
+               details: str, prev_hash: str) -> str:
+    body = json.dumps([seq, _iso(at), action, actor, serial, device_id, details, prev_hash],
+                      separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def append(session: Session, event: AuditEvent) -> int:
+    """Append inside the caller's transaction; the head row lock serialises appenders."""
+    head = session.exec(select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()).first()
+    if head is None:
+        head = AuditHeadRow(id=1, seq=0, hash=GENESIS)
+        session.add(head)
+    seq = head.seq + 1
+    details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    at = event.at.astimezone(dt.timezone.utc)
+    digest = event_hash(seq, at, event.action, event.actor, event.serial, event.device_id, details, head.hash)
+    session.add(AuditEventRow(seq=seq, at=at, action=event.action, actor=event.actor, serial=event.serial,
+                              device_id=event.device_id, details=details, prev_hash=head.hash, hash=digest))
+    head.seq, head.hash = seq, digest
+    session.add(head)
+    return seq
+
+
+def verify(session: Session) -> tuple[AuditReport, str]:
+    """Check the whole chain; return the report and the head hash."""
+    problems: list[str] = []
+    expected_seq, prev = 1, GENESIS
+    count = 0
+    for row in session.exec(select(AuditEventRow).order_by(AuditEventRow.seq)):
+        count += 1
+        if row.seq != expected_seq:
+            problems.append(f"sequence gap: expected event {expected_seq}, found {row.seq}")
+        if row.prev_hash != prev:
+            problems.append(f"event {row.seq}: link to the previous event is broken (deleted or reordered rows)")
+        at = row.at if row.at.tzinfo else row.at.replace(tzinfo=dt.timezone.utc)
+        recomputed = event_hash(row.seq, at, row.action, row.actor, row.serial, row.device_id, row.details,
+                                row.prev_hash)
+        if recomputed != row.hash:
+            problems.append(f"event {row.seq}: content does not match its hash (edited row)")
+        expected_seq, prev = row.seq + 1, row.hash
+    head = session.exec(select(AuditHeadRow).where(AuditHeadRow.id == 1)).first()
+    head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
+    if head_seq != expected_seq - 1 or head_hash != prev:
+        problems.append(f"chain ends at event {expected_seq - 1} but the head records event {head_seq} "
+                        "(newest events deleted or head edited)")
+    return AuditReport(events=count, problems=tuple(problems)), head_hash
+
+
+def _iso(at: dt.datetime) -> str:
+    return at.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__ = ["append", "verify", "event_hash"]

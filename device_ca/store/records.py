@@ -1,0 +1,73 @@
+"""Plain records that cross the storage boundary (the rest of the code never sees a table)."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CaRecord:
+    name: str
+    key_label: str
+    key_type: str
+    der: bytes
+    serial: str
+    not_after: dt.datetime
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    serial: str
+    issuer: str
+    device_id: str
+    policy: str
+    subject: str
+    status: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    fingerprint: str
+    der: bytes
+    issued_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+    revocation_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    serial: str
+    issuer: str
+    device_id: str
+    policy: str
+    tbs_sha256: str
+    state: str
+    reserved_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """An event to append; ``seq`` and the hashes are assigned by the chain."""
+
+    action: str
+    actor: str
+    at: dt.datetime
+    serial: str | None = None
+    device_id: str | None = None
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    topic: str
+    device_id: str
+    payload: dict
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    events: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems

@@ -1,0 +1,178 @@
+"""Repositories: the only code that reads or writes tables; every write is one transaction."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.store import audit
+from device_ca.store.db import Database, migrate
+from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, OutboxMessage,
+                                     Reservation)
+from device_ca.store.tables import (CaCertificateRow, CertificateRow, DeviceRow, OutboxRow, RevocationRow,
+                                    SerialReservationRow)
+
+
+class SerialInUse(Exception):
+    """The random serial is already reserved: the caller draws a new one."""
+
+
+class Store:
+    def __init__(self, url: str, *, migrate_schema: bool = True):
+        self.db = Database(url)
+        if migrate_schema:
+            migrate(self.db.engine)
+
+    # -- CA certificates -------------------------------------------------------------------
+
+    def ca_certificates(self) -> dict[str, CaRecord]:
+        with self.db.read() as s:
+            return {r.name: _ca(r) for r in s.exec(select(CaCertificateRow))}
+
+    def save_ca(self, records: list[CaRecord], event: AuditEvent) -> None:
+        try:
+            with self.db.write() as s:
+                if s.exec(select(CaCertificateRow)).first() is not None:
+                    raise DeviceCAError(Kind.CONFLICT, "a CA already exists in this database; refusing to overwrite it")
+                for r in records:
+                    s.add(CaCertificateRow(**r.__dict__))
+                audit.append(s, event)
+        except IntegrityError as exc:
+            raise DeviceCAError(Kind.CONFLICT, "a CA already exists in this database", cause=exc) from None
+
+    # -- issuance ----------------------------------------------------------------------------
+
+    def reserve_serial(self, reservation: Reservation, event: AuditEvent) -> None:
+        """Record the serial and the intent to sign before any signature (boulder's issuance cycle)."""
+        try:
+            with self.db.write() as s:
+                s.add(SerialReservationRow(**reservation.__dict__))
+                s.flush()
+                audit.append(s, event)
+        except IntegrityError as exc:
+            raise SerialInUse(reservation.serial) from exc
+
+    def record_issued(self, certificate: CertificateRecord, event: AuditEvent,
+                      messages: list[OutboxMessage]) -> None:
+        """Certificate, status, device, audit and outbox in one transaction."""
+        with self.db.write() as s:
+            reservation = s.get(SerialReservationRow, certificate.serial)
+            if reservation is None or reservation.state != "reserved":
+                raise DeviceCAError(Kind.INTERNAL, f"serial {certificate.serial} is not reserved for issuance")
+            device = s.get(DeviceRow, certificate.device_id)
+            if device is None:
+                s.add(DeviceRow(device_id=certificate.device_id, policy=certificate.policy, status="active",
+                                created_at=certificate.issued_at, updated_at=certificate.issued_at))
+            else:
+                device.policy, device.status, device.updated_at = certificate.policy, "active", certificate.issued_at
+                s.add(device)
+            reservation.state = "issued"
+            s.add(reservation)
+            s.flush()
+            fields = {k: v for k, v in certificate.__dict__.items() if k not in ("revoked_at", "revocation_reason")}
+            s.add(CertificateRow(**fields))
+            s.flush()
+            audit.append(s, event)
+            _enqueue(s, messages, certificate.issued_at)
+
+    def unfinished_reservations(self, older_than: dt.datetime) -> list[Reservation]:
+        with self.db.read() as s:
+            rows = s.exec(select(SerialReservationRow)
+                          .where(SerialReservationRow.state == "reserved",
+                                 SerialReservationRow.reserved_at <= older_than)
+                          .order_by(SerialReservationRow.reserved_at))
+            return [_reservation(r) for r in rows]
+
+    def reservation(self, serial: str) -> Reservation | None:
+        with self.db.read() as s:
+            row = s.get(SerialReservationRow, serial)
+            return _reservation(row) if row else None
+
+    # -- certificates ------------------------------------------------------------------------
+
+    def certificate(self, serial: str) -> CertificateRecord | None:
+        with self.db.read() as s:
+            row = s.get(CertificateRow, serial)
+            return _certificate(row, s.get(RevocationRow, serial)) if row else None
+
+    def certificates(self, *, status: str | None = None, policy: str | None = None,
+                     device_id: str | None = None, limit: int | None = None) -> list[CertificateRecord]:
+        with self.db.read() as s:
+            query = select(CertificateRow, RevocationRow).join(
+                RevocationRow, RevocationRow.serial == CertificateRow.serial, isouter=True)
+            if status:
+                query = query.where(CertificateRow.status == status)
+            if policy:
+                query = query.where(CertificateRow.policy == policy)
+            if device_id:
+                query = query.where(CertificateRow.device_id == device_id)
+            query = query.order_by(CertificateRow.issued_at, CertificateRow.serial).limit(limit)
+            return [_certificate(c, r) for c, r in s.exec(query)]
+
+    def revoke(self, serial: str, reason: str, at: dt.datetime, actor: str,
+               messages_for: "callable") -> CertificateRecord:
+        """Mark revoked, record the reason, audit it and queue the relying-party updates: one transaction."""
+        with self.db.write() as s:
+            row = s.get(CertificateRow, serial)
+            if row is None:
+                raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
+            if row.status == "revoked":
+                raise DeviceCAError(Kind.CONFLICT, f"certificate {serial} is already revoked")
+            row.status = "revoked"
+            s.add(row)
+            revocation = RevocationRow(serial=serial, reason=reason, revoked_at=at, actor=actor)
+            s.add(revocation)
+            s.flush()
+            record = _certificate(row, revocation)
+            audit.append(s, AuditEvent(action="certificate.revoked", actor=actor, at=at, serial=serial,
+                                       device_id=row.device_id, details={"reason": reason}))
+            _enqueue(s, messages_for(record), at)
+            return record
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def verify_audit(self) -> tuple[AuditReport, str]:
+        with self.db.read() as s:
+            return audit.verify(s)
+
+    def outbox(self, state: str | None = "pending") -> list[OutboxMessage]:
+        with self.db.read() as s:
+            query = select(OutboxRow).order_by(OutboxRow.id)
+            if state:
+                query = query.where(OutboxRow.state == state)
+            return [OutboxMessage(topic=r.topic, device_id=r.device_id, payload=json.loads(r.payload))
+                    for r in s.exec(query)]
+
+
+def _enqueue(session, messages: list[OutboxMessage], at: dt.datetime) -> None:
+    for m in messages:
+        session.add(OutboxRow(created_at=at, topic=m.topic, device_id=m.device_id,
+                              payload=json.dumps(m.payload, sort_keys=True), state="pending", attempts=0))
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+def _ca(r: CaCertificateRow) -> CaRecord:
+    return CaRecord(name=r.name, key_label=r.key_label, key_type=r.key_type, der=bytes(r.der), serial=r.serial,
+                    not_after=_utc(r.not_after), created_at=_utc(r.created_at))
+
+
+def _reservation(r: SerialReservationRow) -> Reservation:
+    return Reservation(serial=r.serial, issuer=r.issuer, device_id=r.device_id, policy=r.policy,
+                       tbs_sha256=r.tbs_sha256, state=r.state, reserved_at=_utc(r.reserved_at))
+
+
+def _certificate(r: CertificateRow, revocation: RevocationRow | None) -> CertificateRecord:
+    return CertificateRecord(
+        serial=r.serial, issuer=r.issuer, device_id=r.device_id, policy=r.policy, subject=r.subject,
+        status=r.status, not_before=_utc(r.not_before), not_after=_utc(r.not_after), fingerprint=r.fingerprint,
+        der=bytes(r.der), issued_at=_utc(r.issued_at),
+        revoked_at=_utc(revocation.revoked_at) if revocation else None,
+        revocation_reason=revocation.reason if revocation else None)

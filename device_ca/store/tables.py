@@ -1,0 +1,106 @@
+"""SQLModel tables. They never leave ``device_ca.store``; the rest of the code sees records.
+
+Serial numbers are stored as lower-case hex without separators. ``serial_reservations`` is the
+register of every serial ever handed to a signer: its primary key is what makes a repeated
+random serial fail, and a reservation without a certificate is what ``reconcile`` reports.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Optional
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+def _ts(nullable: bool = False, index: bool = False) -> sa.Column:
+    return sa.Column(sa.DateTime(timezone=True), nullable=nullable, index=index)
+
+
+class CaCertificateRow(SQLModel, table=True):
+    __tablename__ = "ca_certificates"
+    name: str = Field(primary_key=True, max_length=64)
+    key_label: str = Field(max_length=128)
+    key_type: str = Field(max_length=32)
+    der: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    serial: str = Field(max_length=40)
+    not_after: dt.datetime = Field(sa_column=_ts())
+    created_at: dt.datetime = Field(sa_column=_ts())
+
+
+class DeviceRow(SQLModel, table=True):
+    __tablename__ = "devices"
+    device_id: str = Field(primary_key=True, max_length=128)
+    policy: str = Field(max_length=64, index=True)
+    status: str = Field(default="active", max_length=16)
+    created_at: dt.datetime = Field(sa_column=_ts())
+    updated_at: dt.datetime = Field(sa_column=_ts())
+
+
+class SerialReservationRow(SQLModel, table=True):
+    __tablename__ = "serial_reservations"
+    serial: str = Field(primary_key=True, max_length=40)
+    issuer: str = Field(max_length=64)
+    device_id: str = Field(max_length=128)
+    policy: str = Field(max_length=64)
+    tbs_sha256: str = Field(max_length=64)
+    state: str = Field(default="reserved", max_length=16, index=True)
+    reserved_at: dt.datetime = Field(sa_column=_ts())
+
+
+class CertificateRow(SQLModel, table=True):
+    __tablename__ = "certificates"
+    serial: str = Field(primary_key=True, max_length=40, foreign_key="serial_reservations.serial")
+    issuer: str = Field(max_length=64)
+    device_id: str = Field(max_length=128, foreign_key="devices.device_id", index=True)
+    policy: str = Field(max_length=64, index=True)
+    subject: str = Field(max_length=1024)
+    status: str = Field(default="good", max_length=16, index=True)
+    not_before: dt.datetime = Field(sa_column=_ts())
+    not_after: dt.datetime = Field(sa_column=_ts(index=True))
+    fingerprint: str = Field(max_length=64, unique=True)
+    der: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    issued_at: dt.datetime = Field(sa_column=_ts())
+
+
+class RevocationRow(SQLModel, table=True):
+    __tablename__ = "revocations"
+    serial: str = Field(primary_key=True, max_length=40, foreign_key="certificates.serial")
+    reason: str = Field(max_length=32)
+    revoked_at: dt.datetime = Field(sa_column=_ts())
+    actor: str = Field(max_length=128)
+
+
+class AuditEventRow(SQLModel, table=True):
+    __tablename__ = "audit_events"
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    at: dt.datetime = Field(sa_column=_ts())
+    action: str = Field(max_length=64, index=True)
+    actor: str = Field(max_length=128)
+    serial: Optional[str] = Field(default=None, max_length=40, index=True)
+    device_id: Optional[str] = Field(default=None, max_length=128)
+    details: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditHeadRow(SQLModel, table=True):
+    """The chain's head, locked for every append; a truncated tail no longer matches it."""
+
+    __tablename__ = "audit_head"
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int
+    hash: str = Field(max_length=64)
+
+
+class OutboxRow(SQLModel, table=True):
+    __tablename__ = "outbox"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    created_at: dt.datetime = Field(sa_column=_ts())
+    topic: str = Field(max_length=64, index=True)
+    device_id: str = Field(max_length=128)
+    payload: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    state: str = Field(default="pending", max_length=16, index=True)
+    attempts: int = 0
+    last_error: Optional[str] = Field(default=None, max_length=1024)
+    next_attempt_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))

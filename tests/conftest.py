@@ -1,0 +1,70 @@
+"""Shared fixtures.
+
+The database under test is SQLite unless DEVICE_CA_TEST_DATABASE=postgresql, in which case
+each test gets a fresh PostgreSQL database created on the server at DEVICE_CA_TEST_PG_URL
+(default: the local socket, as the current user). scripts/test.sh runs the suite both ways.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+BACKEND = os.environ.get("DEVICE_CA_TEST_DATABASE", "sqlite")
+PG_ADMIN_URL = os.environ.get("DEVICE_CA_TEST_PG_URL", "postgresql+psycopg:///postgres?host=/var/run/postgresql")
+
+
+def pytest_report_header(config):
+    return f"device-ca test database: {BACKEND}"
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    """A URL of an empty database of the backend under test."""
+    if BACKEND == "sqlite":
+        yield f"sqlite:///{tmp_path / 'device-ca.db'}"
+        return
+    if BACKEND != "postgresql":
+        raise pytest.UsageError(f"DEVICE_CA_TEST_DATABASE must be sqlite or postgresql, not {BACKEND}")
+    name = f"devca_test_{secrets.token_hex(6)}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as c:
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def store(database_url):
+    from device_ca.store import Store
+
+    s = Store(database_url)
+    yield s
+    s.db.dispose()
+
+
+@pytest.fixture
+def clock():
+    from helpers import T0
+    from device_ca.ca.clock import FixedClock
+
+    return FixedClock(T0)
+
+
+@pytest.fixture(scope="session")
+def policies():
+    from device_ca.policy import Policies
+
+    return Policies.load(ROOT / "policies")

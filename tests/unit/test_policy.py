@@ -1,0 +1,101 @@
+"""Policy files: ceilings in code, unknown keys refused, checks in order (STYLE 5)."""
+import datetime as dt
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from device_ca.ca import csr as csrs
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.policy import apply, device_id_from_subject, load_policy, parse_duration
+from helpers import make_csr
+
+
+def write(tmp_path, text, name="cam"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+BASE = 'subject = "CN={device_id},O=Acme"\n'
+
+
+def test_shipped_policies_load(policies):
+    names = [p.name for p in policies]
+    assert names == ["badge-reader", "door-lock", "env-sensor"]
+    assert policies.get("door-lock").keycloak.access_token_lifespan == dt.timedelta(minutes=5)
+    assert policies.get("badge-reader").keycloak.access_token_lifespan == dt.timedelta(minutes=5)
+    assert policies.get("env-sensor").keycloak.access_token_lifespan == dt.timedelta(minutes=10)
+
+
+def test_minimal_policy_gets_defaults(tmp_path):
+    p = load_policy(write(tmp_path, BASE))
+    assert p.name == "cam" and p.key_types == ("ec:P-256",) and p.eku == ("clientAuth",)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (BASE + "colour = 'red'\n", "unknown keys: colour"),
+    (BASE + "validity = '3650d'\n", "exceeds the ceiling"),
+    (BASE + "key_types = ['rsa:1024']\n", "beyond what device-ca permits"),
+    (BASE + "eku = ['codeSigning']\n", "beyond what device-ca permits"),
+    (BASE + "enrollment = ['anyone']\n", "beyond what device-ca permits"),
+    (BASE + "rotation_grace = '90d'\n", "exceeds the ceiling"),
+    (BASE + "validity = 'forever'\n", "not a duration"),
+    (BASE + "san = ['email:{device_id}@x']\n", "must be 'dns:...' or 'uri:...'"),
+    (BASE + "manufacturer_cas = ['missing.pem']\n", "manufacturer CA file not found"),
+    (BASE + "[keycloak]\nrealm='r'\naccess_token_lifespan='2h'\n", "exceeds the ceiling"),
+    (BASE + "[keycloak]\nrealm='r'\nlifespan='5m'\n", "unknown keys in [keycloak]"),
+    ('subject = "CN=fixed"\n', "must contain {device_id}"),
+    ("key_types = ['ec:P-256']\n", "'subject' is required"),
+    ("subject = [\n", "not valid TOML"),
+])
+def test_bad_policies_are_refused(tmp_path, text, fragment):
+    with pytest.raises(DeviceCAError) as info:
+        load_policy(write(tmp_path, text))
+    assert info.value.kind is Kind.MALFORMED
+    assert fragment in str(info.value) and "cam.toml" in str(info.value)
+
+
+def test_parse_duration():
+    assert parse_duration("5m") == dt.timedelta(minutes=5)
+    assert parse_duration("2w") == dt.timedelta(days=14)
+    with pytest.raises(ValueError):
+        parse_duration("0d")
+
+
+def test_apply_builds_the_template(policies):
+    policy = policies.get("door-lock")
+    request = apply(policy, csrs.load(make_csr("lock-101")), "lock-101")
+    assert request.subject.rfc4514_string() == "CN=lock-101,OU=door-lock,O=BuildingCo"
+    assert request.sans == (x509.UniformResourceIdentifier("urn:dev:ops:buildingco-door-lock-lock-101"),)
+    assert request.validity == dt.timedelta(days=365)
+
+
+def test_empty_csr_subject_takes_the_template(policies):
+    request = apply(policies.get("door-lock"), csrs.load(make_csr(None)), "lock-7")
+    assert request.subject.rfc4514_string() == "CN=lock-7,OU=door-lock,O=BuildingCo"
+
+
+@pytest.mark.parametrize("csr_kwargs, device_id, fragment", [
+    ({"cn": "lock-101", "o": "EvilCo"}, "lock-101", "outside policy door-lock"),
+    ({"cn": "lock-999"}, "lock-101", "outside policy door-lock"),
+    ({"cn": "lock-101"}, "camera-1", "does not match the policy's pattern"),
+    ({"cn": "lock-101", "key": ec.generate_private_key(ec.SECP521R1())}, "lock-101", "not allowed by policy"),
+    ({"cn": "lock-101", "sans": [x509.DNSName("evil.example")]}, "lock-101", "does not allow: DNSName:evil.example"),
+])
+def test_policy_rejections(policies, csr_kwargs, device_id, fragment):
+    with pytest.raises(DeviceCAError) as info:
+        apply(policies.get("door-lock"), csrs.load(make_csr(**csr_kwargs)), device_id)
+    assert info.value.kind is Kind.POLICY_REJECTED and fragment in str(info.value)
+
+
+def test_device_id_read_from_subject(policies):
+    info = csrs.load(make_csr("lock-55"))
+    assert device_id_from_subject(policies.get("door-lock"), info.subject) == "lock-55"
+    assert device_id_from_subject(policies.get("door-lock"), csrs.load(make_csr(None)).subject) is None
+
+
+def test_special_characters_in_device_id_are_escaped(tmp_path):
+    p = load_policy(write(tmp_path, 'subject = "CN={device_id},O=Acme"\ndevice_id_pattern = ".+"\n'))
+    request = apply(p, csrs.load(make_csr(None)), "a,b+c")
+    assert [a.value for a in request.subject] == ["Acme", "a,b+c"]
