@@ -21,8 +21,29 @@ BACKEND = os.environ.get("DEVICE_CA_TEST_DATABASE", "sqlite")
 PG_ADMIN_URL = os.environ.get("DEVICE_CA_TEST_PG_URL", "postgresql+psycopg:///postgres?host=/var/run/postgresql")
 
 
+def pytest_configure(config):
+    """One SoftHSM token directory for the whole run, fixed before anything loads PKCS#11."""
+    if not os.environ.get("DEVICE_CA_TEST_SOFTHSM_DIR"):
+        import tempfile
+
+        os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"] = tempfile.mkdtemp(prefix="device-ca-softhsm-")
+    directory = Path(os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"])
+    (directory / "tokens").mkdir(parents=True, exist_ok=True)
+    conf = directory / "softhsm2.conf"
+    if not conf.exists():
+        conf.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use a database carry the 'database' mark: the PostgreSQL run selects them."""
+    for item in items:
+        if "database_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.database)
+
+
 def pytest_report_header(config):
-    return f"device-ca test database: {BACKEND}"
+    return f"device-ca test database: {BACKEND}; SoftHSM: {os.environ.get('SOFTHSM2_CONF')}"
 
 
 @pytest.fixture

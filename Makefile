@@ -1,0 +1,9 @@
+.PHONY: demo test setup bench
+demo:   ## the main job: a CA on SoftHSM, a device certificate issued, checked, revoked
+	scripts/demo.sh
+test:   ## the whole suite on SQLite and PostgreSQL (installs what is missing)
+	scripts/test.sh
+setup:
+	scripts/setup.sh
+bench:
+	python3 benchmarks/issue_bench.py

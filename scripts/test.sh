@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, starts PostgreSQL, then runs pytest twice,
+# once with the database on SQLite (every test) and once on PostgreSQL (every test that uses
+# the database). Extra arguments go to both pytest runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh || exit 1
+scripts/pg-start.sh || exit 1
+
+status=0
+echo "== device-ca tests, database: SQLite"
+DEVICE_CA_TEST_DATABASE=sqlite python3 -m pytest "$@" || status=$?
+echo "== device-ca tests, database: PostgreSQL"
+DEVICE_CA_TEST_DATABASE=postgresql python3 -m pytest -m database "$@" || status=$?
+exit $status
