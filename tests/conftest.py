@@ -27,12 +27,21 @@ def pytest_configure(config):
         import tempfile
 
         os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"] = tempfile.mkdtemp(prefix="device-ca-softhsm-")
+        config._device_ca_softhsm_tmp = os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"]
     directory = Path(os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"])
     (directory / "tokens").mkdir(parents=True, exist_ok=True)
     conf = directory / "softhsm2.conf"
     if not conf.exists():
         conf.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
     os.environ["SOFTHSM2_CONF"] = str(conf)
+
+
+def pytest_unconfigure(config):
+    directory = getattr(config, "_device_ca_softhsm_tmp", None)
+    if directory:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

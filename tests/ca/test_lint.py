@@ -568,7 +568,7 @@ def test_lint_time_per_certificate(pki, capsys):
 def _cli(tool: str, *args: str) -> subprocess.CompletedProcess:
     exe = shutil.which(tool)
     if exe is None:
-        pytest.skip(f"{tool} not on PATH")
+        pytest.fail(f"{tool} not on PATH: pip install pkilint")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
 
 

@@ -4,8 +4,8 @@ python-pkcs11 loads a module once per process and SoftHSM reads SOFTHSM2_CONF (a
 token directory) in C_Initialize, so every token these tests need is initialised here,
 before anything loads PKCS#11. Set DEVICE_CA_TEST_SOFTHSM_DIR to share a directory with
 other test packages (its softhsm2.conf is reused, or written when absent); otherwise a
-temporary directory is used. PINs are random per run and reach SoftHSM only through
-arguments and environment variables.
+temporary directory is used. PINs are random per run and reach SoftHSM only through a
+pseudo-terminal (hsm.softhsm.init_token) and environment variables, never a command line.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from hsm import TokenConfig, open_token
+from hsm.softhsm import init_token
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE = os.environ.get("DEVICE_CA_TEST_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
@@ -67,7 +68,7 @@ class SoftHsm:
 @pytest.fixture(scope="session")
 def hsm_softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     if not os.path.isfile(MODULE) or shutil.which("softhsm2-util") is None:
-        pytest.skip("SoftHSM2 is not installed (apt-get install softhsm2)")
+        pytest.fail("SoftHSM2 is not installed (apt-get install softhsm2; scripts/setup.sh does it)")
     shared = os.environ.get("DEVICE_CA_TEST_SOFTHSM_DIR")
     directory = Path(shared) if shared else tmp_path_factory.mktemp("softhsm")
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,11 +80,9 @@ def hsm_softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     os.environ["SOFTHSM2_CONF"] = str(conf)
     run = secrets.token_hex(4)
     pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
-    labels = {"main": f"hsmtest-{run}", "spare": f"hsmtest-{run}-spare", "gone": f"hsmtest-{run}-gone"}
+    labels = {"main": f"hsmtest-{run}-main", "spare": f"hsmtest-{run}-spare", "gone": f"hsmtest-{run}-gone"}
     for label in labels.values():
-        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label,
-                        "--pin", pin, "--so-pin", so_pin],
-                       check=True, capture_output=True, env=os.environ.copy())
+        init_token(label, pin, so_pin, env=os.environ.copy())  # PINs via a pseudo-terminal
     hsm = SoftHsm(directory, conf, MODULE, pin, labels)
     yield hsm
     if shared:  # leave a shared directory as we found it
