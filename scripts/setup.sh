@@ -20,8 +20,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import device_ca, pkcs11, pkilint, sqlmodel, psycopg, pytest" 2>/dev/null \
-   || [ pyproject.toml -nt "$(ls -d ./*.egg-info 2>/dev/null | head -1 || echo pyproject.toml)" ]; then
+# Install (editable) unless this very checkout is already what Python imports with all dependencies.
+here=$(pwd -P)
+if ! (cd / && "$PYTHON" - "$here" <<'PY' 2>/dev/null
+import sys, pathlib
+import device_ca, hsm, pkcs11, pkilint, sqlmodel, psycopg, pytest, alembic
+assert pathlib.Path(device_ca.__file__).resolve().is_relative_to(sys.argv[1])
+PY
+); then
     echo "setup: installing the device-ca Python package and its dependencies"
     "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 fi
