@@ -46,7 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=300, help="certificates to issue")
     parser.add_argument("--raw-signatures", type=int, default=20000)
-    parser.add_argument("--database-url", help="default: a SQLite file in the temporary directory")
+    parser.add_argument("--database-url", help="an EMPTY database (default: a SQLite file in the temporary directory)")
     parser.add_argument("--no-lint", action="store_true", help="leave pkilint out (shows its share)")
     args = parser.parse_args()
 
