@@ -5,6 +5,7 @@ fork before the first signature (SoftHSM must be initialised after a fork).
 """
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 from pathlib import Path
@@ -68,6 +69,14 @@ class Services:
         except hsm.HsmError as exc:
             raise DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc) from None
 
+    def token_ping(self) -> None:
+        import hsm
+
+        try:
+            self.token.ping()
+        except hsm.HsmError as exc:
+            raise DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc) from None
+
     def ca_certificates(self) -> dict[str, x509.Certificate]:
         return {name: x509.load_der_x509_certificate(r.der) for name, r in self.store.ca_certificates().items()}
 
@@ -95,6 +104,48 @@ class Services:
     @functools.cached_property
     def ra(self) -> RegistrationAuthority:
         return RegistrationAuthority(self.store, self.policies, lambda: self.issuer, self.clock)
+
+    @functools.cached_property
+    def est(self):
+        from device_ca.ra.enrollment import EstService
+
+        return EstService(self.ra, self.store, self.policies, self.clock, lambda: self.issuer.certificate)
+
+    def issue_server_certificate(self, hosts: list[str], directory: Path, actor: str) -> x509.Certificate:
+        """A TLS server certificate for ``device-ca serve`` (software key, 0600), recorded like any other."""
+        import ipaddress
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        from device_ca.ca.issuer import CertificateRequest
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        request = CertificateRequest(
+            subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]), public_key=key.public_key(),
+            validity=dt.timedelta(days=90), sans=tuple(sans), ekus=(ExtendedKeyUsageOID.SERVER_AUTH,))
+        issued = self.ra.issue_request(request, device_id=f"tls-server:{hosts[0]}", policy_name="_tls-server",
+                                       method="admin", actor=actor)
+        directory.mkdir(parents=True, exist_ok=True)
+        key_path, cert_path = directory / "server.key", directory / "server.pem"
+        tmp_key = key_path.with_name("server.key.tmp")
+        fd = os.open(tmp_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        chain = issued.pem + self.ca_certificates()[ISSUING].public_bytes(Encoding.PEM)
+        tmp_cert = cert_path.with_name("server.pem.tmp")
+        tmp_cert.write_bytes(chain)
+        os.replace(tmp_key, key_path)
+        os.replace(tmp_cert, cert_path)
+        return x509.load_pem_x509_certificate(issued.pem)
 
     def init_ca(self, key_type: str, profile: CaProfile, actor: str) -> dict[str, x509.Certificate]:
         """Generate both CA keys on the token and create the root and issuing certificates."""

@@ -315,6 +315,11 @@ def audit_verify(ctx, as_json) -> None:
         ctx.exit(AUDIT_BROKEN)
 
 
+from device_ca.cli import enroll_cmds  # noqa: E402  (registers on the group defined above)
+
+enroll_cmds.register(cli, services, _actor, _iso)
+
+
 def main() -> None:
     cli(prog_name="device-ca")
 

@@ -8,6 +8,7 @@ certificate, which ``reconcile`` reports; a serial once reserved is never used a
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -19,12 +20,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from device_ca import policy as policies_
 from device_ca.ca import csr as csrs
 from device_ca.ca.clock import Clock
-from device_ca.ca.issuer import Issuer
+from device_ca.ca.issuer import CertificateRequest, Issuer
 from device_ca.ca.serial import from_hex, new_serial, to_hex
 from device_ca.errors import DeviceCAError, Kind, rejected
 from device_ca.policy import Policies, Policy
 from device_ca.ra.revocation import check_reason
-from device_ca.store import AuditEvent, CertificateRecord, OutboxMessage, Reservation, SerialInUse, Store
+from device_ca.store import (AuditEvent, CertificateRecord, IssuanceLinks, OutboxMessage, Reservation, SerialInUse,
+                             Store)
 
 log = logging.getLogger("device_ca.ra")
 
@@ -48,25 +50,33 @@ class RegistrationAuthority:
 
     # -- issue -----------------------------------------------------------------------------
 
-    def issue(self, policy_name: str, csr_data: bytes, *, device_id: str | None = None, actor: str,
-              method: str = "admin") -> Issued:
+    def issue(self, policy_name: str, csr_data: bytes | csrs.CsrInfo, *, device_id: str | None = None, actor: str,
+              method: str = "admin", links: IssuanceLinks | None = None, public_key=None) -> Issued:
+        """Check the CSR against the policy and issue. ``public_key`` replaces the CSR's key
+        (server-side key generation); ``links`` are settled in the recording transaction."""
         try:
-            return self._issue(policy_name, csr_data, device_id, actor, method)
-        except DeviceCAError as exc:
-            if exc.kind in (Kind.MALFORMED, Kind.POLICY_REJECTED, Kind.NOT_FOUND, Kind.FORBIDDEN):
-                log.warning("issuance refused: policy=%s device=%s actor=%s: %s", policy_name, device_id, actor, exc)
-            raise
-
-    def _issue(self, policy_name: str, csr_data: bytes, device_id: str | None, actor: str, method: str) -> Issued:
-        policy = self.policies.get(policy_name)
-        if method not in policy.enrollment:
-            raise DeviceCAError(Kind.FORBIDDEN, f"policy {policy.name} does not allow enrollment by {method}")
-        csr = csrs.load(csr_data)
-        if device_id is None:
-            device_id = policies_.device_id_from_subject(policy, csr.subject)
+            policy = self.policies.get(policy_name)
+            if method not in policy.enrollment and method != "reenroll":
+                raise DeviceCAError(Kind.FORBIDDEN, f"policy {policy.name} does not allow enrollment by {method}")
+            csr = csr_data if isinstance(csr_data, csrs.CsrInfo) else csrs.load(csr_data)
             if device_id is None:
-                raise rejected("no device id given and none found in the CSR subject")
-        request = policies_.apply(policy, csr, device_id)
+                device_id = policies_.device_id_from_subject(policy, csr.subject)
+                if device_id is None:
+                    raise rejected("no device id given and none found in the CSR subject")
+            request = policies_.apply(policy, csr, device_id)
+        except DeviceCAError as exc:
+            log.warning("issuance refused: policy=%s device=%s actor=%s: %s", policy_name, device_id, actor, exc)
+            raise
+        if public_key is not None:
+            request = dataclasses.replace(request, public_key=public_key)
+        return self.issue_request(request, device_id=device_id, policy_name=policy.name, method=method,
+                                  actor=actor, messages=lambda record: _issued_messages(policy, record),
+                                  links=links)
+
+    def issue_request(self, request: CertificateRequest, *, device_id: str, policy_name: str, method: str,
+                      actor: str, messages: Callable[[CertificateRecord], list[OutboxMessage]] = lambda r: [],
+                      links: IssuanceLinks | None = None) -> Issued:
+        """Reserve, lint, sign, verify and record a certificate that has passed its checks."""
         issuer = self._issuer()
         for _ in range(SERIAL_ATTEMPTS):
             serial = self._draw_serial(actor, device_id)
@@ -77,10 +87,10 @@ class RegistrationAuthority:
             try:
                 self.store.reserve_serial(
                     Reservation(serial=serial_hex, issuer=issuer.urls.ca_name, device_id=device_id,
-                                policy=policy.name, tbs_sha256=tbs_sha256, state="reserved", reserved_at=now),
+                                policy=policy_name, tbs_sha256=tbs_sha256, state="reserved", reserved_at=now),
                     AuditEvent(action="certificate.intent", actor=actor, at=now, serial=serial_hex,
                                device_id=device_id,
-                               details={"policy": policy.name, "method": method, "tbs_sha256": tbs_sha256,
+                               details={"policy": policy_name, "method": method, "tbs_sha256": tbs_sha256,
                                         "subject": prepared.subject.rfc4514_string()}))
                 break
             except SerialInUse:
@@ -89,7 +99,7 @@ class RegistrationAuthority:
             raise DeviceCAError(Kind.INTERNAL, "could not reserve a unique serial number")
         certificate = self._sign(issuer, prepared, serial_hex)
         record = CertificateRecord(
-            serial=serial_hex, issuer=issuer.urls.ca_name, device_id=device_id, policy=policy.name,
+            serial=serial_hex, issuer=issuer.urls.ca_name, device_id=device_id, policy=policy_name,
             subject=certificate.subject.rfc4514_string(), status="good",
             not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
             fingerprint=hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest(),
@@ -99,9 +109,16 @@ class RegistrationAuthority:
                 record,
                 AuditEvent(action="certificate.issued", actor=actor, at=record.issued_at, serial=serial_hex,
                            device_id=device_id,
-                           details={"policy": policy.name, "method": method, "fingerprint": record.fingerprint,
-                                    "not_after": record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}),
-                _issued_messages(policy, record))
+                           details={"policy": policy_name, "method": method, "fingerprint": record.fingerprint,
+                                    "not_after": record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                    **({"supersedes": links.supersedes} if links and links.supersedes else {})}),
+                messages(record), links)
+        except DeviceCAError as exc:
+            if exc.kind is not Kind.CONFLICT:
+                raise
+            log.error("certificate %s signed but not recorded: %s", serial_hex, exc)
+            raise DeviceCAError(Kind.UNAUTHORIZED, f"{exc.detail}; certificate {serial_hex} was not issued",
+                                cause=exc) from None
         except Exception as exc:
             log.error("certificate %s signed but not recorded: %s", serial_hex, exc)
             raise DeviceCAError(Kind.INTERNAL, f"certificate {serial_hex} was signed but could not be recorded; "

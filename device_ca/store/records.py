@@ -31,6 +31,7 @@ class CertificateRecord:
     issued_at: dt.datetime
     revoked_at: dt.datetime | None = None
     revocation_reason: str | None = None
+    superseded_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,39 @@ class AuditReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+@dataclass(frozen=True)
+class BootstrapToken:
+    id: str
+    device_id: str
+    policy: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    used_at: dt.datetime | None
+    serial: str | None
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    id: str
+    policy: str
+    device_id: str
+    csr_sha256: str
+    csr_der: bytes
+    method: str
+    state: str
+    created_at: dt.datetime
+    decided_at: dt.datetime | None
+    decided_by: str | None
+    serial: str | None
+
+
+@dataclass(frozen=True)
+class IssuanceLinks:
+    """What else the issuing transaction settles: a consumed token, a pending request, a superseded certificate."""
+
+    token_id: str | None = None
+    pending_id: str | None = None
+    supersedes: str | None = None
+    supersede_revoke_after: dt.datetime | None = None

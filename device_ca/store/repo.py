@@ -4,16 +4,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database, migrate
-from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, OutboxMessage,
-                                     Reservation)
-from device_ca.store.tables import (CaCertificateRow, CertificateRow, DeviceRow, OutboxRow, RevocationRow,
-                                    SerialReservationRow)
+from device_ca.store.enrollment import EnrollmentRepo
+from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, IssuanceLinks,
+                                     OutboxMessage, Reservation)
+from device_ca.store.tables import (BootstrapTokenRow, CaCertificateRow, CertificateRow, DeviceRow, OutboxRow,
+                                    PendingRequestRow, RevocationRow, SerialReservationRow)
 
 
 class SerialInUse(Exception):
@@ -25,6 +27,11 @@ class Store:
         self.db = Database(url)
         if migrate_schema:
             migrate(self.db.engine)
+        self.enrollment = EnrollmentRepo(self.db)
+
+    def ping(self) -> None:
+        with self.db.read() as s:
+            s.exec(sa.text("SELECT 1"))
 
     # -- CA certificates -------------------------------------------------------------------
 
@@ -56,8 +63,9 @@ class Store:
             raise SerialInUse(reservation.serial) from exc
 
     def record_issued(self, certificate: CertificateRecord, event: AuditEvent,
-                      messages: list[OutboxMessage]) -> None:
-        """Certificate, status, device, audit and outbox in one transaction."""
+                      messages: list[OutboxMessage], links: IssuanceLinks | None = None) -> None:
+        """Certificate, status, device, audit, outbox and the links (token used, pending request
+        issued, older certificate superseded) in one transaction."""
         with self.db.write() as s:
             reservation = s.get(SerialReservationRow, certificate.serial)
             if reservation is None or reservation.state != "reserved":
@@ -72,9 +80,12 @@ class Store:
             reservation.state = "issued"
             s.add(reservation)
             s.flush()
-            fields = {k: v for k, v in certificate.__dict__.items() if k not in ("revoked_at", "revocation_reason")}
+            fields = {k: v for k, v in certificate.__dict__.items()
+                      if k not in ("revoked_at", "revocation_reason", "superseded_by")}
             s.add(CertificateRow(**fields))
             s.flush()
+            if links is not None:
+                _settle_links(s, links, certificate)
             audit.append(s, event)
             _enqueue(s, messages, certificate.issued_at)
 
@@ -147,6 +158,27 @@ class Store:
                     for r in s.exec(query)]
 
 
+def _settle_links(session, links: IssuanceLinks, certificate: CertificateRecord) -> None:
+    at, serial = certificate.issued_at, certificate.serial
+    if links.token_id is not None:
+        t = BootstrapTokenRow.__table__
+        done = session.execute(sa.update(t).where(t.c.id == links.token_id, t.c.used_at.is_(None))
+                               .values(used_at=at, serial=serial, claimed_until=None))
+        if done.rowcount != 1:
+            raise DeviceCAError(Kind.CONFLICT, "bootstrap token was already used")
+    if links.pending_id is not None:
+        p = PendingRequestRow.__table__
+        done = session.execute(sa.update(p).where(p.c.id == links.pending_id, p.c.state == "approved")
+                               .values(state="issued", serial=serial))
+        if done.rowcount != 1:
+            raise DeviceCAError(Kind.CONFLICT, "pending request is not approved")
+    if links.supersedes is not None:
+        c = CertificateRow.__table__
+        session.execute(sa.update(c).where(c.c.serial == links.supersedes, c.c.status == "good")
+                        .values(superseded_by=serial,
+                                revoke_after=sa.func.coalesce(c.c.revoke_after, links.supersede_revoke_after)))
+
+
 def _enqueue(session, messages: list[OutboxMessage], at: dt.datetime) -> None:
     for m in messages:
         session.add(OutboxRow(created_at=at, topic=m.topic, device_id=m.device_id,
@@ -175,4 +207,4 @@ def _certificate(r: CertificateRow, revocation: RevocationRow | None) -> Certifi
         status=r.status, not_before=_utc(r.not_before), not_after=_utc(r.not_after), fingerprint=r.fingerprint,
         der=bytes(r.der), issued_at=_utc(r.issued_at),
         revoked_at=_utc(revocation.revoked_at) if revocation else None,
-        revocation_reason=revocation.reason if revocation else None)
+        revocation_reason=revocation.reason if revocation else None, superseded_by=r.superseded_by)

@@ -61,6 +61,9 @@ class CertificateRow(SQLModel, table=True):
     fingerprint: str = Field(max_length=64, unique=True)
     der: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
     issued_at: dt.datetime = Field(sa_column=_ts())
+    # Re-enrollment: the newer certificate, and when this one is revoked as superseded.
+    superseded_by: Optional[str] = Field(default=None, max_length=40)
+    revoke_after: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True, index=True))
 
 
 class RevocationRow(SQLModel, table=True):
@@ -104,3 +107,41 @@ class OutboxRow(SQLModel, table=True):
     attempts: int = 0
     last_error: Optional[str] = Field(default=None, max_length=1024)
     next_attempt_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class BootstrapTokenRow(SQLModel, table=True):
+    """A one-time EST credential. Only the SHA-256 of the secret is kept; the secret is shown once.
+
+    ``claimed_until`` lets exactly one of several racing requests proceed to signing; the token
+    is marked used in the transaction that records the certificate.
+    """
+
+    __tablename__ = "bootstrap_tokens"
+    id: str = Field(primary_key=True, max_length=32)
+    secret_sha256: str = Field(max_length=64, unique=True)
+    device_id: str = Field(max_length=128, index=True)
+    policy: str = Field(max_length=64)
+    created_at: dt.datetime = Field(sa_column=_ts())
+    expires_at: dt.datetime = Field(sa_column=_ts())
+    created_by: str = Field(max_length=128)
+    claimed_until: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    used_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    serial: Optional[str] = Field(default=None, max_length=40)
+
+
+class PendingRequestRow(SQLModel, table=True):
+    """An enrollment waiting for an operator (policies with require_approval)."""
+
+    __tablename__ = "pending_requests"
+    __table_args__ = (sa.UniqueConstraint("policy", "device_id", "csr_sha256", name="uq_pending_request"),)
+    id: str = Field(primary_key=True, max_length=32)
+    policy: str = Field(max_length=64)
+    device_id: str = Field(max_length=128)
+    csr_sha256: str = Field(max_length=64)
+    csr_der: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    method: str = Field(max_length=32)
+    state: str = Field(default="pending", max_length=16, index=True)
+    created_at: dt.datetime = Field(sa_column=_ts())
+    decided_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    decided_by: Optional[str] = Field(default=None, max_length=128)
+    serial: Optional[str] = Field(default=None, max_length=40)

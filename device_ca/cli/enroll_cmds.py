@@ -1,0 +1,114 @@
+"""CLI: the EST server, bootstrap tokens, pending approvals, rotation housekeeping."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.policy import parse_duration
+
+
+def register(cli: click.Group, services, actor, iso) -> None:
+    @cli.command()
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Address of both listeners.")
+    @click.option("--port", default=8443, show_default=True, help="HTTPS port (EST).")
+    @click.option("--http-port", default=8080, show_default=True, help="Plain HTTP port (OCSP, CRL, CA files).")
+    @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--workers", default=2, show_default=True, help="HTTPS worker processes.")
+    @click.option("--threads", default=4, show_default=True, help="Threads per HTTPS worker.")
+    @click.option("--rate-limit", default=20.0, show_default=True, help="EST requests/s per client address (0: off).")
+    @click.option("--trusted-proxy", multiple=True, help="Address allowed to pass the client certificate in a header.")
+    @click.option("--client-cert-header", help="Header carrying the proxy-verified client certificate (URL-encoded PEM).")
+    @click.option("--default-policy", help="Policy for EST paths without a label.")
+    def serve(host, port, http_port, tls_cert, tls_key, workers, threads, rate_limit, trusted_proxy,
+              client_cert_header, default_policy) -> None:
+        """Serve EST over HTTPS and CA files, health and metrics over HTTP (gunicorn)."""
+        from device_ca.web.server import ServeOptions, run
+
+        run(ServeOptions(host=host, port=port, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
+                         workers=workers, threads=threads, rate_limit=rate_limit,
+                         trusted_proxies=tuple(trusted_proxy), client_cert_header=client_cert_header,
+                         default_policy=default_policy))
+
+    @cli.group()
+    def tls() -> None:
+        """TLS material of the server."""
+
+    @tls.command("server-cert")
+    @click.option("--host", "hosts", multiple=True, required=True, help="Name or address (repeatable).")
+    @click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+    @click.pass_context
+    def tls_server_cert(ctx, hosts, out_dir) -> None:
+        """Issue the HTTPS server certificate (server.pem with chain, server.key) from the CA."""
+        hosts = list(hosts)
+        cert = services(ctx).issue_server_certificate(hosts, out_dir, actor())
+        click.echo(f"server certificate {format(cert.serial_number, 'x')} for {', '.join(hosts)} in {out_dir}")
+
+    @cli.group()
+    def token() -> None:
+        """One-time bootstrap credentials for EST enrollment."""
+
+    @token.command("create")
+    @click.option("--policy", "policy_name", required=True)
+    @click.option("--device-id", required=True)
+    @click.option("--ttl", default="24h", show_default=True, help="Lifetime, e.g. 30m, 24h, 7d (at most 30d).")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def token_create(ctx, policy_name, device_id, ttl, as_json) -> None:
+        """Print a one-time secret; the device enrolls with HTTP Basic DEVICE_ID:SECRET. It is shown only once."""
+        try:
+            lifetime = parse_duration(ttl)
+        except ValueError as exc:
+            raise DeviceCAError(Kind.MALFORMED, str(exc)) from None
+        secret = services(ctx).est.create_token(policy_name, device_id, lifetime, actor())
+        if as_json:
+            click.echo(json.dumps({"device_id": device_id, "policy": policy_name, "secret": secret}))
+        else:
+            click.echo(secret)
+
+    @cli.group()
+    def pending() -> None:
+        """Enrollment requests waiting for approval."""
+
+    @pending.command("list")
+    @click.option("--all", "show_all", is_flag=True, help="Also decided requests.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def pending_list(ctx, show_all, as_json) -> None:
+        items = services(ctx).store.enrollment.pending(None if show_all else "pending")
+        rows = [{"id": r.id, "policy": r.policy, "device_id": r.device_id, "method": r.method, "state": r.state,
+                 "created_at": iso(r.created_at), "decided_by": r.decided_by, "serial": r.serial} for r in items]
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        click.echo(f"{'ID':<14} {'POLICY':<14} {'DEVICE':<20} {'METHOD':<16} {'STATE':<9} CREATED")
+        for r in rows:
+            click.echo(f"{r['id']:<14} {r['policy']:<14} {r['device_id']:<20} {r['method']:<16} {r['state']:<9} "
+                       f"{r['created_at']}")
+
+    @pending.command("approve")
+    @click.argument("request_id")
+    @click.pass_context
+    def pending_approve(ctx, request_id) -> None:
+        """Approve; the device's next identical request gets its certificate."""
+        svc = services(ctx)
+        r = svc.store.enrollment.decide(request_id, True, actor(), svc.clock.now())
+        click.echo(f"approved {r.id} ({r.device_id}, policy {r.policy})")
+
+    @pending.command("reject")
+    @click.argument("request_id")
+    @click.pass_context
+    def pending_reject(ctx, request_id) -> None:
+        svc = services(ctx)
+        r = svc.store.enrollment.decide(request_id, False, actor(), svc.clock.now())
+        click.echo(f"rejected {r.id} ({r.device_id}, policy {r.policy})")
+
+    @cli.command("revoke-superseded")
+    @click.pass_context
+    def revoke_superseded(ctx) -> None:
+        """Revoke renewed certificates whose rotation grace is over (the server also does this every 30 s)."""
+        done = services(ctx).est.revoke_superseded()
+        click.echo(f"revoked {len(done)} superseded certificates" + (": " + ", ".join(done) if done else ""))

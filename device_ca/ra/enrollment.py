@@ -1,0 +1,270 @@
+"""EST workflows (RFC 7030 §3.3 authentication, §4.2 enroll and re-enroll, §4.4 server-side keys).
+
+The edge (web/) hands in what it knows about the caller; everything that decides who may
+get which certificate lives here: one-time bootstrap tokens, factory (IDevID) certificates
+from manufacturer CAs that the policy trusts, the current certificate for re-enrollment, and
+operator approval for policies that require it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from device_ca import policy as policies_
+from device_ca.ca import csr as csrs
+from device_ca.ca.clock import Clock
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.policy import Policies, Policy
+from device_ca.ra.authority import Issued, RegistrationAuthority
+from device_ca.store import IssuanceLinks, PendingRequest, Store
+
+log = logging.getLogger("device_ca.ra.enrollment")
+
+MAX_TOKEN_TTL = dt.timedelta(days=30)
+RETRY_AFTER_SECONDS = 60
+BAD_TOKEN = "invalid, expired or already used bootstrap credentials"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What the transport established about the client."""
+
+    address: str
+    basic: tuple[str, str] | None = None
+    certificate: x509.Certificate | None = None
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    method: str
+    device_id: str | None
+    token_id: str | None = None
+
+
+class EstService:
+    def __init__(self, ra: RegistrationAuthority, store: Store, policies: Policies, clock: Clock,
+                 issuing_ca: "callable"):
+        self.ra = ra
+        self.store = store
+        self.policies = policies
+        self.clock = clock
+        self._issuing_ca = issuing_ca
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def create_token(self, policy_name: str, device_id: str, ttl: dt.timedelta, actor: str) -> str:
+        """A one-time secret for ``device_id``; only its hash is stored. Returns the secret."""
+        policy = self.policies.get(policy_name)
+        if "bootstrap-token" not in policy.enrollment:
+            raise DeviceCAError(Kind.FORBIDDEN, f"policy {policy.name} does not allow bootstrap-token enrollment")
+        policies_.checks.check_device_id(policy, policies_.checks.Subject(csr=None, device_id=device_id))
+        if not dt.timedelta(minutes=1) <= ttl <= MAX_TOKEN_TTL:
+            raise DeviceCAError(Kind.MALFORMED, "token lifetime must be between 1 minute and 30 days")
+        secret = secrets.token_urlsafe(24)
+        now = self.clock.now()
+        self.store.enrollment.add_token(secrets.token_hex(8), _sha256(secret), device_id, policy.name, now, now + ttl,
+                                        actor)
+        return secret
+
+    # -- enrollment ----------------------------------------------------------------------
+
+    def enroll(self, label: str, csr_der: bytes, caller: Caller) -> Issued:
+        policy = self.policies.get(label)
+        who = self._authenticate(policy, caller)
+        csr = csrs.load(csr_der)
+        device_id = who.device_id or policies_.device_id_from_subject(policy, csr.subject)
+        if device_id is None:
+            raise DeviceCAError(Kind.POLICY_REJECTED, "the CSR subject carries no device id for this policy")
+        if who.method == "idevid":
+            _check_idevid_identity(caller.certificate, device_id)
+        policies_.apply(policy, csr, device_id)           # refuse before anything is stored
+        pending_id = self._approval(policy, device_id, csr, who) if policy.require_approval else None
+        return self._issue(policy, csr, device_id, who, pending_id)
+
+    def serverkeygen(self, label: str, csr_der: bytes, caller: Caller) -> tuple[Issued, bytes]:
+        """Issue for a key generated here; returns the certificate and the PKCS#8 DER key."""
+        policy = self.policies.get(label)
+        if caller.certificate is not None and caller.basic is None and self._is_ours(caller.certificate):
+            record = self._current(policy, caller.certificate)
+            who = Authenticated(method="reenroll", device_id=record.device_id)
+        else:
+            who = self._authenticate(policy, caller)
+        csr = csrs.load(csr_der)
+        device_id = who.device_id or policies_.device_id_from_subject(policy, csr.subject)
+        if device_id is None:
+            raise DeviceCAError(Kind.POLICY_REJECTED, "the CSR subject carries no device id for this policy")
+        if who.method == "idevid":
+            _check_idevid_identity(caller.certificate, device_id)
+        policies_.apply(policy, csr, device_id)
+        key = _generate_key(policy.key_types[0])
+        issued = self._issue(policy, csr, device_id, who, None, public_key=key.public_key())
+        pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+        return issued, pkcs8
+
+    def reenroll(self, label: str, csr_der: bytes, caller: Caller) -> Issued:
+        """Renew or rekey with the current certificate; the old one is revoked after the grace period."""
+        policy = self.policies.get(label)
+        if caller.certificate is None:
+            raise DeviceCAError(Kind.UNAUTHORIZED, "re-enrollment needs the current certificate as TLS client certificate")
+        if not self._is_ours(caller.certificate):
+            raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate was not issued by this CA")
+        record = self._current(policy, caller.certificate)
+        csr = csrs.load(csr_der)
+        if csr.subject.public_bytes() != caller.certificate.subject.public_bytes():
+            raise DeviceCAError(Kind.FORBIDDEN, "CSR subject differs from the current certificate's (RFC 7030 §4.2.2)")
+        if set(csr.sans) != set(_sans(caller.certificate)):
+            raise DeviceCAError(Kind.FORBIDDEN, "CSR subjectAltName differs from the current certificate's")
+        links = IssuanceLinks(supersedes=record.serial,
+                              supersede_revoke_after=self.clock.now() + policy.rotation_grace)
+        return self.ra.issue(policy.name, csr, device_id=record.device_id, actor=f"device:{record.device_id}",
+                             method="reenroll", links=links)
+
+    def revoke_superseded(self) -> list[str]:
+        """Revoke (reason superseded) every renewed certificate whose grace period is over."""
+        done = []
+        for serial in self.store.enrollment.due_for_supersede(self.clock.now()):
+            try:
+                self.ra.revoke(serial, "superseded", actor="system:rotation")
+                done.append(serial)
+            except DeviceCAError as exc:
+                if exc.kind is not Kind.CONFLICT:
+                    raise
+        return done
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _authenticate(self, policy: Policy, caller: Caller) -> Authenticated:
+        if caller.basic is not None:
+            username, secret = caller.basic
+            token = self.store.enrollment.find_token(_sha256(secret))
+            now = self.clock.now()
+            if token is None or token.device_id != username or token.policy != policy.name \
+                    or token.used_at is not None or token.expires_at <= now:
+                log.warning("EST %s: refused bootstrap credentials for %r from %s", policy.name, username,
+                            caller.address)
+                raise DeviceCAError(Kind.UNAUTHORIZED, BAD_TOKEN)
+            method = "bootstrap-token"
+            who = Authenticated(method=method, device_id=token.device_id, token_id=token.id)
+        elif caller.certificate is not None:
+            if self._is_ours(caller.certificate):
+                raise DeviceCAError(Kind.FORBIDDEN, "this device already has a certificate: use simplereenroll")
+            if not self._from_manufacturer(policy, caller.certificate):
+                log.warning("EST %s: IDevID %s from %s not trusted", policy.name,
+                            caller.certificate.issuer.rfc4514_string(), caller.address)
+                raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate is not from a manufacturer this policy trusts")
+            method = "idevid"
+            who = Authenticated(method=method, device_id=None)
+        else:
+            raise DeviceCAError(Kind.UNAUTHORIZED, "credentials required: bootstrap token or factory certificate")
+        if method not in policy.enrollment:
+            raise DeviceCAError(Kind.FORBIDDEN, f"policy {policy.name} does not allow enrollment by {method}")
+        return who
+
+    def _approval(self, policy: Policy, device_id: str, csr: csrs.CsrInfo, who: Authenticated) -> str:
+        digest = hashlib.sha256(csr.der).hexdigest()
+        request = self.store.enrollment.pending_for(policy.name, device_id, digest)
+        if request is None:
+            request = self.store.enrollment.add_pending(PendingRequest(
+                id=secrets.token_hex(6), policy=policy.name, device_id=device_id, csr_sha256=digest, csr_der=csr.der,
+                method=who.method, state="pending", created_at=self.clock.now(), decided_at=None, decided_by=None,
+                serial=None), actor=f"device:{device_id}")
+        if request.state == "pending":
+            raise DeviceCAError(Kind.PENDING, f"enrollment request {request.id} awaits approval")
+        if request.state == "rejected":
+            raise DeviceCAError(Kind.FORBIDDEN, f"enrollment request {request.id} was rejected")
+        if request.state == "issued":
+            raise DeviceCAError(Kind.CONFLICT, f"enrollment request {request.id} was already issued")
+        return request.id
+
+    def _issue(self, policy: Policy, csr: csrs.CsrInfo, device_id: str, who: Authenticated, pending_id: str | None,
+               public_key=None) -> Issued:
+        if who.token_id is not None and not self.store.enrollment.claim_token(who.token_id, self.clock.now()):
+            raise DeviceCAError(Kind.UNAUTHORIZED, BAD_TOKEN)
+        links = IssuanceLinks(token_id=who.token_id, pending_id=pending_id)
+        try:
+            return self.ra.issue(policy.name, csr, device_id=device_id, actor=f"device:{device_id}",
+                                 method=who.method, links=links, public_key=public_key)
+        except Exception:
+            if who.token_id is not None:
+                self.store.enrollment.release_token(who.token_id)
+            raise
+
+    def _is_ours(self, certificate: x509.Certificate) -> bool:
+        try:
+            certificate.verify_directly_issued_by(self._issuing_ca())
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+
+    def _current(self, policy: Policy, certificate: x509.Certificate):
+        from device_ca.ca.serial import to_hex
+
+        record = self.store.certificate(to_hex(certificate.serial_number))
+        now = self.clock.now()
+        if record is None:
+            raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate is unknown to this CA")
+        if record.status != "good":
+            raise DeviceCAError(Kind.FORBIDDEN, f"client certificate is {record.status}")
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            raise DeviceCAError(Kind.FORBIDDEN, "client certificate is expired or not yet valid")
+        if record.policy != policy.name:
+            raise DeviceCAError(Kind.FORBIDDEN, f"client certificate belongs to policy {record.policy}, not {policy.name}")
+        return record
+
+    def _from_manufacturer(self, policy: Policy, certificate: x509.Certificate) -> bool:
+        now = self.clock.now()
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            return False
+        for ca in _manufacturer_cas(policy.manufacturer_cas):
+            try:
+                certificate.verify_directly_issued_by(ca)
+                return True
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        return False
+
+
+@lru_cache(maxsize=64)
+def _manufacturer_cas(files: tuple[Path, ...]) -> tuple[x509.Certificate, ...]:
+    certs: list[x509.Certificate] = []
+    for f in files:
+        certs.extend(x509.load_pem_x509_certificates(Path(f).read_bytes()))
+    return tuple(certs)
+
+
+def _check_idevid_identity(idevid: x509.Certificate, device_id: str) -> None:
+    """The factory certificate must name the device (serialNumber or CN) that the CSR asks for."""
+    names = [a.value for oid in (x509.NameOID.SERIAL_NUMBER, x509.NameOID.COMMON_NAME)
+             for a in idevid.subject.get_attributes_for_oid(oid)]
+    if device_id not in names:
+        raise DeviceCAError(Kind.FORBIDDEN, f"factory certificate does not name device {device_id}")
+
+
+def _sans(certificate: x509.Certificate) -> list[x509.GeneralName]:
+    try:
+        return list(certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def _generate_key(key_type: str):
+    kind, _, size = key_type.partition(":")
+    if kind == "ec":
+        return ec.generate_private_key({"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(),
+                                        "P-521": ec.SECP521R1()}[size])
+    return rsa.generate_private_key(public_exponent=65537, key_size=int(size))
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,134 @@
+"""Bootstrap tokens and pending enrollment requests (the EST side of the store)."""
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.store import audit
+from device_ca.store.db import Database
+from device_ca.store.records import AuditEvent, BootstrapToken, PendingRequest
+from device_ca.store.tables import BootstrapTokenRow, CertificateRow, PendingRequestRow
+
+CLAIM_SECONDS = 120
+
+
+class EnrollmentRepo:
+    def __init__(self, db: Database):
+        self.db = db
+
+    # -- bootstrap tokens ------------------------------------------------------------------
+
+    def add_token(self, token_id: str, secret_sha256: str, device_id: str, policy: str, created_at: dt.datetime,
+                  expires_at: dt.datetime, actor: str) -> None:
+        with self.db.write() as s:
+            s.add(BootstrapTokenRow(id=token_id, secret_sha256=secret_sha256, device_id=device_id, policy=policy,
+                                    created_at=created_at, expires_at=expires_at, created_by=actor))
+            audit.append(s, AuditEvent(action="token.created", actor=actor, at=created_at, device_id=device_id,
+                                       details={"token_id": token_id, "policy": policy,
+                                                "expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}))
+
+    def find_token(self, secret_sha256: str) -> BootstrapToken | None:
+        with self.db.read() as s:
+            row = s.exec(select(BootstrapTokenRow).where(BootstrapTokenRow.secret_sha256 == secret_sha256)).first()
+            return _token(row) if row else None
+
+    def claim_token(self, token_id: str, now: dt.datetime) -> bool:
+        """Atomically reserve an unused, unexpired, unclaimed token for one signing attempt."""
+        table = BootstrapTokenRow.__table__
+        with self.db.write() as s:
+            result = s.execute(
+                sa.update(table)
+                .where(table.c.id == token_id, table.c.used_at.is_(None), table.c.expires_at > now,
+                       sa.or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
+                .values(claimed_until=now + dt.timedelta(seconds=CLAIM_SECONDS)))
+            return result.rowcount == 1
+
+    def release_token(self, token_id: str) -> None:
+        table = BootstrapTokenRow.__table__
+        with self.db.write() as s:
+            s.execute(sa.update(table).where(table.c.id == token_id, table.c.used_at.is_(None))
+                      .values(claimed_until=None))
+
+    def tokens(self, device_id: str | None = None) -> list[BootstrapToken]:
+        with self.db.read() as s:
+            query = select(BootstrapTokenRow).order_by(BootstrapTokenRow.created_at)
+            if device_id:
+                query = query.where(BootstrapTokenRow.device_id == device_id)
+            return [_token(r) for r in s.exec(query)]
+
+    # -- pending requests ------------------------------------------------------------------
+
+    def pending_for(self, policy: str, device_id: str, csr_sha256: str) -> PendingRequest | None:
+        with self.db.read() as s:
+            row = s.exec(select(PendingRequestRow).where(
+                PendingRequestRow.policy == policy, PendingRequestRow.device_id == device_id,
+                PendingRequestRow.csr_sha256 == csr_sha256)).first()
+            return _pending(row) if row else None
+
+    def add_pending(self, request: PendingRequest, actor: str) -> PendingRequest:
+        """Store a new pending request; if the same one is already there, return that one."""
+        try:
+            with self.db.write() as s:
+                s.add(PendingRequestRow(**request.__dict__))
+                s.flush()
+                audit.append(s, AuditEvent(action="enrollment.pending", actor=actor, at=request.created_at,
+                                           device_id=request.device_id,
+                                           details={"request": request.id, "policy": request.policy,
+                                                    "method": request.method, "csr_sha256": request.csr_sha256}))
+            return request
+        except sa.exc.IntegrityError:
+            existing = self.pending_for(request.policy, request.device_id, request.csr_sha256)
+            if existing is None:
+                raise
+            return existing
+
+    def pending(self, state: str | None = "pending") -> list[PendingRequest]:
+        with self.db.read() as s:
+            query = select(PendingRequestRow).order_by(PendingRequestRow.created_at)
+            if state:
+                query = query.where(PendingRequestRow.state == state)
+            return [_pending(r) for r in s.exec(query)]
+
+    def decide(self, request_id: str, approve: bool, actor: str, at: dt.datetime) -> PendingRequest:
+        with self.db.write() as s:
+            row = s.get(PendingRequestRow, request_id)
+            if row is None:
+                raise DeviceCAError(Kind.NOT_FOUND, f"no pending request {request_id}")
+            if row.state != "pending":
+                raise DeviceCAError(Kind.CONFLICT, f"request {request_id} is already {row.state}")
+            row.state = "approved" if approve else "rejected"
+            row.decided_at, row.decided_by = at, actor
+            s.add(row)
+            s.flush()
+            audit.append(s, AuditEvent(action=f"enrollment.{row.state}", actor=actor, at=at, device_id=row.device_id,
+                                       details={"request": row.id, "policy": row.policy}))
+            return _pending(row)
+
+    # -- rotation ------------------------------------------------------------------------------
+
+    def due_for_supersede(self, now: dt.datetime) -> list[str]:
+        with self.db.read() as s:
+            rows = s.exec(select(CertificateRow.serial).where(
+                CertificateRow.status == "good", CertificateRow.revoke_after.is_not(None),
+                CertificateRow.revoke_after <= now))
+            return list(rows)
+
+
+def _utc(value):
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def _token(r: BootstrapTokenRow) -> BootstrapToken:
+    return BootstrapToken(id=r.id, device_id=r.device_id, policy=r.policy, created_at=_utc(r.created_at),
+                          expires_at=_utc(r.expires_at), used_at=_utc(r.used_at), serial=r.serial)
+
+
+def _pending(r: PendingRequestRow) -> PendingRequest:
+    return PendingRequest(id=r.id, policy=r.policy, device_id=r.device_id, csr_sha256=r.csr_sha256,
+                          csr_der=bytes(r.csr_der), method=r.method, state=r.state, created_at=_utc(r.created_at),
+                          decided_at=_utc(r.decided_at), decided_by=r.decided_by, serial=r.serial)

@@ -1,0 +1,83 @@
+"""Flask application factories: the HTTPS app (EST, later /api) and the plain-HTTP app
+(CA certificates, health, metrics; OCSP and CRL join it). Services are injected."""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, request
+
+from device_ca.errors import DeviceCAError
+from device_ca.web import est, ops
+from device_ca.web.errors import error_response, text
+from device_ca.web.est_codec import MAX_BODY
+from device_ca.web.ratelimit import RateLimiter
+from device_ca.web.tls import ProxySettings
+
+log = logging.getLogger("device_ca.web")
+
+
+def _base(services, name: str) -> Flask:
+    app = Flask(name)
+    app.config["DEVICE_CA_SERVICES"] = services
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+
+    @app.errorhandler(DeviceCAError)
+    def _domain_error(exc: DeviceCAError) -> Response:
+        if exc.cause is not None:
+            log.error("%s %s: %s (%r)", request.method, request.path, exc.detail, exc.cause)
+        return error_response(exc)
+
+    @app.errorhandler(404)
+    def _not_found(exc) -> Response:
+        return text(404, "not found")
+
+    @app.errorhandler(405)
+    def _method(exc) -> Response:
+        response = text(405, "method not allowed")
+        if getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(413)
+    def _too_large(exc) -> Response:
+        return text(413, f"request body larger than {MAX_BODY} bytes")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        if hasattr(exc, "code") and hasattr(exc, "get_response"):      # other HTTP errors from werkzeug
+            return text(exc.code, exc.name.lower())
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return text(500, "internal error")
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        from device_ca.web.metrics import HTTP_REQUESTS, HTTP_SECONDS
+
+        endpoint = request.endpoint or "unknown"
+        HTTP_REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        HTTP_SECONDS.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    app.register_blueprint(ops.bp)
+    return app
+
+
+def create_app(services, *, proxies: ProxySettings = ProxySettings(), rate_limit: float = 20.0,
+               default_policy: str | None = None) -> Flask:
+    """The HTTPS application: EST under /.well-known/est."""
+    app = _base(services, "device_ca.https")
+    app.config["DEVICE_CA_PROXIES"] = proxies
+    app.config["DEVICE_CA_RATE_LIMITER"] = RateLimiter(rate_limit)
+    app.config["DEVICE_CA_DEFAULT_POLICY"] = default_policy
+    app.register_blueprint(est.bp)
+    return app
+
+
+def create_public_app(services) -> Flask:
+    """The plain-HTTP application for relying parties: CA certificates, health, metrics."""
+    return _base(services, "device_ca.http")

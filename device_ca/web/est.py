@@ -1,0 +1,120 @@
+"""EST over HTTPS (RFC 7030 §3.2.2 paths, §4.1 cacerts, §4.2 enroll/re-enroll, §4.4 serverkeygen,
+§4.5 csrattrs). A view decodes, calls one service, encodes; the label is resolved to a policy once.
+"""
+from __future__ import annotations
+
+import math
+
+from flask import Blueprint, Response, current_app, g, request
+
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.ra.enrollment import Caller
+from device_ca.web import est_codec
+from device_ca.web.errors import text
+from device_ca.web.tls import client_certificate
+
+bp = Blueprint("est", __name__, url_prefix="/.well-known/est")
+
+PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
+ENROLL_OPS = ("simpleenroll", "simplereenroll", "serverkeygen")
+
+
+def _services():
+    return current_app.config["DEVICE_CA_SERVICES"]
+
+
+def _label(label: str | None) -> str:
+    label = label or current_app.config.get("DEVICE_CA_DEFAULT_POLICY")
+    if not label:
+        raise DeviceCAError(Kind.NOT_FOUND, "no label in the path and no default policy configured")
+    try:
+        return _services().policies.get(label).name
+    except DeviceCAError:
+        raise DeviceCAError(Kind.NOT_FOUND, f"unknown label {label!r}") from None
+
+
+@bp.before_request
+def _limit() -> Response | None:
+    g.client = request.remote_addr or "-"
+    wait = current_app.config["DEVICE_CA_RATE_LIMITER"].check(g.client)
+    if wait:
+        return text(429, "too many requests", {"Retry-After": str(max(1, math.ceil(wait)))})
+    return None
+
+
+def _caller() -> Caller:
+    auth = request.authorization
+    basic = (auth.username or "", auth.password or "") if auth and auth.type == "basic" else None
+    certificate = client_certificate(request.environ, current_app.config["DEVICE_CA_PROXIES"])
+    return Caller(address=g.client, basic=basic, certificate=certificate)
+
+
+def _csr_body() -> bytes:
+    if est_codec.media_type(request.content_type) != "application/pkcs10":
+        return None
+    return est_codec.decode_base64_body(request.get_data(cache=False))
+
+
+def _certs_response(certificates) -> Response:
+    response = Response(est_codec.certs_only_base64(certificates), status=200, content_type=PKCS7_CERTS)
+    response.headers["Content-Transfer-Encoding"] = "base64"
+    return response
+
+
+@bp.get("/cacerts")
+@bp.get("/<label>/cacerts")
+def cacerts(label: str | None = None) -> Response:
+    if label is not None:
+        _label(label)
+    certs = _services().ca_certificates()
+    return _certs_response([certs["issuing"], certs["root"]])
+
+
+@bp.get("/csrattrs")
+@bp.get("/<label>/csrattrs")
+def csrattrs(label: str | None = None) -> Response:
+    policy = _services().policies.get(_label(label))
+    response = Response(est_codec.csr_attributes_base64(policy.key_types), status=200,
+                        content_type="application/csrattrs")
+    response.headers["Content-Transfer-Encoding"] = "base64"
+    return response
+
+
+@bp.post("/simpleenroll")
+@bp.post("/<label>/simpleenroll")
+def simpleenroll(label: str | None = None) -> Response:
+    label = _label(label)
+    csr = _csr_body()
+    if csr is None:
+        return text(415, "Content-Type must be application/pkcs10")
+    issued = _services().est.enroll(label, csr, _caller())
+    return _certs_response([_load(issued.pem)])
+
+
+@bp.post("/simplereenroll")
+@bp.post("/<label>/simplereenroll")
+def simplereenroll(label: str | None = None) -> Response:
+    label = _label(label)
+    csr = _csr_body()
+    if csr is None:
+        return text(415, "Content-Type must be application/pkcs10")
+    issued = _services().est.reenroll(label, csr, _caller())
+    return _certs_response([_load(issued.pem)])
+
+
+@bp.post("/serverkeygen")
+@bp.post("/<label>/serverkeygen")
+def serverkeygen(label: str | None = None) -> Response:
+    label = _label(label)
+    csr = _csr_body()
+    if csr is None:
+        return text(415, "Content-Type must be application/pkcs10")
+    issued, pkcs8 = _services().est.serverkeygen(label, csr, _caller())
+    body, content_type = est_codec.serverkeygen_multipart(pkcs8, _load(issued.pem))
+    return Response(body, status=200, content_type=content_type)
+
+
+def _load(pem: bytes):
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(pem)

@@ -1,0 +1,206 @@
+"""`device-ca serve`: gunicorn with HTTPS (EST) and plain HTTP (CA files, health, metrics).
+
+Two gunicorn arbiters, one per listener, each in its own process. Workers build their own
+Services after the fork, so PKCS#11 is opened in each worker and never in a parent
+(SoftHSM refuses a C_Initialize inherited through fork). The HTTPS listener asks for a client
+certificate but does not require one (CERT_OPTIONAL), and verifies it against the CA chain
+and every manufacturer CA that a policy trusts.
+"""
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import logging
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+
+from device_ca.config import Settings
+from device_ca.errors import DeviceCAError, Kind
+
+log = logging.getLogger("device_ca.serve")
+
+SERVER_CERT_RENEW_BEFORE = dt.timedelta(days=30)
+JANITOR_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    http_port: int = 8080
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    workers: int = 2
+    threads: int = 4
+    http_workers: int = 2
+    rate_limit: float = 20.0
+    trusted_proxies: tuple[str, ...] = field(default=())
+    client_cert_header: str | None = None
+    default_policy: str | None = None
+    timeout: int = 30
+
+
+def _gunicorn(factory, options: dict):
+    from gunicorn.app.base import BaseApplication
+
+    class _App(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return factory()
+
+    return _App()
+
+
+def _https_factory(options: ServeOptions):
+    def build():
+        from device_ca.services import Services
+        from device_ca.web.app import create_app
+        from device_ca.web.tls import ProxySettings
+
+        services = Services(Settings.load())
+        _start_janitor(services)
+        return create_app(services, proxies=ProxySettings(frozenset(options.trusted_proxies),
+                                                          options.client_cert_header),
+                          rate_limit=options.rate_limit, default_policy=options.default_policy)
+    return build
+
+
+def _http_factory():
+    def build():
+        from device_ca.services import Services
+        from device_ca.web.app import create_public_app
+
+        return create_public_app(Services(Settings.load()))
+    return build
+
+
+def _start_janitor(services) -> None:
+    """Revoke superseded certificates whose rotation grace is over (idempotent across workers)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(JANITOR_SECONDS):
+            try:
+                done = services.est.revoke_superseded()
+                if done:
+                    log.info("revoked %d superseded certificates", len(done))
+            except Exception as exc:  # noqa: BLE001 - keep the janitor alive; the next round retries
+                log.warning("rotation janitor: %s", exc)
+
+    threading.Thread(target=loop, name="device-ca-janitor", daemon=True).start()
+
+
+def ensure_server_certificate(settings: Settings, host: str) -> tuple[Path, Path]:
+    """The HTTPS certificate, issued by the CA in a child process (the parent never opens PKCS#11)."""
+    directory = settings.home / "tls"
+    cert, key = directory / "server.pem", directory / "server.key"
+    if cert.exists() and key.exists() and _still_good(cert, settings):
+        return cert, key
+    proc = subprocess.run([sys.executable, "-m", "device_ca.cli.main", "tls", "server-cert", "--host", host,
+                           "--out-dir", str(directory)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DeviceCAError(Kind.INTERNAL, f"could not issue the server certificate: "
+                            f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+    return cert, key
+
+
+def _still_good(cert_path: Path, settings: Settings) -> bool:
+    from device_ca.store import Store
+
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    store = Store(settings.database_url)
+    try:
+        issuing = x509.load_der_x509_certificate(store.ca_certificates()["issuing"].der)
+    finally:
+        store.db.dispose()
+    if cert.issuer != issuing.subject:
+        return False
+    return cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) > SERVER_CERT_RENEW_BEFORE
+
+
+def client_ca_bundle(settings: Settings) -> Path:
+    """The CA chain plus every manufacturer CA a policy trusts: what TLS verifies client certificates with."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from device_ca.policy import Policies
+    from device_ca.store import Store
+
+    store = Store(settings.database_url)
+    try:
+        records = store.ca_certificates()
+    finally:
+        store.db.dispose()
+    if "issuing" not in records:
+        raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
+    pem = b"".join(x509.load_der_x509_certificate(records[n].der).public_bytes(Encoding.PEM) for n in ("issuing", "root"))
+    for policy in Policies.load(settings.policy_dir):
+        for path in policy.manufacturer_cas:
+            pem += Path(path).read_bytes().strip() + b"\n"
+    bundle = settings.home / "tls" / "client-ca.pem"
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bundle.with_suffix(".tmp")
+    tmp.write_bytes(pem)
+    os.replace(tmp, bundle)
+    return bundle
+
+
+def run(options: ServeOptions) -> None:
+    settings = Settings.load()
+    bundle = client_ca_bundle(settings)
+    if options.tls_cert and options.tls_key:
+        cert, key = options.tls_cert, options.tls_key
+    elif options.tls_cert or options.tls_key:
+        raise DeviceCAError(Kind.MALFORMED, "--tls-cert and --tls-key go together")
+    else:
+        cert, key = ensure_server_certificate(settings, options.host)
+    metrics_dir = settings.home / "run" / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+    common = {"timeout": options.timeout, "graceful_timeout": 10, "errorlog": "-", "loglevel": "warning",
+              "accesslog": None, "preload_app": False, "limit_request_line": 4094, "limit_request_fields": 50,
+              "limit_request_field_size": 16384}
+    http = _gunicorn(_http_factory(), {**common, "bind": f"{options.host}:{options.http_port}",
+                                      "workers": options.http_workers, "worker_class": "sync", "keepalive": 5,
+                                      "proc_name": "device-ca-http"})
+    https = _gunicorn(_https_factory(options), {
+        **common, "bind": f"{options.host}:{options.port}", "workers": options.workers,
+        "worker_class": "gthread", "threads": options.threads, "keepalive": 5,
+        "certfile": str(cert), "keyfile": str(key), "ca_certs": str(bundle), "cert_reqs": ssl.CERT_OPTIONAL,
+        "proc_name": "device-ca-https"})
+
+    child = os.fork()
+    if child == 0:
+        _die_with_parent()
+        http.run()
+        os._exit(0)
+    print(f"device-ca serving EST on https://{options.host}:{options.port}/.well-known/est "
+          f"and OCSP/CRL/CA files on http://{options.host}:{options.http_port}", flush=True)
+    try:
+        https.run()
+    finally:
+        try:
+            os.kill(child, signal.SIGTERM)
+            os.waitpid(child, 0)
+        except ChildProcessError:
+            pass
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+    except OSError:
+        pass

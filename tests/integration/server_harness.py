@@ -1,0 +1,103 @@
+"""A running `device-ca serve` on free loopback ports, with its own token, database and policies."""
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from integration.cli_harness import ROOT, CaEnv
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    env: CaEnv
+    port: int
+    http_port: int
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def est(self) -> str:
+        return f"https://127.0.0.1:{self.port}/.well-known/est"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def chain(self) -> Path:
+        return self.env.ca_dir / "chain.pem"
+
+    def curl(self, path: str, *args: str, body: bytes | None = None) -> tuple[int, bytes, dict[str, str]]:
+        """curl against the EST base URL; returns (status, body, headers). Status 0: no HTTP answer."""
+        out = self.env.home / f"curl-{time.monotonic_ns()}"
+        cmd = ["curl", "-s", "-o", str(out), "-D", str(out) + ".h", "-w", "%{http_code}", "--cacert", str(self.chain),
+               "--max-time", "60", *args, f"{self.est}{path}"]
+        if body is not None:
+            cmd[1:1] = ["--data-binary", "@-"]
+        proc = subprocess.run(cmd, input=body, capture_output=True, timeout=90)
+        status = int(proc.stdout or b"0")
+        data = out.read_bytes() if out.exists() else b""
+        headers = {}
+        if Path(str(out) + ".h").exists():
+            for line in Path(str(out) + ".h").read_text(errors="replace").splitlines()[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+        return status, data, headers
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(env: CaEnv, *extra: str, policy_dir: Path | None = None, timeout: float = 60) -> Server:
+    port, http_port = free_port(), free_port()
+    if policy_dir is not None:
+        env.extra["DEVICE_CA_POLICY_DIR"] = str(policy_dir)
+    log = env.home / f"serve-{port}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "device_ca.cli.main", "serve", "--port", str(port), "--http-port", str(http_port),
+         *extra], env=env.env, cwd=env.home, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(env=env, port=port, http_port=http_port, process=process, log=log)
+    deadline = time.monotonic() + timeout
+    context = ssl.create_default_context(cafile=str(env.ca_dir / "chain.pem"))
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"device-ca serve exited {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.http}/healthz", timeout=2) as r1, \
+                    urllib.request.urlopen(f"{server.est}/cacerts", timeout=2, context=context) as r2:
+                if r1.status == 200 and r2.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"device-ca serve did not become ready: {log.read_text()[-2000:]}")
+
+
+def policy_dir_with(tmp: Path, extra: dict[str, str]) -> Path:
+    """The shipped policies plus test policies (name -> TOML text)."""
+    directory = tmp / "policies"
+    shutil.copytree(ROOT / "policies", directory)
+    for name, text in extra.items():
+        (directory / f"{name}.toml").write_text(text)
+    return directory
