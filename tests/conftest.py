@@ -6,6 +6,7 @@ each test gets a fresh PostgreSQL database created on the server at DEVICE_CA_TE
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
@@ -47,7 +48,7 @@ def pytest_unconfigure(config):
 def pytest_collection_modifyitems(config, items):
     """Tests that use a database carry the 'database' mark: the PostgreSQL run selects them."""
     for item in items:
-        if "database_url" in getattr(item, "fixturenames", ()):
+        if {"database_url", "module_database_url"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.database)
 
 
@@ -55,25 +56,42 @@ def pytest_report_header(config):
     return f"device-ca test database: {BACKEND}; SoftHSM: {os.environ.get('SOFTHSM2_CONF')}"
 
 
-@pytest.fixture
-def database_url(tmp_path):
-    """A URL of an empty database of the backend under test."""
+@contextlib.contextmanager
+def fresh_database(directory: Path):
+    """A URL of an empty database of the backend under test, dropped afterwards."""
     if BACKEND == "sqlite":
-        yield f"sqlite:///{tmp_path / 'device-ca.db'}"
+        yield f"sqlite:///{directory / 'device-ca.db'}"
         return
     if BACKEND != "postgresql":
         raise pytest.UsageError(f"DEVICE_CA_TEST_DATABASE must be sqlite or postgresql, not {BACKEND}")
+    with postgres_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_database():
     name = f"devca_test_{secrets.token_hex(6)}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:
-        yield url
+        yield sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as c:
             c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    with fresh_database(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_database_url(tmp_path_factory):
+    with fresh_database(tmp_path_factory.mktemp("db")) as url:
+        yield url
 
 
 @pytest.fixture
