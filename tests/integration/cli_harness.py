@@ -68,3 +68,17 @@ def openssl_csr(directory: Path, name: str, subject: str, curve: str = "P-256") 
                    "-keyout", str(key), "-subj", subject, "-out", str(csr))
     assert proc.returncode == 0, proc.stderr
     return csr
+
+
+def make_tokens(env: CaEnv, policy: str, devices: list[str]) -> dict[str, str]:
+    """Bootstrap secrets for many devices at once (in-process; `device-ca token create` does the same)."""
+    import datetime as dt
+
+    from device_ca.config import Settings
+    from device_ca.services import Services
+
+    services = Services(Settings.load(env.env))
+    try:
+        return {d: services.est.create_token(policy, d, dt.timedelta(hours=1), "test") for d in devices}
+    finally:
+        services.store.db.dispose()
