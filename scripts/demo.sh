@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job, end to end: a CA whose keys live on a SoftHSM token, a door lock's certificate
-# issued from an openssl CSR and checked by openssl and pkilint, then revoked, and the audit
-# log verified. Safe to run again: it reuses the CA under var/demo and enrolls a new lock.
+# The main job, end to end: a CA whose keys live on a SoftHSM token, `device-ca serve`, a badge
+# reader enrolled over EST with a one-time bootstrap token (curl + openssl) and renewed with its
+# certificate, a door lock issued and revoked from the CLI, and the audit log verified.
+# Safe to run again: it reuses the CA under var/demo and enrolls new devices.
+# Ports: DEMO_HTTPS_PORT (8443) and DEMO_HTTP_PORT (8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -21,27 +23,58 @@ if ! device-ca ca show >/dev/null 2>&1; then
 fi
 device-ca ca show
 
-step "A door lock makes a key and a CSR with openssl"
-dev=lock-$((RANDOM % 9000 + 1000))
+step "device-ca serve: EST on https://127.0.0.1:8443, CA files and health on http://127.0.0.1:8080"
+log=$DEVICE_CA_HOME/serve.log
+device-ca serve --port "${DEMO_HTTPS_PORT:-8443}" --http-port "${DEMO_HTTP_PORT:-8080}" > "$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+est=https://127.0.0.1:${DEMO_HTTPS_PORT:-8443}/.well-known/est
+for _ in $(seq 1 60); do
+    curl -sf -o /dev/null "http://127.0.0.1:${DEMO_HTTP_PORT:-8080}/healthz" && break
+    kill -0 $server 2>/dev/null || { cat "$log"; exit 1; }
+    sleep 0.5
+done
+curl -s "http://127.0.0.1:${DEMO_HTTP_PORT:-8080}/healthz"; echo
+chain=$DEVICE_CA_HOME/ca/chain.pem
+
+step "The operator hands a badge reader a one-time bootstrap token"
+dev=br-$((RANDOM % 9000 + 1000))
 out=$DEVICE_CA_HOME/devices
 mkdir -p "$out"
+secret=$(device-ca token create --policy badge-reader --device-id "$dev" --ttl 1h)
+echo "device $dev, token ${secret:0:6}... (shown once, stored only as a hash)"
+
+step "The device makes its key and CSR (openssl) and enrolls over EST (curl, HTTP Basic with the token)"
+san="URI:urn:dev:ops:buildingco-badge-reader-$dev"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/$dev.key" \
-    -subj "/O=BuildingCo/OU=door-lock/CN=$dev" -out "$out/$dev.csr" 2>/dev/null
-echo "$out/$dev.csr"
-
-step "device-ca issues it under policy door-lock (CSR check, policy, pkilint, HSM signature)"
-device-ca issue --policy door-lock --csr "$out/$dev.csr" --out "$out/$dev.pem" 2> "$out/$dev.log"
-cat "$out/$dev.log"
-serial=$(sed -n 's/^issued serial \([0-9a-f]*\).*/\1/p' "$out/$dev.log")
-openssl x509 -in "$out/$dev.pem" -noout -subject -issuer -dates -ext basicConstraints,extendedKeyUsage,subjectAltName
-
-step "Independent checks: openssl verify and pkilint"
+    -subj "/O=BuildingCo/OU=badge-reader/CN=$dev" -addext "subjectAltName=$san" -outform DER -out "$out/$dev.csr" 2>/dev/null
+base64 "$out/$dev.csr" > "$out/$dev.b64"
+curl -sf --cacert "$chain" -u "$dev:$secret" -H 'Content-Type: application/pkcs10' --data-binary @"$out/$dev.b64" \
+    "$est/badge-reader/simpleenroll" | base64 -d | openssl pkcs7 -inform DER -print_certs | openssl x509 -out "$out/$dev.pem"
+openssl x509 -in "$out/$dev.pem" -noout -subject -serial -enddate
 openssl verify -CAfile "$DEVICE_CA_HOME/ca/root.pem" -untrusted "$DEVICE_CA_HOME/ca/issuing.pem" "$out/$dev.pem"
-lint_pkix_signer_signee_cert_chain lint -s WARNING "$DEVICE_CA_HOME/ca/issuing.pem" "$out/$dev.pem" && echo "pkilint chain: no findings"
+echo "the same token again:"
+curl -s --cacert "$chain" -u "$dev:$secret" -H 'Content-Type: application/pkcs10' --data-binary @"$out/$dev.b64" \
+    -w "HTTP %{http_code}\n" "$est/badge-reader/simpleenroll"
 
-step "Revoke it (key compromise) and look at the fleet"
+step "The device renews over EST with its current certificate as TLS client certificate (same key)"
+curl -sf --cacert "$chain" --cert "$out/$dev.pem" --key "$out/$dev.key" -H 'Content-Type: application/pkcs10' \
+    --data-binary @"$out/$dev.b64" "$est/badge-reader/simplereenroll" \
+    | base64 -d | openssl pkcs7 -inform DER -print_certs | openssl x509 -out "$out/$dev-renewed.pem"
+openssl x509 -in "$out/$dev-renewed.pem" -noout -subject -serial -enddate
+lint_pkix_signer_signee_cert_chain lint -s WARNING "$DEVICE_CA_HOME/ca/issuing.pem" "$out/$dev-renewed.pem" \
+    && echo "pkilint chain: no findings"
+device-ca list --device-id "$dev"
+echo "(the first certificate is revoked as superseded once the policy's rotation grace is over)"
+
+step "An operator issues a door lock's certificate from the command line, then revokes it"
+lock=lock-$((RANDOM % 9000 + 1000))
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/$lock.key" \
+    -subj "/O=BuildingCo/OU=door-lock/CN=$lock" -out "$out/$lock.csr" 2>/dev/null
+device-ca issue --policy door-lock --csr "$out/$lock.csr" --out "$out/$lock.pem" 2> "$out/$lock.log"
+cat "$out/$lock.log"
+serial=$(sed -n 's/^issued serial \([0-9a-f]*\).*/\1/p' "$out/$lock.log")
 device-ca revoke "$serial" --reason keyCompromise
-device-ca list
 
 step "Audit log"
 device-ca audit verify
