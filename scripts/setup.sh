@@ -2,6 +2,7 @@
 # Install what device-ca needs on Debian, skipping what is already there (idempotent).
 #   Debian: softhsm2 opensc postgresql openssl gnutls-bin curl
 #   Python: this package with its test extras (pip install -e '.[test]')
+#   Tools:  nginx-light, wrk, estclient (scripts/install-tools.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# nginx-light, wrk and the Go estclient for the integration tests and benchmarks.
+scripts/install-tools.sh
 
 PYTHON=${PYTHON:-python3}
 # Install (editable) unless this very checkout is already what Python imports with all dependencies.
