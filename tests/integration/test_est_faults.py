@@ -4,7 +4,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
