@@ -14,7 +14,8 @@ from typing import Mapping
 
 from device_ca.errors import DeviceCAError, Kind
 
-_FILE_KEYS = {"database_url", "hsm_module", "hsm_token", "public_url", "policy_dir"}
+_FILE_KEYS = {"database_url", "hsm_module", "hsm_token", "public_url", "policy_dir", "lint"}
+LINT_MODES = ("template", "full")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Settings:
     hsm_token: str
     public_url: str
     policy_dir: Path
+    lint: str = "template"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -39,8 +41,11 @@ class Settings:
         if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment \
                 or any(c.isspace() for c in public_url):
             raise DeviceCAError(Kind.MALFORMED, f"DEVICE_CA_PUBLIC_URL {public_url!r} is not an http(s) base URL")
+        lint = pick("lint", "template")
+        if lint not in LINT_MODES:
+            raise DeviceCAError(Kind.MALFORMED, f"DEVICE_CA_LINT must be one of {', '.join(LINT_MODES)}, not {lint!r}")
         return cls(
-            home=home,
+            home=home, lint=lint,
             database_url=pick("database_url", f"sqlite:///{home / 'device-ca.db'}"),
             hsm_module=pick("hsm_module", "/usr/lib/softhsm/libsofthsm2.so"),
             hsm_token=pick("hsm_token", "device-ca"),

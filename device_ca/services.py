@@ -17,6 +17,7 @@ from device_ca.ca.authority import CaProfile, build_issuing, build_root
 from device_ca.ca.clock import Clock, SystemClock
 from device_ca.ca.csr import key_type_of
 from device_ca.ca.issuer import Issuer, Linter, PublicUrls
+from device_ca.ca.template_lint import TemplateLinter
 from device_ca.config import Settings
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policies
@@ -44,10 +45,15 @@ def pkilint_gate(cert_der: bytes, issuer_der: bytes) -> None:
         raise DeviceCAError(Kind.POLICY_REJECTED, f"pre-issuance {exc}") from None
 
 
+_DEFAULT = object()
+
+
 class Services:
-    def __init__(self, settings: Settings, clock: Clock | None = None, linter: Linter | None = pkilint_gate):
+    def __init__(self, settings: Settings, clock: Clock | None = None, linter: Linter | None = _DEFAULT):
         self.settings = settings
         self.clock = clock or SystemClock()
+        if linter is _DEFAULT:
+            linter = TemplateLinter(pkilint_gate) if settings.lint == "template" else pkilint_gate
         self.linter = linter
 
     @functools.cached_property

@@ -114,11 +114,13 @@ class RegistrationAuthority:
                                     **({"supersedes": links.supersedes} if links and links.supersedes else {})}),
                 messages(record), links)
         except DeviceCAError as exc:
-            if exc.kind is not Kind.CONFLICT:
-                raise
             log.error("certificate %s signed but not recorded: %s", serial_hex, exc)
-            raise DeviceCAError(Kind.UNAUTHORIZED, f"{exc.detail}; certificate {serial_hex} was not issued",
-                                cause=exc) from None
+            if exc.kind is Kind.CONFLICT:        # the credential was used meanwhile
+                raise DeviceCAError(Kind.UNAUTHORIZED, f"{exc.detail}; certificate {serial_hex} was not issued",
+                                    cause=exc) from None
+            kind = Kind.DB_UNAVAILABLE if exc.kind is Kind.DB_UNAVAILABLE else Kind.INTERNAL
+            raise DeviceCAError(kind, f"certificate {serial_hex} was signed but could not be recorded; "
+                                "it is not valid and is listed by 'device-ca reconcile'", cause=exc) from None
         except Exception as exc:
             log.error("certificate %s signed but not recorded: %s", serial_hex, exc)
             raise DeviceCAError(Kind.INTERNAL, f"certificate {serial_hex} was signed but could not be recorded; "

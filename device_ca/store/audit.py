@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from device_ca.store.records import AuditEvent, AuditReport
@@ -27,20 +28,27 @@ def event_hash(seq: int, at: dt.datetime, action: str, actor: str, serial: str |
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def append(session: Session, event: AuditEvent) -> int:
-    """Append inside the caller's transaction; the head row lock serialises appenders."""
-    head = session.exec(select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()).first()
+_HEAD = AuditHeadRow.__table__
+_EVENTS = AuditEventRow.__table__
+
+
+def append(connection, event: AuditEvent) -> int:
+    """Append inside the caller's transaction (a Core connection or an ORM session); the lock on
+    the head row serialises appenders."""
+    head = connection.execute(sa.select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()).first()
     if head is None:
-        head = AuditHeadRow(id=1, seq=0, hash=GENESIS)
-        session.add(head)
-    seq = head.seq + 1
+        connection.execute(sa.insert(_HEAD).values(id=1, seq=0, hash=GENESIS))
+        head_seq, head_hash = 0, GENESIS
+    else:
+        head_seq, head_hash = head
+    seq = head_seq + 1
     details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     at = event.at.astimezone(dt.timezone.utc)
-    digest = event_hash(seq, at, event.action, event.actor, event.serial, event.device_id, details, head.hash)
-    session.add(AuditEventRow(seq=seq, at=at, action=event.action, actor=event.actor, serial=event.serial,
-                              device_id=event.device_id, details=details, prev_hash=head.hash, hash=digest))
-    head.seq, head.hash = seq, digest
-    session.add(head)
+    digest = event_hash(seq, at, event.action, event.actor, event.serial, event.device_id, details, head_hash)
+    connection.execute(sa.insert(_EVENTS).values(seq=seq, at=at, action=event.action, actor=event.actor,
+                                                 serial=event.serial, device_id=event.device_id, details=details,
+                                                 prev_hash=head_hash, hash=digest))
+    connection.execute(sa.update(_HEAD).where(_HEAD.c.id == 1).values(seq=seq, hash=digest))
     return seq
 
 

@@ -86,5 +86,16 @@ class Database:
             with session.begin():
                 yield session
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """One write transaction on a Core connection (the hot paths; no ORM unit of work)."""
+        with translate_errors(), self._writer.begin() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sa.Connection]:
+        with translate_errors(), self.engine.connect() as connection:
+            yield connection
+
     def dispose(self) -> None:
         self.engine.dispose()

@@ -31,14 +31,15 @@ class EnrollmentRepo:
                                                 "expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}))
 
     def find_token(self, secret_sha256: str) -> BootstrapToken | None:
-        with self.db.read() as s:
-            row = s.exec(select(BootstrapTokenRow).where(BootstrapTokenRow.secret_sha256 == secret_sha256)).first()
+        t = BootstrapTokenRow.__table__
+        with self.db.reading() as c:
+            row = c.execute(sa.select(t).where(t.c.secret_sha256 == secret_sha256)).first()
             return _token(row) if row else None
 
     def claim_token(self, token_id: str, now: dt.datetime) -> bool:
         """Atomically reserve an unused, unexpired, unclaimed token for one signing attempt."""
         table = BootstrapTokenRow.__table__
-        with self.db.write() as s:
+        with self.db.transaction() as s:
             result = s.execute(
                 sa.update(table)
                 .where(table.c.id == token_id, table.c.used_at.is_(None), table.c.expires_at > now,

@@ -5,6 +5,7 @@ import datetime as dt
 import json
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
@@ -16,6 +17,11 @@ from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, Certific
                                      OutboxMessage, Reservation)
 from device_ca.store.tables import (BootstrapTokenRow, CaCertificateRow, CertificateRow, DeviceRow, OutboxRow,
                                     PendingRequestRow, RevocationRow, SerialReservationRow)
+
+
+_RESERVATIONS = SerialReservationRow.__table__
+_DEVICES = DeviceRow.__table__
+_CERTIFICATES = CertificateRow.__table__
 
 
 class SerialInUse(Exception):
@@ -55,10 +61,9 @@ class Store:
     def reserve_serial(self, reservation: Reservation, event: AuditEvent) -> None:
         """Record the serial and the intent to sign before any signature (boulder's issuance cycle)."""
         try:
-            with self.db.write() as s:
-                s.add(SerialReservationRow(**reservation.__dict__))
-                s.flush()
-                audit.append(s, event)
+            with self.db.transaction() as c:
+                c.execute(sa.insert(_RESERVATIONS).values(**reservation.__dict__))
+                audit.append(c, event)
         except IntegrityError as exc:
             raise SerialInUse(reservation.serial) from exc
 
@@ -66,28 +71,25 @@ class Store:
                       messages: list[OutboxMessage], links: IssuanceLinks | None = None) -> None:
         """Certificate, status, device, audit, outbox and the links (token used, pending request
         issued, older certificate superseded) in one transaction."""
-        with self.db.write() as s:
-            reservation = s.get(SerialReservationRow, certificate.serial)
-            if reservation is None or reservation.state != "reserved":
+        at = certificate.issued_at
+        with self.db.transaction() as c:
+            done = c.execute(sa.update(_RESERVATIONS).where(_RESERVATIONS.c.serial == certificate.serial,
+                                                           _RESERVATIONS.c.state == "reserved")
+                             .values(state="issued"))
+            if done.rowcount != 1:
                 raise DeviceCAError(Kind.INTERNAL, f"serial {certificate.serial} is not reserved for issuance")
-            device = s.get(DeviceRow, certificate.device_id)
-            if device is None:
-                s.add(DeviceRow(device_id=certificate.device_id, policy=certificate.policy, status="active",
-                                created_at=certificate.issued_at, updated_at=certificate.issued_at))
-            else:
-                device.policy, device.status, device.updated_at = certificate.policy, "active", certificate.issued_at
-                s.add(device)
-            reservation.state = "issued"
-            s.add(reservation)
-            s.flush()
+            insert = (postgresql.insert if c.dialect.name == "postgresql" else sqlite.insert)(_DEVICES)
+            c.execute(insert.values(device_id=certificate.device_id, policy=certificate.policy, status="active",
+                                    created_at=at, updated_at=at)
+                      .on_conflict_do_update(index_elements=["device_id"],
+                                             set_={"policy": certificate.policy, "status": "active", "updated_at": at}))
             fields = {k: v for k, v in certificate.__dict__.items()
                       if k not in ("revoked_at", "revocation_reason", "superseded_by")}
-            s.add(CertificateRow(**fields))
-            s.flush()
+            c.execute(sa.insert(_CERTIFICATES).values(**fields))
             if links is not None:
-                _settle_links(s, links, certificate)
-            audit.append(s, event)
-            _enqueue(s, messages, certificate.issued_at)
+                _settle_links(c, links, certificate)
+            audit.append(c, event)
+            _enqueue(c, messages, at)
 
     def unfinished_reservations(self, older_than: dt.datetime) -> list[Reservation]:
         with self.db.read() as s:
@@ -179,10 +181,12 @@ def _settle_links(session, links: IssuanceLinks, certificate: CertificateRecord)
                                 revoke_after=sa.func.coalesce(c.c.revoke_after, links.supersede_revoke_after)))
 
 
-def _enqueue(session, messages: list[OutboxMessage], at: dt.datetime) -> None:
-    for m in messages:
-        session.add(OutboxRow(created_at=at, topic=m.topic, device_id=m.device_id,
-                              payload=json.dumps(m.payload, sort_keys=True), state="pending", attempts=0))
+def _enqueue(connection, messages: list[OutboxMessage], at: dt.datetime) -> None:
+    if messages:
+        connection.execute(sa.insert(OutboxRow.__table__), [
+            {"created_at": at, "topic": m.topic, "device_id": m.device_id,
+             "payload": json.dumps(m.payload, sort_keys=True), "state": "pending", "attempts": 0}
+            for m in messages])
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:

@@ -58,6 +58,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_certificates_revoke_after'), ['revoke_after'], unique=False)
 
     # ### end Alembic commands ###
+    # The audit chain's head row exists from the start, so concurrent first appends never race to create it.
+    op.execute("INSERT INTO audit_head (id, seq, hash) SELECT 1, 0, '" + "0" * 64 + "' "
+               "WHERE NOT EXISTS (SELECT 1 FROM audit_head)")
 
 
 def downgrade() -> None:

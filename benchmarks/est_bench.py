@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""EST enrollments per second over mutual TLS vs. nginx's mutual-TLS ceiling, in the same run.
+
+device-ca: `device-ca serve` (gunicorn, 2 HTTPS workers) with a SoftHSM token and a database of
+its own. 16 concurrent clients, a new TLS connection per request (as devices do, no session
+resumption), each presenting a factory client certificate that the server verifies, each
+request a real enrollment (`simpleenroll` with its own one-time bootstrap token and CSR): CSR
+check, policy, pre-issuance lint, SoftHSM signature and database commits included.
+
+Peer: nginx on the same machine, client certificates verified (`ssl_verify_client on`), a fixed
+answer to the same POST, same load generator (benchmarks/loadgen.py), same concurrency.
+
+    python3 benchmarks/est_bench.py [--seconds 10] [--concurrency 16] [--database-url URL]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from loadgen import run_load  # noqa: E402
+from tls_ceiling import Measure, nginx_conf  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--database-url", help="an EMPTY database (default: SQLite in the temporary directory)")
+    parser.add_argument("--tokens", type=int, default=6000, help="bootstrap tokens prepared (upper bound of requests)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="device-ca-est-bench-"))
+    softhsm = work / "softhsm"
+    (softhsm / "tokens").mkdir(parents=True)
+    (softhsm / "softhsm2.conf").write_text(f"directories.tokendir = {softhsm / 'tokens'}\nobjectstore.backend = file\n"
+                                           "log.level = ERROR\n")
+    os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"] = str(softhsm)
+    os.environ["SOFTHSM2_CONF"] = str(softhsm / "softhsm2.conf")
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from helpers import make_csr
+    from integration.cli_harness import make_tokens, new_ca_env
+    from integration.est_pki import Manufacturer
+    from integration.server_harness import free_port, policy_dir_with, start_server
+    from integration.tls_tools import Nginx, make_pki
+
+    env = new_ca_env(work, args.database_url or f"sqlite:///{work / 'device-ca.db'}")
+    env.run("init", "--organization", "BuildingCo")
+    factory = Manufacturer(work, "Factory")
+    idevid_cert, idevid_key = factory.idevid("bench-client")
+    policies = policy_dir_with(work, {"bench-sensor": 'subject = "CN={device_id},OU=bench-sensor,O=BuildingCo"\n'
+                                                      f'manufacturer_cas = ["{factory.pem}"]\n'})
+    server = start_server(env, "--rate-limit", "0", "--workers", str(args.workers), policy_dir=policies)
+    try:
+        devices = [f"s-{i}" for i in range(args.tokens)]
+        tokens = make_tokens(env, "bench-sensor", devices)
+        csrs = {d: base64.b64encode(make_csr(d, ou="bench-sensor", encoding=Encoding.DER)) for d in devices}
+        requests = [({"Content-Type": "application/pkcs10",
+                      "Authorization": "Basic " + base64.b64encode(f"{d}:{tokens[d]}".encode()).decode()}, csrs[d])
+                    for d in devices]
+        ours = run_load(f"{server.est}/bench-sensor/simpleenroll", cert=idevid_cert, key=idevid_key,
+                        cacert=server.chain, concurrency=args.concurrency, seconds=args.seconds, requests=requests)
+
+        pki = make_pki(work / "nginx")
+        port = free_port()
+        with Nginx(nginx_conf(pki, port, "on"), worker_processes=2, access_log=False, error_log_level="error") as nginx:
+            with Measure(nginx):
+                peer = run_load(f"https://127.0.0.1:{port}/", csrs[devices[0]], {"Content-Type": "application/pkcs10"},
+                                pki.client_cert, pki.client_key, pki.ca_cert, concurrency=args.concurrency,
+                                seconds=args.seconds)
+    finally:
+        server.stop()
+    db = (args.database_url or "sqlite").split(":", 1)[0]
+    print(f"device-ca EST simpleenroll ({db}, {args.workers} workers, mTLS, new connection each, "
+          f"{args.concurrency} clients, {args.seconds:.0f} s): {ours['ok_rps']:.1f} enrollments/s  "
+          f"p50 {ours['p50_ms']:.0f} ms  p99 {ours['p99_ms']:.0f} ms  statuses {ours['statuses']}  "
+          f"errors {ours['errors']}{' (tokens used up)' if ours['exhausted'] else ''}")
+    print(f"nginx mTLS, new connection each (peer, same run): {peer['rps']:.1f} requests/s  "
+          f"p50 {peer['p50_ms']:.0f} ms  p99 {peer['p99_ms']:.0f} ms")
+    print(f"ratio device-ca / nginx: {ours['ok_rps'] / peer['rps']:.3f}  (goal: at least 0.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

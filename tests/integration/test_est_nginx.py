@@ -1,0 +1,83 @@
+"""device-ca behind nginx: the client certificate verified by nginx arrives in a header, which
+device-ca believes only from the configured proxy address."""
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.parse
+
+import pytest
+
+from integration.cli_harness import new_ca_env
+from integration.est_pki import device_csr, pkcs7_certificates
+from integration.server_harness import free_port, start_server
+from integration.tls_tools import Nginx
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HEADER = "X-SSL-Client-Cert"
+
+
+@pytest.fixture
+def proxied(tmp_path, database_url):
+    env = new_ca_env(tmp_path, database_url)
+    env.run("init", "--organization", "BuildingCo")
+    server = start_server(env, "--rate-limit", "0", "--trusted-proxy", "127.0.0.1", "--client-cert-header", HEADER)
+    tls = env.home / "tls"
+    port = free_port()
+    config = f"""
+        server {{
+            listen 127.0.0.1:{port} ssl;
+            ssl_certificate {tls / 'server.pem'};
+            ssl_certificate_key {tls / 'server.key'};
+            ssl_client_certificate {tls / 'client-ca.pem'};
+            ssl_verify_client optional;
+            ssl_verify_depth 2;
+            location /.well-known/est/ {{
+                proxy_pass https://127.0.0.1:{server.port};
+                proxy_bind 127.0.0.1;
+                proxy_set_header {HEADER} $ssl_client_escaped_cert;
+            }}
+        }}"""
+    with Nginx(config) as nginx:
+        yield env, server, nginx
+    server.stop()
+
+
+def _curl(url, chain, *args, body=None):
+    proc = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--cacert", str(chain), *args,
+                           "-H", "Content-Type: application/pkcs10", "--data-binary", "@-", url],
+                          input=body, capture_output=True, timeout=60)
+    data, _, status = proc.stdout.rpartition(b"\n")
+    return int(status or 0), data
+
+
+def test_reenroll_through_nginx_and_header_only_from_the_proxy(proxied, tmp_path):
+    env, server, nginx = proxied
+    chain = env.ca_dir / "chain.pem"
+    via_nginx = f"https://127.0.0.1:{nginx.port}/.well-known/est/badge-reader"
+    secret = env.run("token", "create", "--policy", "badge-reader", "--device-id", "br-5").stdout.decode().strip()
+    key, body = device_csr(tmp_path, "br-5", "/O=BuildingCo/OU=badge-reader/CN=br-5")
+    status, data = _curl(f"{via_nginx}/simpleenroll", chain, "-u", f"br-5:{secret}", body=body)
+    assert status == 200, data
+    current = tmp_path / "br-5.pem"
+    (cert,) = pkcs7_certificates(data)
+    from cryptography.hazmat.primitives.serialization import Encoding
+    current.write_bytes(cert.public_bytes(Encoding.PEM))
+    _, renew = device_csr(tmp_path, "br-5r", "/O=BuildingCo/OU=badge-reader/CN=br-5",
+                          san="URI:urn:dev:ops:buildingco-badge-reader-br-5", key=key)
+
+    # nginx verifies the certificate and passes it on; device-ca renews
+    status, data = _curl(f"{via_nginx}/simplereenroll", chain, "--cert", str(current), "--key", str(key), body=renew)
+    assert status == 200, data
+    assert pkcs7_certificates(data)[0].subject == cert.subject
+
+    forged = urllib.parse.quote(current.read_text())
+    # straight to device-ca from an address that is not the proxy: the header is ignored
+    direct = f"https://127.0.0.1:{server.port}/.well-known/est/badge-reader/simplereenroll"
+    status, data = _curl(direct, chain, "--interface", "127.0.0.2", "-H", f"{HEADER}: {forged}", body=renew)
+    assert status == 401 and b"current certificate" in data
+    # through nginx without a client certificate: nginx replaces the forged header with nothing
+    status, data = _curl(f"{via_nginx}/simplereenroll", chain, "-H", f"{HEADER}: {forged}", body=renew)
+    assert status == 401 and b"current certificate" in data
+    assert len(json.loads(env.run("list", "--device-id", "br-5", "--json").stdout)) == 2
