@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime as dt
 import os
-import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +35,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--database-url", help="an EMPTY database (default: SQLite in the temporary directory)")
     parser.add_argument("--tokens", type=int, default=6000, help="bootstrap tokens prepared (upper bound of requests)")
     args = parser.parse_args()
@@ -63,7 +62,8 @@ def main() -> int:
     idevid_cert, idevid_key = factory.idevid("bench-client")
     policies = policy_dir_with(work, {"bench-sensor": 'subject = "CN={device_id},OU=bench-sensor,O=BuildingCo"\n'
                                                       f'manufacturer_cas = ["{factory.pem}"]\n'})
-    server = start_server(env, "--rate-limit", "0", "--workers", str(args.workers), policy_dir=policies)
+    server = start_server(env, "--rate-limit", "0", "--workers", str(args.workers), "--threads", str(args.threads),
+                          policy_dir=policies)
     try:
         devices = [f"s-{i}" for i in range(args.tokens)]
         tokens = make_tokens(env, "bench-sensor", devices)
@@ -84,7 +84,7 @@ def main() -> int:
     finally:
         server.stop()
     db = (args.database_url or "sqlite").split(":", 1)[0]
-    print(f"device-ca EST simpleenroll ({db}, {args.workers} workers, mTLS, new connection each, "
+    print(f"device-ca EST simpleenroll ({db}, {args.workers} workers x {args.threads} threads, mTLS, new connection each, "
           f"{args.concurrency} clients, {args.seconds:.0f} s): {ours['ok_rps']:.1f} enrollments/s  "
           f"p50 {ours['p50_ms']:.0f} ms  p99 {ours['p99_ms']:.0f} ms  statuses {ours['statuses']}  "
           f"errors {ours['errors']}{' (tokens used up)' if ours['exhausted'] else ''}")

@@ -91,7 +91,8 @@ class RegistrationAuthority:
                     AuditEvent(action="certificate.intent", actor=actor, at=now, serial=serial_hex,
                                device_id=device_id,
                                details={"policy": policy_name, "method": method, "tbs_sha256": tbs_sha256,
-                                        "subject": prepared.subject.rfc4514_string()}))
+                                        "subject": prepared.subject.rfc4514_string()}),
+                    claim_token=links.token_id if links else None)
                 break
             except SerialInUse:
                 log.error("serial %s already reserved; drawing another", serial_hex)

@@ -189,15 +189,18 @@ class EstService:
 
     def _issue(self, policy: Policy, csr: csrs.CsrInfo, device_id: str, who: Authenticated, pending_id: str | None,
                public_key=None) -> Issued:
-        if who.token_id is not None and not self.store.enrollment.claim_token(who.token_id, self.clock.now()):
-            raise DeviceCAError(Kind.UNAUTHORIZED, BAD_TOKEN)
         links = IssuanceLinks(token_id=who.token_id, pending_id=pending_id)
         try:
             return self.ra.issue(policy.name, csr, device_id=device_id, actor=f"device:{device_id}",
                                  method=who.method, links=links, public_key=public_key)
-        except Exception:
-            if who.token_id is not None:
-                self.store.enrollment.release_token(who.token_id)
+        except Exception as exc:
+            # The token is claimed with the serial reservation; give it back unless another
+            # request holds it (then this one never claimed it) or it was used meanwhile.
+            if who.token_id is not None and not (isinstance(exc, DeviceCAError) and exc.kind is Kind.UNAUTHORIZED):
+                try:
+                    self.store.enrollment.release_token(who.token_id)
+                except DeviceCAError as release_error:   # e.g. the database is down: the claim expires
+                    log.warning("could not release token %s: %s", who.token_id, release_error)
             raise
 
     def _is_ours(self, certificate: x509.Certificate) -> bool:

@@ -7,6 +7,7 @@ SQLITE_BUSY_SNAPSHOT without waiting (research F11). PostgreSQL goes through psy
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -73,6 +74,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+        # SQLite has one writer at a time and its busy handler waits by sleeping (1 ms, 2 ms, ...
+        # 100 ms): threads of one process queue on a lock instead of polling the file lock.
+        self._write_lock = threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
@@ -82,14 +86,14 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """One write transaction: committed when the block ends, rolled back on any error."""
-        with translate_errors(), Session(self._writer, expire_on_commit=False) as session:
+        with self._write_lock, translate_errors(), Session(self._writer, expire_on_commit=False) as session:
             with session.begin():
                 yield session
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
         """One write transaction on a Core connection (the hot paths; no ORM unit of work)."""
-        with translate_errors(), self._writer.begin() as connection:
+        with self._write_lock, translate_errors(), self._writer.begin() as connection:
             yield connection
 
     @contextlib.contextmanager

@@ -36,21 +36,10 @@ class EnrollmentRepo:
             row = c.execute(sa.select(t).where(t.c.secret_sha256 == secret_sha256)).first()
             return _token(row) if row else None
 
-    def claim_token(self, token_id: str, now: dt.datetime) -> bool:
-        """Atomically reserve an unused, unexpired, unclaimed token for one signing attempt."""
-        table = BootstrapTokenRow.__table__
-        with self.db.transaction() as s:
-            result = s.execute(
-                sa.update(table)
-                .where(table.c.id == token_id, table.c.used_at.is_(None), table.c.expires_at > now,
-                       sa.or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
-                .values(claimed_until=now + dt.timedelta(seconds=CLAIM_SECONDS)))
-            return result.rowcount == 1
-
     def release_token(self, token_id: str) -> None:
         table = BootstrapTokenRow.__table__
-        with self.db.write() as s:
-            s.execute(sa.update(table).where(table.c.id == token_id, table.c.used_at.is_(None))
+        with self.db.transaction() as c:
+            c.execute(sa.update(table).where(table.c.id == token_id, table.c.used_at.is_(None))
                       .values(claimed_until=None))
 
     def tokens(self, device_id: str | None = None) -> list[BootstrapToken]:
@@ -116,6 +105,17 @@ class EnrollmentRepo:
                 CertificateRow.status == "good", CertificateRow.revoke_after.is_not(None),
                 CertificateRow.revoke_after <= now))
             return list(rows)
+
+
+def claim(connection, token_id: str, now: dt.datetime) -> bool:
+    """Atomically reserve an unused, unexpired, unclaimed token for one signing attempt."""
+    table = BootstrapTokenRow.__table__
+    result = connection.execute(
+        sa.update(table)
+        .where(table.c.id == token_id, table.c.used_at.is_(None), table.c.expires_at > now,
+               sa.or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
+        .values(claimed_until=now + dt.timedelta(seconds=CLAIM_SECONDS)))
+    return result.rowcount == 1
 
 
 def _utc(value):

@@ -11,8 +11,8 @@ from sqlmodel import select
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
-from device_ca.store.db import Database, migrate
-from device_ca.store.enrollment import EnrollmentRepo
+from device_ca.store.db import Database, migrate, translate_errors
+from device_ca.store.enrollment import EnrollmentRepo, claim
 from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, IssuanceLinks,
                                      OutboxMessage, Reservation)
 from device_ca.store.tables import (BootstrapTokenRow, CaCertificateRow, CertificateRow, DeviceRow, OutboxRow,
@@ -32,7 +32,8 @@ class Store:
     def __init__(self, url: str, *, migrate_schema: bool = True):
         self.db = Database(url)
         if migrate_schema:
-            migrate(self.db.engine)
+            with translate_errors():
+                migrate(self.db.engine)
         self.enrollment = EnrollmentRepo(self.db)
 
     def ping(self) -> None:
@@ -58,10 +59,13 @@ class Store:
 
     # -- issuance ----------------------------------------------------------------------------
 
-    def reserve_serial(self, reservation: Reservation, event: AuditEvent) -> None:
-        """Record the serial and the intent to sign before any signature (boulder's issuance cycle)."""
+    def reserve_serial(self, reservation: Reservation, event: AuditEvent, claim_token: str | None = None) -> None:
+        """Record the serial and the intent to sign before any signature (boulder's issuance cycle);
+        with ``claim_token``, claim that bootstrap token for this attempt in the same transaction."""
         try:
             with self.db.transaction() as c:
+                if claim_token is not None and not claim(c, claim_token, reservation.reserved_at):
+                    raise DeviceCAError(Kind.UNAUTHORIZED, "invalid, expired or already used bootstrap credentials")
                 c.execute(sa.insert(_RESERVATIONS).values(**reservation.__dict__))
                 audit.append(c, event)
         except IntegrityError as exc:

@@ -89,7 +89,8 @@ def test_database_unavailable_gives_503(tmp_path):
                 c.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
             status, data, headers = server.curl("/badge-reader/simpleenroll", "-H", "Content-Type: application/pkcs10",
                                                 "-u", f"br-3:{secret}", body=body)
-            assert status == 503 and headers["retry-after"] == "30" and b"database unavailable" in data
+            assert status == 503 and headers["retry-after"] == "30" and b"database unavailable" in data, \
+                server.log.read_text()[-3000:]
             with admin.connect() as c:
                 c.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             status, data, _ = server.curl("/badge-reader/simpleenroll", "-H", "Content-Type: application/pkcs10",
