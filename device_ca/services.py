@@ -84,7 +84,14 @@ class Services:
             raise DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc) from None
 
     def ca_certificates(self) -> dict[str, x509.Certificate]:
-        return {name: x509.load_der_x509_certificate(r.der) for name, r in self.store.ca_certificates().items()}
+        """The CA certificates; read once per process once a CA exists (they never change under it)."""
+        cached = self.__dict__.get("_ca_certificates")
+        if cached:
+            return cached
+        certs = {name: x509.load_der_x509_certificate(r.der) for name, r in self.store.ca_certificates().items()}
+        if certs:
+            self.__dict__["_ca_certificates"] = certs
+        return certs
 
     def _signer(self, label: str):
         import hsm
@@ -181,6 +188,7 @@ class Services:
             action="ca.created", actor=actor, at=now,
             details={"key_type": key_type, "root": records[0].serial, "issuing": records[1].serial,
                      "token": self.settings.hsm_token}))
+        self.__dict__.pop("_ca_certificates", None)
         self.export_ca_files()
         return {ROOT: root, ISSUING: issuing}
 

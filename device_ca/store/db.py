@@ -7,6 +7,8 @@ SQLITE_BUSY_SNAPSHOT without waiting (research F11). PostgreSQL goes through psy
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -69,14 +71,45 @@ def translate_errors() -> Iterator[None]:
         raise DeviceCAError(Kind.DB_UNAVAILABLE, "database unavailable", cause=exc) from None
 
 
+class _WriterQueue:
+    """A process-and-thread-wide writer lock for one SQLite file (flock on ``<db>.writelock``)."""
+
+    def __init__(self, url: str):
+        self._mutex = threading.Lock()
+        path = sa.engine.make_url(url).database
+        self._path = f"{path}.writelock" if path and path != ":memory:" else None
+        self._fd: int | None = None
+        self._pid = -1
+
+    def __enter__(self) -> None:
+        self._mutex.acquire()
+        if self._path is None:
+            return
+        try:
+            if self._pid != os.getpid():          # a forked child needs its own open file description
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError:
+            self._mutex.release()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._path is not None and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
+
+
 class Database:
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
         self._writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         # SQLite has one writer at a time and its busy handler waits by sleeping (1 ms, 2 ms, ...
-        # 100 ms): threads of one process queue on a lock instead of polling the file lock.
-        self._write_lock = threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
+        # 100 ms): writers queue on a lock instead, threads on a mutex and processes on flock().
+        self._write_lock = _WriterQueue(url) if url.startswith("sqlite") else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:

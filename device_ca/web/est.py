@@ -66,8 +66,13 @@ def _certs_response(certificates) -> Response:
 def cacerts(label: str | None = None) -> Response:
     if label is not None:
         _label(label)
-    certs = _services().ca_certificates()
-    return _certs_response([certs["issuing"], certs["root"]])
+    body = current_app.config.get("DEVICE_CA_CACERTS")
+    if body is None:
+        certs = _services().ca_certificates()
+        body = current_app.config["DEVICE_CA_CACERTS"] = est_codec.certs_only_base64([certs["issuing"], certs["root"]])
+    response = Response(body, status=200, content_type=PKCS7_CERTS)
+    response.headers["Content-Transfer-Encoding"] = "base64"
+    return response
 
 
 @bp.get("/csrattrs")
