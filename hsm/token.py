@@ -268,10 +268,15 @@ class Token:
 
     def _find_token(self, lib: Library, first: bool) -> Any:
         labels, matches, error = self._scan(lib)
-        if not matches:
+        for delay in (0.0, 0.05, 0.2, 0.5):
+            if matches:
+                break
             # SoftHSM reads its token directory in C_Initialize only: a token created (or
             # restored) after the module was loaded needs a re-initialisation to be seen.
             # Other Tokens of this process notice the new generation and reopen silently.
+            # While another process rewrites a token file (SoftHSM does on login), the token
+            # can look absent for a moment: a few short retries before giving up.
+            time.sleep(delay)
             lib.reinitialize()
             labels, matches, error = self._scan(lib)
         if len(matches) > 1:

@@ -39,8 +39,8 @@ class ServeOptions:
     http_port: int = 8080
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    workers: int = 2
-    threads: int = 4
+    workers: int = 4
+    threads: int = 2
     http_workers: int = 2
     rate_limit: float = 20.0
     trusted_proxies: tuple[str, ...] = field(default=())
