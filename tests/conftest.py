@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sys
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pg import postgres_database  # noqa: E402
+
 BACKEND = os.environ.get("DEVICE_CA_TEST_DATABASE", "sqlite")
-PG_ADMIN_URL = os.environ.get("DEVICE_CA_TEST_PG_URL", "postgresql+psycopg:///postgres?host=/var/run/postgresql")
 
 
 def pytest_configure(config):
@@ -66,20 +65,6 @@ def fresh_database(directory: Path):
         raise pytest.UsageError(f"DEVICE_CA_TEST_DATABASE must be sqlite or postgresql, not {BACKEND}")
     with postgres_database() as url:
         yield url
-
-
-@contextlib.contextmanager
-def postgres_database():
-    name = f"devca_test_{secrets.token_hex(6)}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 @pytest.fixture

@@ -89,22 +89,24 @@ def register(cli: click.Group, services, actor, iso) -> None:
             click.echo(f"{r['id']:<14} {r['policy']:<14} {r['device_id']:<20} {r['method']:<16} {r['state']:<9} "
                        f"{r['created_at']}")
 
+    def _decide(ctx, request_id: str, approve: bool) -> None:
+        svc = services(ctx)
+        r = svc.store.enrollment.decide(request_id, approve, actor(), svc.clock.now())
+        click.echo(f"{r.state} {r.id} ({r.device_id}, policy {r.policy})")
+
     @pending.command("approve")
     @click.argument("request_id")
     @click.pass_context
     def pending_approve(ctx, request_id) -> None:
         """Approve; the device's next identical request gets its certificate."""
-        svc = services(ctx)
-        r = svc.store.enrollment.decide(request_id, True, actor(), svc.clock.now())
-        click.echo(f"approved {r.id} ({r.device_id}, policy {r.policy})")
+        _decide(ctx, request_id, True)
 
     @pending.command("reject")
     @click.argument("request_id")
     @click.pass_context
     def pending_reject(ctx, request_id) -> None:
-        svc = services(ctx)
-        r = svc.store.enrollment.decide(request_id, False, actor(), svc.clock.now())
-        click.echo(f"rejected {r.id} ({r.device_id}, policy {r.policy})")
+        """Reject; the device's next request is refused (403)."""
+        _decide(ctx, request_id, False)
 
     @cli.command("revoke-superseded")
     @click.pass_context

@@ -81,14 +81,7 @@ class EstService:
     def enroll(self, label: str, csr_der: bytes, caller: Caller) -> Issued:
         policy = self.policies.get(label)
         who = self._authenticate(policy, caller)
-        csr = csrs.load(csr_der)
-        device_id = who.device_id or policies_.device_id_from_subject(policy, csr.subject)
-        if device_id is None:
-            raise DeviceCAError(Kind.POLICY_REJECTED, "the CSR subject carries no device id for this policy")
-        if who.method == "idevid":
-            _check_idevid_identity(caller.certificate, device_id)
-        policies_.apply(policy, csr, device_id)           # refuse before anything is stored
-        pending_id = self._approval(policy, device_id, csr, who) if policy.require_approval else None
+        csr, device_id, pending_id = self._decide(policy, csr_der, who, caller)
         return self._issue(policy, csr, device_id, who, pending_id)
 
     def serverkeygen(self, label: str, csr_der: bytes, caller: Caller) -> tuple[Issued, bytes]:
@@ -99,15 +92,9 @@ class EstService:
             who = Authenticated(method="reenroll", device_id=record.device_id)
         else:
             who = self._authenticate(policy, caller)
-        csr = csrs.load(csr_der)
-        device_id = who.device_id or policies_.device_id_from_subject(policy, csr.subject)
-        if device_id is None:
-            raise DeviceCAError(Kind.POLICY_REJECTED, "the CSR subject carries no device id for this policy")
-        if who.method == "idevid":
-            _check_idevid_identity(caller.certificate, device_id)
-        policies_.apply(policy, csr, device_id)
+        csr, device_id, pending_id = self._decide(policy, csr_der, who, caller)
         key = _generate_key(policy.key_types[0])
-        issued = self._issue(policy, csr, device_id, who, None, public_key=key.public_key())
+        issued = self._issue(policy, csr, device_id, who, pending_id, public_key=key.public_key())
         pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
         return issued, pkcs8
@@ -143,6 +130,19 @@ class EstService:
         return done
 
     # -- steps -----------------------------------------------------------------------------
+
+    def _decide(self, policy: Policy, csr_der: bytes, who: Authenticated,
+                caller: Caller) -> tuple[csrs.CsrInfo, str, str | None]:
+        """Check the CSR and the device it names before anything is stored; approval if the policy wants it."""
+        csr = csrs.load(csr_der)
+        device_id = who.device_id or policies_.device_id_from_subject(policy, csr.subject)
+        if device_id is None:
+            raise DeviceCAError(Kind.POLICY_REJECTED, "the CSR subject carries no device id for this policy")
+        if who.method == "idevid":
+            _check_idevid_identity(caller.certificate, device_id)
+        policies_.apply(policy, csr, device_id)
+        pending_id = self._approval(policy, device_id, csr, who) if policy.require_approval else None
+        return csr, device_id, pending_id
 
     def _authenticate(self, policy: Policy, caller: Caller) -> Authenticated:
         if caller.basic is not None:

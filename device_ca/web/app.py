@@ -39,6 +39,10 @@ def _base(services, name: str) -> Flask:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
+    @app.errorhandler(415)
+    def _media_type(exc) -> Response:
+        return text(415, exc.description or "unsupported media type")
+
     @app.errorhandler(413)
     def _too_large(exc) -> Response:
         return text(413, f"request body larger than {MAX_BODY} bytes")

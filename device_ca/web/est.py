@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import UnsupportedMediaType
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.enrollment import Caller
@@ -50,8 +51,9 @@ def _caller() -> Caller:
 
 
 def _csr_body() -> bytes:
+    """The request's CSR (RFC 7030 §4.2.1): application/pkcs10, base64 DER."""
     if est_codec.media_type(request.content_type) != "application/pkcs10":
-        return None
+        raise UnsupportedMediaType("Content-Type must be application/pkcs10")
     return est_codec.decode_base64_body(request.get_data(cache=False))
 
 
@@ -88,33 +90,21 @@ def csrattrs(label: str | None = None) -> Response:
 @bp.post("/simpleenroll")
 @bp.post("/<label>/simpleenroll")
 def simpleenroll(label: str | None = None) -> Response:
-    label = _label(label)
-    csr = _csr_body()
-    if csr is None:
-        return text(415, "Content-Type must be application/pkcs10")
-    issued = _services().est.enroll(label, csr, _caller())
+    issued = _services().est.enroll(_label(label), _csr_body(), _caller())
     return _certs_response([_load(issued.pem)])
 
 
 @bp.post("/simplereenroll")
 @bp.post("/<label>/simplereenroll")
 def simplereenroll(label: str | None = None) -> Response:
-    label = _label(label)
-    csr = _csr_body()
-    if csr is None:
-        return text(415, "Content-Type must be application/pkcs10")
-    issued = _services().est.reenroll(label, csr, _caller())
+    issued = _services().est.reenroll(_label(label), _csr_body(), _caller())
     return _certs_response([_load(issued.pem)])
 
 
 @bp.post("/serverkeygen")
 @bp.post("/<label>/serverkeygen")
 def serverkeygen(label: str | None = None) -> Response:
-    label = _label(label)
-    csr = _csr_body()
-    if csr is None:
-        return text(415, "Content-Type must be application/pkcs10")
-    issued, pkcs8 = _services().est.serverkeygen(label, csr, _caller())
+    issued, pkcs8 = _services().est.serverkeygen(_label(label), _csr_body(), _caller())
     body, content_type = est_codec.serverkeygen_multipart(pkcs8, _load(issued.pem))
     return Response(body, status=200, content_type=content_type)
 

@@ -250,3 +250,13 @@ def test_bad_requests(pki, tmp_path, case):
     if status == 401:
         assert headers["www-authenticate"].startswith("Basic")
     assert _certificates(env, device) == []
+
+
+def test_serverkeygen_also_waits_for_approval(pki, tmp_path):
+    env, server = pki["env"], pki["server"]
+    secret = env.run("token", "create", "--policy", "guarded-lock", "--device-id", "gl-2").stdout.decode().strip()
+    _, body = device_csr(tmp_path, "gl-2", "/O=BuildingCo/OU=guarded-lock/CN=gl-2")
+    status, _, headers = server.curl("/guarded-lock/serverkeygen", "-H", "Content-Type: application/pkcs10",
+                                     "-u", f"gl-2:{secret}", body=body)
+    assert status == 202 and headers["retry-after"] == "60"
+    assert _certificates(env, "gl-2") == []

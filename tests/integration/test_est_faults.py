@@ -72,7 +72,7 @@ def test_hsm_unavailable_gives_503_and_nothing_issued(served, tmp_path):
 
 
 def test_database_unavailable_gives_503(tmp_path):
-    from conftest import PG_ADMIN_URL, postgres_database
+    from pg import PG_ADMIN_URL, postgres_database
 
     with postgres_database() as url:
         env = new_ca_env(tmp_path, url)

@@ -1,0 +1,159 @@
+"""Certificate revocation lists (RFC 5280 §5) signed by an injected signer, and their publication.
+
+A CRL built here is v2, names its issuer with the CA certificate's subject byte for byte, carries
+the CA's SKI as authorityKeyIdentifier (§5.2.1) and a non-critical cRLNumber (§5.2.3, at most 20
+octets), and gives each entry a reasonCode (§5.3.1) unless the reason is ``unspecified`` (the
+SHOULD of §5.3.1). With no entries the revokedCertificates field is absent, as §5.1.2.6 requires.
+The signature is checked against the CA certificate's key before the CRL leaves this module, so a
+corrupted signature from the token is never published.
+
+Keeping cRLNumber strictly increasing and thisUpdate monotonic across CRLs is the caller's job:
+it owns the state (the database); this module only refuses numbers outside the allowed range.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from device_ca.ca.issuer import check_issuer
+from device_ca.errors import DeviceCAError, Kind
+
+# RFC 5280 §5.2.3: "CRL issuers MUST NOT use CRLNumber values longer than 20 octets"; a positive
+# DER INTEGER of 20 octets holds at most 159 bits.
+MAX_CRL_NUMBER = 2**159 - 1
+MAX_SERIAL = 2**159 - 1
+
+# RFC 5280 §5.3.1 reason names. certificateHold is left out (revocation here is final) and
+# removeFromCRL belongs to delta CRLs, which this CA does not issue.
+REASONS: dict[str, x509.ReasonFlags] = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "cACompromise": x509.ReasonFlags.ca_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+    "aACompromise": x509.ReasonFlags.aa_compromise,
+}
+
+_REASON_EXTENSIONS = {
+    name: x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(flag))
+    for name, flag in REASONS.items() if name != "unspecified"
+}
+
+
+@dataclass(frozen=True)
+class RevokedEntry:
+    serial: int
+    revoked_at: dt.datetime
+    reason: str = "unspecified"
+
+
+def reason_flag(reason: str) -> x509.ReasonFlags | None:
+    """The reasonCode to encode for ``reason``; None for ``unspecified`` (RFC 5280 §5.3.1 SHOULD)."""
+    if reason not in REASONS:
+        raise DeviceCAError(Kind.INTERNAL, f"unknown revocation reason {reason!r}")
+    return None if reason == "unspecified" else REASONS[reason]
+
+
+def utc_seconds(when: dt.datetime) -> dt.datetime:
+    """``when`` in UTC without fractions of a second; naive datetimes are refused."""
+    if when.tzinfo is None:
+        raise DeviceCAError(Kind.INTERNAL, "naive datetime: CRL and OCSP times must carry a time zone")
+    return when.astimezone(dt.timezone.utc).replace(microsecond=0)
+
+
+def build_crl(issuer_cert: x509.Certificate, signer, entries: Iterable[RevokedEntry], crl_number: int,
+              this_update: dt.datetime, next_update: dt.datetime, hash_algorithm) -> x509.CertificateRevocationList:
+    """Build and sign the CRL of ``issuer_cert``; raise DeviceCAError if it cannot be built or does not verify."""
+    if not isinstance(crl_number, int) or not 1 <= crl_number <= MAX_CRL_NUMBER:
+        raise DeviceCAError(Kind.INTERNAL, "CRL number must be 1..2^159-1 (at most 20 octets, RFC 5280 §5.2.3)")
+    this_update, next_update = utc_seconds(this_update), utc_seconds(next_update)
+    if next_update <= this_update:
+        raise DeviceCAError(Kind.INTERNAL, "CRL nextUpdate must be later than thisUpdate")
+    check_issuer(issuer_cert, signer)
+    ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+
+    revoked = _revoked_certificates(entries)
+    builder = (
+        x509.CertificateRevocationListBuilder(revoked_certificates=revoked)
+        .issuer_name(issuer_cert.subject)
+        .last_update(this_update)
+        .next_update(next_update)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .add_extension(x509.CRLNumber(crl_number), critical=False)
+    )
+    crl = builder.sign(signer, hash_algorithm)
+    verify_crl_signature(crl, issuer_cert)
+    return crl
+
+
+def _revoked_certificates(entries: Iterable[RevokedEntry]) -> list[x509.RevokedCertificate]:
+    """The entries as revokedCertificates.
+
+    The builders are made with their constructor rather than the chained setters, which copy the
+    builder at every step: 0.5 s instead of 1.4 s for 100,000 entries. The checks the setters would
+    make (serial range, aware date) are made here.
+    """
+    revoked, seen = [], set()
+    for entry in entries:
+        serial = entry.serial
+        if not isinstance(serial, int) or not 0 < serial <= MAX_SERIAL:
+            raise DeviceCAError(Kind.INTERNAL, f"serial {serial!r} cannot appear in a CRL (1..2^159-1)")
+        if serial in seen:
+            raise DeviceCAError(Kind.INTERNAL, f"serial {serial:x} listed twice in the CRL")
+        seen.add(serial)
+        if entry.reason not in REASONS:
+            raise DeviceCAError(Kind.INTERNAL, f"unknown revocation reason {entry.reason!r}")
+        when = entry.revoked_at
+        if when.tzinfo is None:
+            raise DeviceCAError(Kind.INTERNAL, "naive revocation time: CRL times must carry a time zone")
+        naive_utc = when.astimezone(dt.timezone.utc).replace(microsecond=0, tzinfo=None)
+        extension = _REASON_EXTENSIONS.get(entry.reason)
+        revoked.append(x509.RevokedCertificateBuilder(serial, naive_utc, [extension] if extension else []).build())
+    return revoked
+
+
+def verify_crl_signature(crl: x509.CertificateRevocationList, issuer_cert: x509.Certificate) -> None:
+    try:
+        valid = crl.is_signature_valid(issuer_cert.public_key())
+    except (InvalidSignature, ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise DeviceCAError(Kind.INTERNAL, "CRL signature made by the token does not verify; nothing was published")
+
+
+def publish_atomically(der: bytes, path: Path) -> None:
+    """Replace ``path`` with ``der`` so that readers see the old file or the new one, never a part.
+
+    The bytes go to a temporary file in the same directory, are fsynced, made world-readable (a
+    CRL is public; nginx and Mosquitto read it as other users) and renamed over ``path``; then the
+    directory is fsynced so the rename survives a crash.
+    """
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(der)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
