@@ -124,6 +124,13 @@ class Services:
 
         return EstService(self.ra, self.store, self.policies, self.clock, lambda: self.issuer.certificate)
 
+    @functools.cached_property
+    def revocation(self):
+        from device_ca.ra.status import RevocationService
+
+        return RevocationService(self.store, lambda: self.issuer, lambda: self.token, self.clock,
+                                 self.settings.home / "crl" / f"{ISSUING}.crl", self.linter)
+
     def issue_server_certificate(self, hosts: list[str], directory: Path, actor: str) -> x509.Certificate:
         """A TLS server certificate for ``device-ca serve`` (software key, 0600), recorded like any other."""
         import ipaddress

@@ -159,6 +159,18 @@ class RegistrationAuthority:
         return self.store.revoke(serial_hex, reason, self.clock.now(), actor,
                                  lambda record: _revoked_messages(self._policy_or_none(record.policy), record))
 
+    def decommission(self, device_id: str, *, actor: str) -> list[CertificateRecord]:
+        """Revoke every good certificate of a device (cessationOfOperation) and retire the device."""
+        revoked = []
+        for record in self.store.certificates(device_id=device_id, status="good"):
+            try:
+                revoked.append(self.revoke(record.serial, "cessationOfOperation", actor=actor))
+            except DeviceCAError as exc:
+                if exc.kind is not Kind.CONFLICT:          # revoked meanwhile: nothing left to do
+                    raise
+        self.store.retire_device(device_id, self.clock.now(), actor, len(revoked))
+        return revoked
+
     def _policy_or_none(self, name: str) -> Policy | None:
         try:
             return self.policies.get(name)

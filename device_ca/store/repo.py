@@ -13,6 +13,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.enrollment import EnrollmentRepo, claim
+from device_ca.store.status import StatusRepo, mark_crl_dirty
 from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, IssuanceLinks,
                                      OutboxMessage, Reservation)
 from device_ca.store.tables import (BootstrapTokenRow, CaCertificateRow, CertificateRow, DeviceRow, OutboxRow,
@@ -35,6 +36,7 @@ class Store:
             with translate_errors():
                 migrate(self.db.engine)
         self.enrollment = EnrollmentRepo(self.db)
+        self.status = StatusRepo(self.db)
 
     def ping(self) -> None:
         with self.db.read() as s:
@@ -144,10 +146,20 @@ class Store:
             s.add(revocation)
             s.flush()
             record = _certificate(row, revocation)
+            mark_crl_dirty(s, row.issuer)
             audit.append(s, AuditEvent(action="certificate.revoked", actor=actor, at=at, serial=serial,
                                        device_id=row.device_id, details={"reason": reason}))
             _enqueue(s, messages_for(record), at)
             return record
+
+    def retire_device(self, device_id: str, at: dt.datetime, actor: str, revoked: int) -> None:
+        with self.db.transaction() as c:
+            done = c.execute(sa.update(_DEVICES).where(_DEVICES.c.device_id == device_id)
+                             .values(status="decommissioned", updated_at=at))
+            if done.rowcount != 1:
+                raise DeviceCAError(Kind.NOT_FOUND, f"no device {device_id!r}")
+            audit.append(c, AuditEvent(action="device.decommissioned", actor=actor, at=at, device_id=device_id,
+                                       details={"revoked": revoked}))
 
     # -- audit ---------------------------------------------------------------------------------
 

@@ -145,3 +145,38 @@ class PendingRequestRow(SQLModel, table=True):
     decided_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
     decided_by: Optional[str] = Field(default=None, max_length=128)
     serial: Optional[str] = Field(default=None, max_length=40)
+
+
+class CrlRow(SQLModel, table=True):
+    """Every CRL signed, by number; the newest is the one served and published."""
+
+    __tablename__ = "crls"
+    number: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    ca: str = Field(max_length=64)
+    this_update: dt.datetime = Field(sa_column=_ts())
+    next_update: dt.datetime = Field(sa_column=_ts())
+    entries: int
+    der: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+
+
+class CrlStateRow(SQLModel, table=True):
+    """The CRL number register (numbers are reserved before signing, never reused) and whether a
+    revocation since the last CRL asks for a new one."""
+
+    __tablename__ = "crl_state"
+    ca: str = Field(primary_key=True, max_length=64)
+    last_number: int = 0
+    dirty: bool = True
+
+
+class OcspResponderRow(SQLModel, table=True):
+    """Delegated OCSP responder certificates; their keys are on the token under ``key_label``."""
+
+    __tablename__ = "ocsp_responders"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    ca: str = Field(max_length=64)
+    key_label: str = Field(max_length=128)
+    serial: str = Field(max_length=40)
+    der: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    not_after: dt.datetime = Field(sa_column=_ts())
+    created_at: dt.datetime = Field(sa_column=_ts())

@@ -29,7 +29,8 @@ from device_ca.errors import DeviceCAError, Kind
 log = logging.getLogger("device_ca.serve")
 
 SERVER_CERT_RENEW_BEFORE = dt.timedelta(days=30)
-JANITOR_SECONDS = 30
+JANITOR_SECONDS = 5          # CRL after a revocation within seconds (bursts coalesce into one CRL)
+ROTATION_EVERY = 6           # superseded revocations and responder rotation every 30 s
 
 
 @dataclass(frozen=True)
@@ -98,23 +99,32 @@ def _http_factory():
     def build():
         from device_ca.services import Services
         from device_ca.web.app import create_public_app
+        from device_ca.web.status import StatusApp
 
-        return create_public_app(Services(Settings.load()))
+        services = Services(Settings.load())
+        return StatusApp(services, create_public_app(services))
     return build
 
 
 def _start_janitor(services) -> None:
-    """Revoke superseded certificates whose rotation grace is over (idempotent across workers)."""
+    """Publish a CRL when a revocation asks for one or half its validity has passed; revoke superseded
+    certificates whose rotation grace is over; rotate the OCSP responder (idempotent across workers)."""
     stop = threading.Event()
 
     def loop() -> None:
+        rounds = 0
         while not stop.wait(JANITOR_SECONDS):
+            rounds += 1
             try:
-                done = services.est.revoke_superseded()
-                if done:
-                    log.info("revoked %d superseded certificates", len(done))
+                if services.revocation.crl_due():
+                    services.revocation.generate_crl()
+                if rounds % ROTATION_EVERY == 0:
+                    done = services.est.revoke_superseded()
+                    if done:
+                        log.info("revoked %d superseded certificates", len(done))
+                    services.revocation.ensure_responder()
             except Exception as exc:  # noqa: BLE001 - keep the janitor alive; the next round retries
-                log.warning("rotation janitor: %s", exc)
+                log.warning("janitor: %s", exc)
 
     threading.Thread(target=loop, name="device-ca-janitor", daemon=True).start()
 
@@ -131,6 +141,15 @@ def ensure_server_certificate(settings: Settings, host: str) -> tuple[Path, Path
         raise DeviceCAError(Kind.INTERNAL, f"could not issue the server certificate: "
                             f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     return cert, key
+
+
+def _prepare_status(settings: Settings) -> None:
+    """An OCSP responder certificate and a CRL before the first relying party asks (child process)."""
+    for args in (["ocsp", "refresh"], ["crl", "generate"]):
+        proc = subprocess.run([sys.executable, "-m", "device_ca.cli.main", *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise DeviceCAError(Kind.INTERNAL, f"'device-ca {' '.join(args)}' failed: "
+                                f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
 
 
 def _still_good(cert_path: Path, settings: Settings) -> bool:
@@ -182,6 +201,7 @@ def run(options: ServeOptions) -> None:
         raise DeviceCAError(Kind.MALFORMED, "--tls-cert and --tls-key go together")
     else:
         cert, key = ensure_server_certificate(settings, options.host)
+    _prepare_status(settings)
     metrics_dir = settings.home / "run" / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)

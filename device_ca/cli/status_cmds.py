@@ -1,0 +1,51 @@
+"""CLI: CRLs, the OCSP responder, decommissioning devices."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from device_ca.ca.crl import publish_atomically
+
+
+def register(cli: click.Group, services, actor, iso) -> None:
+    @cli.group()
+    def crl() -> None:
+        """Certificate revocation lists (RFC 5280 §5)."""
+
+    @crl.command("generate")
+    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the DER CRL here.")
+    @click.pass_context
+    def crl_generate(ctx, out) -> None:
+        """Sign and publish a new CRL (the server also does this after revocations and on a schedule)."""
+        svc = services(ctx)
+        latest = svc.revocation.generate_crl()
+        if out:
+            publish_atomically(latest.der, out)
+        click.echo(f"CRL {latest.number}: thisUpdate {iso(latest.this_update)}, nextUpdate {iso(latest.next_update)}, "
+                   f"written to {out or svc.revocation.crl_path}")
+
+    @cli.group()
+    def ocsp() -> None:
+        """The OCSP responder."""
+
+    @ocsp.command("refresh")
+    @click.pass_context
+    def ocsp_refresh(ctx) -> None:
+        """Make sure a delegated responder certificate is valid for more than two days (new key on the token if not)."""
+        certificate, created = services(ctx).revocation.ensure_responder()
+        click.echo(f"{'new' if created else 'current'} OCSP responder certificate "
+                   f"{format(certificate.serial_number, 'x')} until {iso(certificate.not_valid_after_utc)}")
+
+    @cli.group()
+    def device() -> None:
+        """Devices."""
+
+    @device.command("decommission")
+    @click.argument("device_id")
+    @click.pass_context
+    def device_decommission(ctx, device_id) -> None:
+        """Revoke every certificate of the device (cessationOfOperation) and retire it."""
+        revoked = services(ctx).ra.decommission(device_id, actor=actor())
+        click.echo(f"decommissioned {device_id}: {len(revoked)} certificate(s) revoked"
+                   + (": " + ", ".join(r.serial for r in revoked) if revoked else ""))

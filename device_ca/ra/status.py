@@ -1,0 +1,171 @@
+"""Revocation status for relying parties: the OCSP responder (RFC 6960, RFC 9919 profile) and the
+CRL publisher (RFC 5280 §5).
+
+OCSP answers are read from the database on every request, so a revocation is visible on the
+very next answer; signed answers for nonce-less single requests are cached per process until
+half their validity has passed, keyed by the status they state, so a cached answer can never
+contradict the database. Requests with a nonce are signed live. The delegated responder
+certificate (7 days, key on the token) is rotated two days before it expires.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from device_ca.ca import ocsp
+from device_ca.ca.clock import Clock
+from device_ca.ca.crl import RevokedEntry, build_crl, publish_atomically
+from device_ca.ca.issuer import Issuer
+from device_ca.ca.serial import new_serial, to_hex
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.store import Store
+from device_ca.store.status import StoredCrl
+
+log = logging.getLogger("device_ca.ra.status")
+
+RESPONDER_VALIDITY = dt.timedelta(days=7)
+ROTATE_BEFORE = dt.timedelta(days=2)
+OCSP_VALIDITY = dt.timedelta(hours=24)
+CRL_VALIDITY = dt.timedelta(hours=24)
+CACHE_LIMIT = 200_000
+
+
+@dataclass(frozen=True)
+class OcspAnswer:
+    der: bytes
+    this_update: dt.datetime | None = None     # None: an unsigned error response
+    next_update: dt.datetime | None = None
+    cacheable: bool = False
+
+
+class RevocationService:
+    def __init__(self, store: Store, issuer: Callable[[], Issuer], token: Callable[[], object], clock: Clock,
+                 crl_path: Path, linter=None):
+        self.store = store
+        self._issuer = issuer
+        self._token = token
+        self.clock = clock
+        self.crl_path = crl_path
+        self.linter = linter
+        self._responder: tuple[ocsp.Responder, dt.datetime] | None = None
+        self._cache: dict[tuple, OcspAnswer] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def ca(self) -> str:
+        return self._issuer().urls.ca_name
+
+    # -- OCSP ------------------------------------------------------------------------------
+
+    def respond(self, request_der: bytes) -> OcspAnswer:
+        try:
+            parsed = ocsp.parse_request(request_der)
+        except ocsp.MalformedRequest:
+            return OcspAnswer(ocsp.error_response("malformedRequest"))
+        try:
+            responder = self.responder()
+            if not all(responder.matches(c) for c in parsed.cert_ids):
+                return OcspAnswer(ocsp.error_response("unauthorized"))
+            if parsed.nonce is None and len(parsed.cert_ids) == 1:
+                return self._cached(responder, parsed.cert_ids[0])
+            now = self.clock.now()
+            return OcspAnswer(ocsp.respond(responder, parsed, self.lookup), now, now + responder.validity)
+        except DeviceCAError as exc:
+            log.error("OCSP: %s", exc.detail)
+            return OcspAnswer(ocsp.error_response(ocsp.status_for_error(exc)))
+
+    def lookup(self, serial: int) -> ocsp.Status:
+        """Never good for a serial this CA did not record as issued (reserved-only ones included)."""
+        record = self.store.status.status(to_hex(serial))
+        if record is None:
+            return ocsp.Status("unknown")
+        if record.status == "revoked":
+            return ocsp.Status("revoked", record.revoked_at, record.reason)
+        return ocsp.Status("good")
+
+    def _cached(self, responder: ocsp.Responder, cert_id: ocsp.CertId) -> OcspAnswer:
+        status = self.lookup(cert_id.serial)
+        key = (cert_id, status, id(responder))
+        now = self.clock.now()
+        hit = self._cache.get(key)
+        if hit is not None and now < hit.this_update + (hit.next_update - hit.this_update) / 2:
+            return hit
+        answer = OcspAnswer(responder.sign_response(cert_id, status), now,
+                            min(now + responder.validity, responder.responder_cert.not_valid_after_utc), True)
+        with self._lock:
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = answer
+        return answer
+
+    def responder(self) -> ocsp.Responder:
+        now = self.clock.now()
+        current = self._responder
+        if current is not None and current[1] - now > ROTATE_BEFORE / 2:
+            return current[0]
+        stored = self.store.status.active_responder(self.ca, now)
+        if stored is None:
+            raise DeviceCAError(Kind.INTERNAL, "no OCSP responder certificate: run 'device-ca ocsp refresh'")
+        key = self._token().find_key(stored.key_label)
+        if key is None:
+            raise DeviceCAError(Kind.HSM_UNAVAILABLE, f"OCSP responder key {stored.key_label!r} is not on the token")
+        certificate = x509.load_der_x509_certificate(stored.der)
+        responder = ocsp.Responder(self._issuer().certificate, certificate, key, self.clock, OCSP_VALIDITY)
+        self._responder = (responder, certificate.not_valid_after_utc)
+        return responder
+
+    def ensure_responder(self) -> tuple[x509.Certificate, bool]:
+        """The active responder certificate, a new one (key generated on the token) if it is due."""
+        now = self.clock.now()
+        stored = self.store.status.active_responder(self.ca, now)
+        if stored is not None and stored.not_after - now > ROTATE_BEFORE:
+            return x509.load_der_x509_certificate(stored.der), False
+        issuer = self._issuer()
+        label = f"device-ca-ocsp-{now:%Y%m%d%H%M%S}"
+        key = self._token().generate_key(label, issuer.key_type)
+        serial = new_serial()
+        certificate = ocsp.build_responder_certificate(issuer.certificate, issuer.signer, key.public_key(), self.clock,
+                                                       RESPONDER_VALIDITY, serial=serial, linter=self.linter)
+        der = certificate.public_bytes(Encoding.DER)
+        self.store.status.add_responder(self.ca, label, to_hex(serial), der, certificate.not_valid_after_utc, now,
+                                        hashlib.sha256(certificate.tbs_certificate_bytes).hexdigest())
+        self._responder = None
+        log.info("new OCSP responder certificate %s (key %s)", to_hex(serial), label)
+        return certificate, True
+
+    # -- CRL -------------------------------------------------------------------------------
+
+    def generate_crl(self) -> StoredCrl:
+        """Sign, verify, store and publish (atomically) a new CRL with a new number."""
+        issuer = self._issuer()
+        number = self.store.status.reserve_crl_number(self.ca)
+        try:
+            entries = [RevokedEntry(int(serial, 16), at, reason) for serial, at, reason in self.store.status.revoked(self.ca)]
+            now = self.clock.now()
+            crl = build_crl(issuer.certificate, issuer.signer, entries, number, now, now + CRL_VALIDITY, issuer.hash)
+            der = crl.public_bytes(Encoding.DER)
+            self.store.status.save_crl(self.ca, number, crl.last_update_utc, crl.next_update_utc, len(entries), der)
+        except Exception:
+            self.store.status.crl_dirty_again(self.ca)      # a revocation must not be lost from the next run
+            raise
+        self.crl_path.parent.mkdir(parents=True, exist_ok=True)
+        publish_atomically(der, self.crl_path)
+        log.info("CRL %d published with %d entries", number, len(entries))
+        return StoredCrl(number, crl.last_update_utc, crl.next_update_utc, der)
+
+    def crl_due(self) -> bool:
+        latest = self.store.status.latest_crl(self.ca)
+        if latest is None or self.store.status.crl_dirty(self.ca):
+            return True
+        return self.clock.now() >= latest.this_update + (latest.next_update - latest.this_update) / 2
+
+    def latest_crl(self) -> StoredCrl | None:
+        return self.store.status.latest_crl(self.ca)

@@ -1,0 +1,130 @@
+"""Revocation status for relying parties: certificate status lookups, CRL numbers and CRLs,
+OCSP responder certificates. Hot paths use Core statements."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from device_ca.store.db import Database
+from device_ca.store.tables import (CertificateRow, CrlRow, CrlStateRow, OcspResponderRow, RevocationRow,
+                                    SerialReservationRow)
+
+_CERTS = CertificateRow.__table__
+_REVOCATIONS = RevocationRow.__table__
+_CRLS = CrlRow.__table__
+_STATE = CrlStateRow.__table__
+_RESPONDERS = OcspResponderRow.__table__
+_RESERVATIONS = SerialReservationRow.__table__
+
+
+@dataclass(frozen=True)
+class CertStatus:
+    status: str                      # good | revoked
+    revoked_at: dt.datetime | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class StoredCrl:
+    number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    der: bytes
+
+
+@dataclass(frozen=True)
+class StoredResponder:
+    id: int
+    key_label: str
+    der: bytes
+    not_after: dt.datetime
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def mark_crl_dirty(connection, ca: str) -> None:
+    """Inside a revocation's transaction: the next CRL run must publish a new CRL."""
+    dialect = connection.dialect if hasattr(connection, "dialect") else connection.get_bind().dialect
+    insert = (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(_STATE)
+    connection.execute(insert.values(ca=ca, last_number=0, dirty=True)
+                       .on_conflict_do_update(index_elements=["ca"], set_={"dirty": True}))
+
+
+class StatusRepo:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def status(self, serial: str) -> CertStatus | None:
+        """None if this CA never recorded a certificate with that serial."""
+        with self.db.reading() as c:
+            row = c.execute(sa.select(_CERTS.c.status, _REVOCATIONS.c.revoked_at, _REVOCATIONS.c.reason)
+                            .select_from(_CERTS.outerjoin(_REVOCATIONS, _REVOCATIONS.c.serial == _CERTS.c.serial))
+                            .where(_CERTS.c.serial == serial)).first()
+        return None if row is None else CertStatus(row[0], _utc(row[1]), row[2])
+
+    def revoked(self, ca: str) -> list[tuple[str, dt.datetime, str]]:
+        with self.db.reading() as c:
+            rows = c.execute(sa.select(_REVOCATIONS.c.serial, _REVOCATIONS.c.revoked_at, _REVOCATIONS.c.reason)
+                             .select_from(_REVOCATIONS.join(_CERTS, _CERTS.c.serial == _REVOCATIONS.c.serial))
+                             .where(_CERTS.c.issuer == ca))
+            return [(r[0], _utc(r[1]), r[2]) for r in rows]
+
+    # -- CRLs --------------------------------------------------------------------------------
+
+    def reserve_crl_number(self, ca: str) -> int:
+        """The next CRL number, committed before signing: a number is never used twice."""
+        with self.db.transaction() as c:
+            row = c.execute(sa.select(_STATE.c.last_number).where(_STATE.c.ca == ca).with_for_update()).first()
+            if row is None:
+                c.execute(sa.insert(_STATE).values(ca=ca, last_number=1, dirty=False))
+                return 1
+            number = row[0] + 1
+            c.execute(sa.update(_STATE).where(_STATE.c.ca == ca).values(last_number=number, dirty=False))
+            return number
+
+    def save_crl(self, ca: str, number: int, this_update: dt.datetime, next_update: dt.datetime, entries: int,
+                 der: bytes) -> None:
+        with self.db.transaction() as c:
+            c.execute(sa.insert(_CRLS).values(number=number, ca=ca, this_update=this_update, next_update=next_update,
+                                              entries=entries, der=der))
+
+    def crl_dirty_again(self, ca: str) -> None:
+        with self.db.transaction() as c:
+            mark_crl_dirty(c, ca)
+
+    def latest_crl(self, ca: str) -> StoredCrl | None:
+        with self.db.reading() as c:
+            row = c.execute(sa.select(_CRLS.c.number, _CRLS.c.this_update, _CRLS.c.next_update, _CRLS.c.der)
+                            .where(_CRLS.c.ca == ca).order_by(_CRLS.c.number.desc()).limit(1)).first()
+        return None if row is None else StoredCrl(row[0], _utc(row[1]), _utc(row[2]), bytes(row[3]))
+
+    def crl_dirty(self, ca: str) -> bool:
+        with self.db.reading() as c:
+            row = c.execute(sa.select(_STATE.c.dirty).where(_STATE.c.ca == ca)).first()
+        return row is None or bool(row[0])
+
+    # -- OCSP responders -------------------------------------------------------------------
+
+    def add_responder(self, ca: str, key_label: str, serial: str, der: bytes, not_after: dt.datetime,
+                      created_at: dt.datetime, tbs_sha256: str) -> None:
+        with self.db.transaction() as c:
+            c.execute(sa.insert(_RESERVATIONS).values(serial=serial, issuer=ca, device_id="ocsp-responder",
+                                                      policy="_ocsp-responder", tbs_sha256=tbs_sha256,
+                                                      state="issued", reserved_at=created_at))
+            c.execute(sa.insert(_RESPONDERS).values(ca=ca, key_label=key_label, serial=serial, der=der,
+                                                    not_after=not_after, created_at=created_at))
+
+    def active_responder(self, ca: str, now: dt.datetime) -> StoredResponder | None:
+        with self.db.reading() as c:
+            row = c.execute(sa.select(_RESPONDERS.c.id, _RESPONDERS.c.key_label, _RESPONDERS.c.der,
+                                      _RESPONDERS.c.not_after)
+                            .where(_RESPONDERS.c.ca == ca, _RESPONDERS.c.not_after > now)
+                            .order_by(_RESPONDERS.c.not_after.desc()).limit(1)).first()
+        return None if row is None else StoredResponder(row[0], row[1], bytes(row[2]), _utc(row[3]))

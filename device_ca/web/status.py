@@ -1,0 +1,94 @@
+"""The relying parties' hot path as a bare WSGI callable in front of the Flask app:
+OCSP (RFC 6960 Appendix A.1: POST /ocsp, GET /ocsp/<url-encoded base64>) and the CRL
+(GET /crl/<ca>.crl, application/pkix-crl). Caching headers per RFC 5019 §6.2 / RFC 9919 §7.
+"""
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+
+from device_ca.ca import ocsp
+from device_ca.ra.status import OcspAnswer
+
+log = logging.getLogger("device_ca.web.status")
+
+OCSP_RESPONSE = "application/ocsp-response"
+
+
+def _http_date(when) -> str:
+    return email.utils.format_datetime(when, usegmt=True)
+
+
+class StatusApp:
+    """Answers /ocsp and /crl/*; everything else goes to ``fallback`` (the Flask app)."""
+
+    def __init__(self, services, fallback):
+        self.services = services
+        self.fallback = fallback
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/ocsp" or path.startswith("/ocsp/"):
+            return self._ocsp(environ, start_response, path, method)
+        if path.startswith("/crl/") and path.endswith(".crl"):
+            return self._crl(start_response, path[len("/crl/"):-len(".crl")], method)
+        return self.fallback(environ, start_response)
+
+    def _ocsp(self, environ, start_response, path, method):
+        if method == "POST" and path == "/ocsp":
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = -1
+            if not 0 < length <= ocsp.MAX_REQUEST_BYTES:
+                return self._send(start_response, OcspAnswer(ocsp.error_response("malformedRequest")))
+            answer = self.services.revocation.respond(environ["wsgi.input"].read(length))
+        elif method == "GET" and path.startswith("/ocsp/"):
+            raw = environ.get("RAW_URI") or path      # undecoded, so %2F inside the base64 survives
+            raw = raw.split("?", 1)[0]
+            segment = raw[raw.index("/ocsp/") + len("/ocsp/"):] if "/ocsp/" in raw else ""
+            try:
+                request_der = ocsp.parse_get_path(segment)
+            except ocsp.MalformedRequest:
+                return self._send(start_response, OcspAnswer(ocsp.error_response("malformedRequest")))
+            answer = self.services.revocation.respond(request_der)
+        else:
+            start_response("405 Method Not Allowed", [("Allow", "GET, POST"), ("Content-Type", "text/plain"),
+                                                      ("Content-Length", "19")])
+            return [b"method not allowed\n"]
+        return self._send(start_response, answer)
+
+    @staticmethod
+    def _send(start_response, answer: OcspAnswer):
+        headers = [("Content-Type", OCSP_RESPONSE), ("Content-Length", str(len(answer.der)))]
+        if answer.this_update is not None:
+            headers += [("Last-Modified", _http_date(answer.this_update)),
+                        ("Expires", _http_date(answer.next_update)),
+                        ("ETag", '"' + hashlib.sha256(answer.der).hexdigest() + '"')]
+            if answer.cacheable:
+                max_age = max(0, int((answer.next_update - answer.this_update).total_seconds()) // 2)
+                headers.append(("Cache-Control", f"max-age={max_age}, public, no-transform, must-revalidate"))
+            else:
+                headers.append(("Cache-Control", "no-store"))
+        else:
+            headers.append(("Cache-Control", "no-store"))
+        start_response("200 OK", headers)
+        return [answer.der]
+
+    def _crl(self, start_response, name, method):
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET"), ("Content-Length", "0")])
+            return [b""]
+        latest = self.services.revocation.latest_crl() if name == "issuing" else None
+        if latest is None:
+            body = b"no such CRL\n"
+            start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            return [body]
+        max_age = max(0, int((latest.next_update - latest.this_update).total_seconds()) // 2)
+        start_response("200 OK", [
+            ("Content-Type", "application/pkix-crl"), ("Content-Length", str(len(latest.der))),
+            ("Last-Modified", _http_date(latest.this_update)), ("Expires", _http_date(latest.next_update)),
+            ("ETag", f'"crl-{latest.number}"'), ("Cache-Control", f"max-age={max_age}, public, no-transform")])
+        return [b"" if method == "HEAD" else latest.der]

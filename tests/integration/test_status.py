@@ -1,0 +1,134 @@
+"""Revocation status against a running `device-ca serve`: OCSP with openssl (POST, GET, nonce),
+CRLs with openssl verify -crl_check and pkilint, decommissioning."""
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from integration.cli_harness import new_ca_env, openssl, openssl_csr
+from integration.server_harness import start_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, module_database_url):
+    tmp = tmp_path_factory.mktemp("status")
+    env = new_ca_env(tmp, module_database_url)
+    env.run("init", "--organization", "BuildingCo")
+    server = start_server(env, "--rate-limit", "0")
+    yield env, server, tmp
+    server.stop()
+
+
+def _issue(env, tmp, device):
+    csr = openssl_csr(tmp, device, f"/O=BuildingCo/OU=door-lock/CN={device}")
+    pem = tmp / f"{device}.pem"
+    out = env.run("issue", "--policy", "door-lock", "--csr", str(csr), "--out", str(pem)).stderr.decode()
+    return pem, out.split("issued serial ")[1].split()[0]
+
+
+def _ocsp(env, server, cert, *extra):
+    ca = env.ca_dir
+    return openssl("ocsp", "-issuer", str(ca / "issuing.pem"), "-cert", str(cert), "-url", f"{server.http}/ocsp",
+                   "-CAfile", str(ca / "root.pem"), *extra)
+
+
+def test_ocsp_good_then_revoked_at_once(served):
+    env, server, tmp = served
+    cert, serial = _issue(env, tmp, "lock-1")
+    good = _ocsp(env, server, cert)                                 # POST with a nonce
+    assert "Response verify OK" in good.stderr + good.stdout and f"{cert}: good" in good.stdout, good.stderr
+    assert "WARNING: no nonce" not in good.stderr + good.stdout
+    env.run("revoke", serial, "--reason", "keyCompromise")
+    revoked = _ocsp(env, server, cert, "-no_nonce")
+    assert f"{cert}: revoked" in revoked.stdout and "Reason: keyCompromise" in revoked.stdout, revoked.stdout
+
+
+def test_ocsp_get_with_caching_headers_and_pkilint(served):
+    env, server, tmp = served
+    cert, _ = _issue(env, tmp, "lock-2")
+    req, resp = tmp / "req.der", tmp / "resp.der"
+    openssl("ocsp", "-issuer", str(env.ca_dir / "issuing.pem"), "-cert", str(cert), "-no_nonce", "-reqout", str(req))
+    encoded = urllib.parse.quote(base64.b64encode(req.read_bytes()).decode(), safe="")
+    with urllib.request.urlopen(f"{server.http}/ocsp/{encoded}", timeout=10) as r:
+        body, headers = r.read(), r.headers
+    assert headers["Content-Type"] == "application/ocsp-response"
+    assert "max-age=" in headers["Cache-Control"] and "public" in headers["Cache-Control"]
+    assert headers["Last-Modified"] and headers["Expires"] and headers["ETag"]
+    resp.write_bytes(body)
+    check = openssl("ocsp", "-respin", str(resp), "-issuer", str(env.ca_dir / "issuing.pem"), "-CAfile",
+                    str(env.ca_dir / "root.pem"), "-cert", str(cert))
+    assert "Response verify OK" in check.stderr + check.stdout and ": good" in check.stdout
+    lint = subprocess.run(["lint_ocsp_response", "lint", "-s", "WARNING", str(resp)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+
+
+def test_unknown_serial_and_malformed_requests(served):
+    env, server, _ = served
+    unknown = openssl("ocsp", "-issuer", str(env.ca_dir / "issuing.pem"), "-serial", "0x01" + "ab" * 17,
+                      "-url", f"{server.http}/ocsp", "-CAfile", str(env.ca_dir / "root.pem"))
+    assert ": unknown" in unknown.stdout, unknown.stdout + unknown.stderr
+    for body in (b"garbage", b"\x30\x82\x01\x00"):
+        req = urllib.request.Request(f"{server.http}/ocsp", data=body,
+                                     headers={"Content-Type": "application/ocsp-request"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.read() == b"\x30\x03\x0a\x01\x01"               # malformedRequest, unsigned
+    with urllib.request.urlopen(f"{server.http}/ocsp/not%20base64", timeout=10) as r:
+        assert r.read() == b"\x30\x03\x0a\x01\x01"
+    # a CertID for another issuer: the root as "issuer" of the issuing CA's certificate
+    other = openssl("ocsp", "-issuer", str(env.ca_dir / "root.pem"), "-cert", str(env.ca_dir / "issuing.pem"),
+                    "-url", f"{server.http}/ocsp", "-CAfile", str(env.ca_dir / "root.pem"))
+    assert "unauthorized" in (other.stdout + other.stderr).lower()
+
+
+def test_crl_lists_revoked_and_openssl_refuses_them(served):
+    env, server, tmp = served
+    cert, serial = _issue(env, tmp, "lock-3")
+    good, _ = _issue(env, tmp, "lock-4")
+    env.run("revoke", serial, "--reason", "keyCompromise")
+    der = tmp / "crl.der"
+    first = env.run("crl", "generate", "--out", str(der)).stdout.decode()
+    number = int(first.split("CRL ")[1].split(":")[0])
+    pem = tmp / "crl.pem"
+    openssl("crl", "-inform", "DER", "-in", str(der), "-out", str(pem))
+    ca = env.ca_dir
+    refused = openssl("verify", "-crl_check", "-CRLfile", str(pem), "-CAfile", str(ca / "root.pem"), "-untrusted",
+                      str(ca / "issuing.pem"), str(cert))
+    assert refused.returncode != 0 and "error 23" in refused.stdout + refused.stderr
+    accepted = openssl("verify", "-crl_check", "-CRLfile", str(pem), "-CAfile", str(ca / "root.pem"), "-untrusted",
+                       str(ca / "issuing.pem"), str(good))
+    assert accepted.returncode == 0, accepted.stderr
+    lint = subprocess.run(["lint_crl", "lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", str(der)],
+                          capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    deadline = time.monotonic() + 20                               # the server serves the newest CRL
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{server.http}/crl/issuing.crl", timeout=10) as r:
+            served_der = r.read()
+            assert r.headers["Content-Type"] == "application/pkix-crl"
+        if served_der == der.read_bytes() or int(r.headers["ETag"].strip('"').split("-")[1]) > number:
+            break
+        time.sleep(1)
+    second = env.run("crl", "generate").stdout.decode()
+    assert int(second.split("CRL ")[1].split(":")[0]) > number          # strictly increasing
+
+
+def test_decommission_revokes_every_certificate(served):
+    env, server, tmp = served
+    first, _ = _issue(env, tmp, "lock-9")
+    second, _ = _issue(env, tmp, "lock-9")
+    out = env.run("device", "decommission", "lock-9").stdout.decode()
+    assert "2 certificate(s) revoked" in out
+    for cert in (first, second):
+        result = _ocsp(env, server, cert, "-no_nonce")
+        assert ": revoked" in result.stdout and "Reason: cessationOfOperation" in result.stdout
+    assert all(c["status"] == "revoked" for c in json.loads(env.run("list", "--device-id", "lock-9", "--json").stdout))
+    missing = env.run("device", "decommission", "no-such-device", check=False)
+    assert missing.returncode == 5
