@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install the third-party test tools for the EST/TLS integration tests and benchmarks,
 # skipping whatever is already there (idempotent; run by CI as root on a fresh Debian 12).
-#   Debian:  nginx-light (the nginx binary, never left running as a system service), wrk
+#   Debian:  nginx-light (the nginx binary, never left running as a system service), wrk,
+#            mosquitto + mosquitto-clients (broker binary and mosquitto_pub/sub; the system broker
+#            is never left running on 1883), golang-cfssl (cfssl: ocspsign/ocspserve peer)
+#   Checked: unshare (util-linux) and ip (iproute2), for the openssl ocsp benchmark peer
 #   Go:      estclient from github.com/globalsign/est/cmd/estclient, into /usr/local/bin
 # Environment: ESTCLIENT_VERSION (default v1.0.6, the last tag; "latest" is refused by the proxy here),
 #              GO (default: go on PATH, else /usr/local/go/bin/go), GOBIN (default /usr/local/bin).
@@ -16,7 +19,7 @@ SUDO=""
 installed=()
 
 # --- Debian packages -------------------------------------------------------------------------
-packages=(nginx-light wrk)
+packages=(nginx-light wrk mosquitto mosquitto-clients golang-cfssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -41,6 +44,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || die "nginx binary not found after installing nginx-light"
 command -v wrk >/dev/null || die "wrk not found after installing it"
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || die "mosquitto binary not found after installing mosquitto"
+command -v mosquitto_pub >/dev/null || die "mosquitto_pub not found after installing mosquitto-clients"
+command -v cfssl >/dev/null || die "cfssl not found after installing golang-cfssl"
+command -v unshare >/dev/null || die "unshare not found (Debian util-linux, Essential: should always be there)"
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || die "ip not found (Debian iproute2)"
 
 # No system nginx may stay running (tests start their own on free loopback ports). Without
 # systemd as PID 1 the init script is what starts it; stop it and disable it either way.
@@ -57,6 +65,24 @@ if [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
     pid=$(cat /run/nginx.pid)
     say "stopping the system nginx (pid $pid)"
     $SUDO kill -QUIT "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && $SUDO kill -KILL "$pid" 2>/dev/null || true
+fi
+
+# Same for the system mosquitto (Debian starts it on 0.0.0.0:1883 from /etc/init.d/mosquitto;
+# tests start their own broker on a free loopback port with their own configuration).
+if [ -e /etc/init.d/mosquitto ]; then
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+        $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
+    else
+        $SUDO service mosquitto stop >/dev/null 2>&1 || true
+        command -v update-rc.d >/dev/null && $SUDO update-rc.d mosquitto disable >/dev/null 2>&1 || true
+    fi
+fi
+if [ -s /run/mosquitto/mosquitto.pid ] && kill -0 "$(cat /run/mosquitto/mosquitto.pid)" 2>/dev/null; then
+    pid=$(cat /run/mosquitto/mosquitto.pid)
+    say "stopping the system mosquitto (pid $pid)"
+    $SUDO kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && $SUDO kill -KILL "$pid" 2>/dev/null || true
 fi
@@ -109,3 +135,4 @@ else
     say "nothing to install"
 fi
 say "nginx: $(nginx -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}'); estclient: $(command -v estclient || echo "$GOBIN/estclient")"
+say "mosquitto: $(dpkg-query -W -f='${Version}' mosquitto); cfssl: $(dpkg-query -W -f='${Version}' golang-cfssl); unshare: $(command -v unshare)"
