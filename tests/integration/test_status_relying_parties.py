@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from integration.cli_harness import new_ca_env, openssl_csr
+from integration.cli_harness import new_ca_env, openssl, openssl_csr
+from integration.mosquitto import Mosquitto, publish, refused
 from integration.server_harness import free_port, start_server
 from integration.tls_tools import Nginx
 
@@ -51,3 +52,31 @@ def test_nginx_ssl_ocsp_lets_good_devices_in_and_refuses_revoked(tmp_path, datab
             assert "revoked" in nginx.log_tail().lower() or refused.endswith("\n400")
     finally:
         server.stop()
+
+
+def test_mosquitto_refuses_a_revoked_device_after_the_crl_refresh(tmp_path, database_url):
+    env = new_ca_env(tmp_path, database_url)
+    env.run("init", "--organization", "BuildingCo")
+    ca = env.ca_dir
+    csr = openssl_csr(tmp_path, "env-00aa", "/O=BuildingCo/OU=env-sensor/CN=env-00aa")
+    cert, key = tmp_path / "env-00aa.pem", tmp_path / "env-00aa.key"
+    issued = env.run("issue", "--policy", "env-sensor", "--csr", str(csr), "--out", str(cert)).stderr.decode()
+    serial = issued.split("issued serial ")[1].split()[0]
+    env.run("tls", "server-cert", "--host", "127.0.0.1", "--out-dir", str(tmp_path / "tls"))
+    crl_der, crl_pem = tmp_path / "ca.crl", tmp_path / "ca.crl.pem"
+
+    def refresh_crl():
+        env.run("crl", "generate", "--out", str(crl_der))
+        pem = openssl("crl", "-inform", "DER", "-in", str(crl_der), "-out", str(crl_pem) + ".tmp")
+        assert pem.returncode == 0, pem.stderr
+        (tmp_path / "ca.crl.pem.tmp").replace(crl_pem)
+
+    refresh_crl()
+    with Mosquitto(ca / "chain.pem", tmp_path / "tls" / "server.pem", tmp_path / "tls" / "server.key", crl_pem) as broker:
+        ok = publish(broker.port, ca / "chain.pem", cert, key)
+        assert ok.returncode == 0, ok.stderr + broker.log_tail()
+        env.run("revoke", serial, "--reason", "keyCompromise")
+        refresh_crl()
+        broker.reload()
+        result = publish(broker.port, ca / "chain.pem", cert, key)
+        assert refused(result), (result.returncode, result.stderr)
