@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -53,7 +54,7 @@ class Authenticated:
 
 class EstService:
     def __init__(self, ra: RegistrationAuthority, store: Store, policies: Policies, clock: Clock,
-                 issuing_ca: "callable"):
+                 issuing_ca: Callable[[], x509.Certificate]):
         self.ra = ra
         self.store = store
         self.policies = policies

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Callable
 import json
 
 import sqlalchemy as sa
@@ -132,7 +133,7 @@ class Store:
             return [_certificate(c, r) for c, r in s.exec(query)]
 
     def revoke(self, serial: str, reason: str, at: dt.datetime, actor: str,
-               messages_for: "callable") -> CertificateRecord:
+               messages_for: Callable[[CertificateRecord], list[OutboxMessage]]) -> CertificateRecord:
         """Mark revoked, record the reason, audit it and queue the relying-party updates: one transaction."""
         with self.db.write() as s:
             row = s.get(CertificateRow, serial)
