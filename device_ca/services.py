@@ -129,7 +129,7 @@ class Services:
         from device_ca.ra.status import RevocationService
 
         return RevocationService(self.store, lambda: self.issuer, lambda: self.token, self.clock,
-                                 self.settings.home / "crl" / f"{ISSUING}.crl", self.linter)
+                                 self.settings.home / "crl" / f"{ISSUING}.crl", self.linter, ISSUING)
 
     def issue_server_certificate(self, hosts: list[str], directory: Path, actor: str) -> x509.Certificate:
         """A TLS server certificate for ``device-ca serve`` (software key, 0600), recorded like any other."""

@@ -48,7 +48,8 @@ class OcspAnswer:
 
 class RevocationService:
     def __init__(self, store: Store, issuer: Callable[[], Issuer], token: Callable[[], object], clock: Clock,
-                 crl_path: Path, linter=None):
+                 crl_path: Path, linter=None, ca: str = "issuing"):
+        self.ca = ca
         self.store = store
         self._issuer = issuer
         self._token = token
@@ -58,10 +59,6 @@ class RevocationService:
         self._responder: tuple[ocsp.Responder, dt.datetime] | None = None
         self._cache: dict[tuple, OcspAnswer] = {}
         self._lock = threading.Lock()
-
-    @property
-    def ca(self) -> str:
-        return self._issuer().urls.ca_name
 
     # -- OCSP ------------------------------------------------------------------------------
 

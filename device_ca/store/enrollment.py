@@ -121,7 +121,7 @@ def claim(connection, token_id: str, now: dt.datetime) -> bool:
 def _utc(value):
     if value is None:
         return None
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
 def _token(r: BootstrapTokenRow) -> BootstrapToken:

@@ -4,6 +4,7 @@ OCSP (RFC 6960 Appendix A.1: POST /ocsp, GET /ocsp/<url-encoded base64>) and the
 """
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import hashlib
 import logging
@@ -17,7 +18,7 @@ OCSP_RESPONSE = "application/ocsp-response"
 
 
 def _http_date(when) -> str:
-    return email.utils.format_datetime(when, usegmt=True)
+    return email.utils.format_datetime(when.astimezone(dt.timezone.utc), usegmt=True)
 
 
 class StatusApp:
@@ -30,10 +31,19 @@ class StatusApp:
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
-        if path == "/ocsp" or path.startswith("/ocsp/"):
-            return self._ocsp(environ, start_response, path, method)
-        if path.startswith("/crl/") and path.endswith(".crl"):
-            return self._crl(start_response, path[len("/crl/"):-len(".crl")], method)
+        try:
+            if path == "/ocsp" or path.startswith("/ocsp/"):
+                return self._ocsp(environ, start_response, path, method)
+            if path.startswith("/crl/") and path.endswith(".crl"):
+                return self._crl(start_response, path[len("/crl/"):-len(".crl")], method)
+        except Exception:   # noqa: BLE001 - one answer per protocol, never a stack trace
+            log.exception("%s %s failed", method, path)
+            if path.startswith("/ocsp"):
+                return self._send(start_response, OcspAnswer(ocsp.error_response("internalError")))
+            body = b"CRL temporarily unavailable\n"
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "30"),
+                                                       ("Content-Length", str(len(body)))])
+            return [body]
         return self.fallback(environ, start_response)
 
     def _ocsp(self, environ, start_response, path, method):
