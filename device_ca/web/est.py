@@ -17,7 +17,6 @@ from device_ca.web.tls import client_certificate
 bp = Blueprint("est", __name__, url_prefix="/.well-known/est")
 
 PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
-ENROLL_OPS = ("simpleenroll", "simplereenroll", "serverkeygen")
 
 
 def _services():
@@ -34,9 +33,20 @@ def _label(label: str | None) -> str:
         raise DeviceCAError(Kind.NOT_FOUND, f"unknown label {label!r}") from None
 
 
+def _client_address() -> str:
+    """The device's address: from X-Forwarded-For when the request comes through a trusted proxy
+    (so the rate limit applies per device, not to the proxy), else the peer address."""
+    remote = request.remote_addr or "-"
+    if remote in current_app.config["DEVICE_CA_PROXIES"].trusted:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded:
+            return forwarded.split(",")[-1].strip() or remote
+    return remote
+
+
 @bp.before_request
 def _limit() -> Response | None:
-    g.client = request.remote_addr or "-"
+    g.client = _client_address()
     wait = current_app.config["DEVICE_CA_RATE_LIMITER"].check(g.client)
     if wait:
         return text(429, "too many requests", {"Retry-After": str(max(1, math.ceil(wait)))})

@@ -37,6 +37,7 @@ def proxied(tmp_path, database_url):
                 proxy_pass https://127.0.0.1:{server.port};
                 proxy_bind 127.0.0.1;
                 proxy_set_header {HEADER} $ssl_client_escaped_cert;
+                proxy_set_header X-Forwarded-For $remote_addr;
             }}
         }}"""
     with Nginx(config) as nginx:
