@@ -99,6 +99,8 @@ def main() -> int:
     os.environ["SOFTHSM2_CONF"] = str(softhsm / "softhsm2.conf")
 
     ours = device_ca_rate(work, args.seconds)
+    for sub in ("peers", "openssl", "cfssl"):
+        (work / sub).mkdir()
     pki = ocsp_peers.make_ocsp_pki(work / "peers")
     request = pki.request_der.read_bytes()
     peer_openssl = ocsp_peers.openssl_responder(pki.ca_cert, pki.responder_cert, pki.responder_key, pki.leaf_cert,
