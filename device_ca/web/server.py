@@ -211,7 +211,8 @@ def run(options: ServeOptions) -> None:
               "accesslog": None, "preload_app": False, "limit_request_line": 4094, "limit_request_fields": 50,
               "limit_request_field_size": 16384}
     http = _gunicorn(_http_factory(), {**common, "bind": f"{options.host}:{options.http_port}",
-                                      "workers": options.http_workers, "worker_class": "sync", "keepalive": 5,
+                                      "workers": options.http_workers, "worker_class": "gthread", "threads": 4,
+                                      "keepalive": 5,
                                       "proc_name": "device-ca-http"})
     https = _gunicorn(_https_factory(options), {
         **common, "bind": f"{options.host}:{options.port}", "workers": options.workers,
