@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end: a CA whose keys live on a SoftHSM token, `device-ca serve`, a badge
 # reader enrolled over EST with a one-time bootstrap token (curl + openssl) and renewed with its
-# certificate, a door lock issued and revoked from the CLI, and the audit log verified.
+# certificate, its status over OCSP, a door lock issued and revoked from the CLI (OCSP answers
+# revoked at once), and the audit log verified.
 # Safe to run again: it reuses the CA under var/demo and enrolls new devices.
 # Ports: DEMO_HTTPS_PORT (8443) and DEMO_HTTP_PORT (8080).
 set -euo pipefail
@@ -57,6 +58,11 @@ echo "the same token again:"
 curl -s --cacert "$chain" -u "$dev:$secret" -H 'Content-Type: application/pkcs10' --data-binary @"$out/$dev.b64" \
     -w "HTTP %{http_code}\n" "$est/badge-reader/simpleenroll"
 
+step "A relying party (broker, gateway, Keycloak) asks the OCSP responder about it"
+ocsp_url=http://127.0.0.1:${DEMO_HTTP_PORT:-8080}/ocsp
+openssl ocsp -issuer "$DEVICE_CA_HOME/ca/issuing.pem" -cert "$out/$dev.pem" -url "$ocsp_url" \
+    -CAfile "$DEVICE_CA_HOME/ca/root.pem" 2>&1 | grep -E "verify|: "
+
 step "The device renews over EST with its current certificate as TLS client certificate (same key)"
 curl -sf --cacert "$chain" --cert "$out/$dev.pem" --key "$out/$dev.key" -H 'Content-Type: application/pkcs10' \
     --data-binary @"$out/$dev.b64" "$est/badge-reader/simplereenroll" \
@@ -67,7 +73,7 @@ lint_pkix_signer_signee_cert_chain lint -s WARNING "$DEVICE_CA_HOME/ca/issuing.p
 device-ca list --device-id "$dev"
 echo "(the first certificate is revoked as superseded once the policy's rotation grace is over)"
 
-step "An operator issues a door lock's certificate from the command line, then revokes it"
+step "An operator issues a door lock's certificate from the command line, revokes it; OCSP says so at once"
 lock=lock-$((RANDOM % 9000 + 1000))
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/$lock.key" \
     -subj "/O=BuildingCo/OU=door-lock/CN=$lock" -out "$out/$lock.csr" 2>/dev/null
@@ -75,6 +81,8 @@ device-ca issue --policy door-lock --csr "$out/$lock.csr" --out "$out/$lock.pem"
 cat "$out/$lock.log"
 serial=$(sed -n 's/^issued serial \([0-9a-f]*\).*/\1/p' "$out/$lock.log")
 device-ca revoke "$serial" --reason keyCompromise
+openssl ocsp -issuer "$DEVICE_CA_HOME/ca/issuing.pem" -cert "$out/$lock.pem" -url "$ocsp_url" \
+    -CAfile "$DEVICE_CA_HOME/ca/root.pem" 2>&1 | grep -E "verify|: |Reason"
 
 step "Audit log"
 device-ca audit verify
