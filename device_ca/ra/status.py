@@ -58,15 +58,22 @@ class RevocationService:
         self.linter = linter
         self._responder: tuple[ocsp.Responder, dt.datetime] | None = None
         self._cache: dict[tuple, OcspAnswer] = {}
+        self._parsed: dict[bytes, ocsp.ParsedRequest] = {}
         self._lock = threading.Lock()
 
     # -- OCSP ------------------------------------------------------------------------------
 
     def respond(self, request_der: bytes) -> OcspAnswer:
-        try:
-            parsed = ocsp.parse_request(request_der)
-        except ocsp.MalformedRequest:
-            return OcspAnswer(ocsp.error_response("malformedRequest"))
+        parsed = self._parsed.get(request_der)
+        if parsed is None:
+            try:
+                parsed = ocsp.parse_request(request_der)
+            except ocsp.MalformedRequest:
+                return OcspAnswer(ocsp.error_response("malformedRequest"))
+            if parsed.nonce is None:                 # relying parties repeat the same request
+                if len(self._parsed) >= CACHE_LIMIT:
+                    self._parsed.clear()
+                self._parsed[request_der] = parsed
         try:
             responder = self.responder()
             if not all(responder.matches(c) for c in parsed.cert_ids):

