@@ -50,3 +50,46 @@ def flip_signature_bit(der: bytes) -> bytes:
     data = bytearray(der)
     data[-3] ^= 0x01
     return bytes(data)
+
+
+class CountingSigner(ec.EllipticCurvePrivateKey):
+    """Wraps a software EC key like an HSM key object: counts signatures and, with ``corrupt``,
+    flips a bit of each one, as a faulty token might return them."""
+
+    def __init__(self, key, corrupt: bool = False):
+        self.key, self.corrupt, self.calls = key, corrupt, 0
+
+    def public_key(self):
+        return self.key.public_key()
+
+    @property
+    def curve(self):
+        return self.key.curve
+
+    @property
+    def key_size(self):
+        return self.key.key_size
+
+    def exchange(self, *a):
+        raise NotImplementedError
+
+    def private_bytes(self, *a):
+        raise NotImplementedError
+
+    def private_numbers(self):
+        raise NotImplementedError
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def sign(self, data, algorithm):
+        self.calls += 1
+        signature = self.key.sign(data, algorithm)
+        return signature[:-1] + bytes([signature[-1] ^ 0x01]) if self.corrupt else signature
+
+
+def CorruptingSigner(key) -> CountingSigner:  # noqa: N802 - reads like the class it returns
+    return CountingSigner(key, corrupt=True)

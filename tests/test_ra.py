@@ -19,45 +19,7 @@ from device_ca.ca.serial import new_serial, to_hex
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.authority import RegistrationAuthority
 from device_ca.services import pkilint_gate
-from helpers import flip_signature_bit, make_csr, software_ca
-
-
-class CountingSigner(ec.EllipticCurvePrivateKey):
-    """Wraps a software key; counts signatures and can corrupt them (an HSM fault)."""
-
-    def __init__(self, key, corrupt=False):
-        self.key, self.corrupt, self.calls = key, corrupt, 0
-
-    def public_key(self):
-        return self.key.public_key()
-
-    @property
-    def curve(self):
-        return self.key.curve
-
-    @property
-    def key_size(self):
-        return self.key.key_size
-
-    def exchange(self, *a):
-        raise NotImplementedError
-
-    def private_bytes(self, *a):
-        raise NotImplementedError
-
-    def private_numbers(self):
-        raise NotImplementedError
-
-    def __copy__(self):
-        return self
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def sign(self, data, algorithm):
-        self.calls += 1
-        signature = self.key.sign(data, algorithm)
-        return signature[:-1] + bytes([signature[-1] ^ 0x01]) if self.corrupt else signature
+from helpers import CountingSigner, flip_signature_bit, make_csr, software_ca
 
 
 @pytest.fixture

@@ -21,46 +21,9 @@ from device_ca.ca.clock import FixedClock, SystemClock
 from device_ca.ca.crl import MAX_CRL_NUMBER, RevokedEntry, build_crl, publish_atomically
 from device_ca.ca.lint import lint_crl, require_clean
 from device_ca.errors import DeviceCAError, Kind
-from helpers import software_ca
+from helpers import CorruptingSigner, software_ca
 
 HASH = hashes.SHA256()
-
-
-class CorruptingSigner(ec.EllipticCurvePrivateKey):
-    """A software key whose signatures get one bit flipped, as a faulty token might return them."""
-
-    def __init__(self, key):
-        self.key = key
-
-    def public_key(self):
-        return self.key.public_key()
-
-    @property
-    def curve(self):
-        return self.key.curve
-
-    @property
-    def key_size(self):
-        return self.key.key_size
-
-    def exchange(self, *a):
-        raise NotImplementedError
-
-    def private_bytes(self, *a):
-        raise NotImplementedError
-
-    def private_numbers(self):
-        raise NotImplementedError
-
-    def __copy__(self):
-        return self
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def sign(self, data, algorithm):
-        signature = self.key.sign(data, algorithm)
-        return signature[:-1] + bytes([signature[-1] ^ 0x01])
 
 
 @pytest.fixture(scope="module")

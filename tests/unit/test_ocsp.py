@@ -24,44 +24,7 @@ from device_ca.ca.ocsp import (
     error_response, parse_get_path, parse_request, respond, status_for_error,
 )
 from device_ca.errors import DeviceCAError, Kind
-from helpers import software_ca
-
-
-class CorruptingSigner(ec.EllipticCurvePrivateKey):
-    """A software key whose signatures get one bit flipped, as a faulty token might return them."""
-
-    def __init__(self, key):
-        self.key = key
-
-    def public_key(self):
-        return self.key.public_key()
-
-    @property
-    def curve(self):
-        return self.key.curve
-
-    @property
-    def key_size(self):
-        return self.key.key_size
-
-    def exchange(self, *a):
-        raise NotImplementedError
-
-    def private_bytes(self, *a):
-        raise NotImplementedError
-
-    def private_numbers(self):
-        raise NotImplementedError
-
-    def __copy__(self):
-        return self
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def sign(self, data, algorithm):
-        signature = self.key.sign(data, algorithm)
-        return signature[:-1] + bytes([signature[-1] ^ 0x01])
+from helpers import CorruptingSigner, software_ca
 
 
 class Pki:
