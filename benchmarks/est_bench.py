@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_env import temp_softhsm  # noqa: E402
 from loadgen import run_load  # noqa: E402
 from tls_ceiling import Measure, nginx_conf  # noqa: E402
 
@@ -41,12 +41,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="device-ca-est-bench-"))
-    softhsm = work / "softhsm"
-    (softhsm / "tokens").mkdir(parents=True)
-    (softhsm / "softhsm2.conf").write_text(f"directories.tokendir = {softhsm / 'tokens'}\nobjectstore.backend = file\n"
-                                           "log.level = ERROR\n")
-    os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"] = str(softhsm)
-    os.environ["SOFTHSM2_CONF"] = str(softhsm / "softhsm2.conf")
+    temp_softhsm(work)
 
     from cryptography.hazmat.primitives.serialization import Encoding
 

@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_env import temp_softhsm  # noqa: E402
+
 RAW = r"""
 import hashlib, os, sys, time
 import pkcs11
@@ -47,14 +49,13 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=300, help="certificates to issue")
     parser.add_argument("--raw-signatures", type=int, default=20000)
     parser.add_argument("--database-url", help="an EMPTY database (default: a SQLite file in the temporary directory)")
-    parser.add_argument("--no-lint", action="store_true", help="leave pkilint out (shows its share)")
+    parser.add_argument("--lint", choices=["full", "template", "none"], default="full",
+                        help="pkilint on every certificate (full), once per shape (template, the server default), "
+                             "or not at all (shows its share)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="device-ca-bench-"))
-    (work / "tokens").mkdir()
-    conf = work / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {work / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
+    temp_softhsm(work)
     pin = secrets.token_hex(8)
     os.environ.update({"DEVICE_CA_HOME": str(work / "home"), "DEVICE_CA_HSM_TOKEN": "bench",
                        "DEVICE_CA_HSM_PIN": pin, "DEVICE_CA_POLICY_DIR": str(ROOT / "policies"), "BENCH_PIN": pin})
@@ -67,10 +68,12 @@ def main() -> int:
 
     from device_ca.ca.authority import CaProfile
     from device_ca.config import Settings
+    from device_ca.ca.template_lint import TemplateLinter
     from device_ca.services import Services, pkilint_gate
     from tests.helpers import make_csr
 
-    services = Services(Settings.load(), linter=None if args.no_lint else pkilint_gate)
+    linter = {"full": pkilint_gate, "template": TemplateLinter(pkilint_gate), "none": None}[args.lint]
+    services = Services(Settings.load(), linter=linter)
     services.init_ca("ec:P-256", CaProfile(organization="BuildingCo"), actor="bench")
     key = ec.generate_private_key(ec.SECP256R1())
     csrs = [make_csr(f"lock-{i}", key=key) for i in range(args.n + 10)]
@@ -92,7 +95,7 @@ def main() -> int:
     raw_rate = float(raw.stdout.strip())
     latencies.sort()
     db = services.settings.database_url.split(":", 1)[0]
-    print(f"device-ca issue ({db}, {'no lint' if args.no_lint else 'pkilint'}), {args.n} certificates: "
+    print(f"device-ca issue ({db}, lint {args.lint}), {args.n} certificates: "
           f"{issued_rate:,.0f} certificates/s  p50 {statistics.median(latencies) * 1000:.1f} ms  "
           f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms")
     print(f"SoftHSM raw P-256 signatures via python-pkcs11 (peer, same run): {raw_rate:,.0f} signatures/s")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 import ocsp_peers  # noqa: E402
+from bench_env import temp_softhsm  # noqa: E402
 
 
 def device_ca_rate(work: Path, seconds: float) -> dict:
@@ -92,11 +92,7 @@ def main() -> int:
     parser.add_argument("--skip-crl", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="device-ca-ocsp-bench-"))
-    softhsm = work / "softhsm"
-    (softhsm / "tokens").mkdir(parents=True)
-    (softhsm / "softhsm2.conf").write_text(f"directories.tokendir = {softhsm / 'tokens'}\nobjectstore.backend = file\n"
-                                           "log.level = ERROR\n")
-    os.environ["SOFTHSM2_CONF"] = str(softhsm / "softhsm2.conf")
+    temp_softhsm(work)
 
     ours = device_ca_rate(work, args.seconds)
     for sub in ("peers", "openssl", "cfssl"):
