@@ -9,7 +9,7 @@ from sqlmodel import select
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database
-from device_ca.store.records import AuditEvent, BootstrapToken, PendingRequest
+from device_ca.store.records import AuditEvent, BootstrapToken, PendingRequest, utc
 from device_ca.store.tables import BootstrapTokenRow, CertificateRow, PendingRequestRow
 
 CLAIM_SECONDS = 120
@@ -118,18 +118,13 @@ def claim(connection, token_id: str, now: dt.datetime) -> bool:
     return result.rowcount == 1
 
 
-def _utc(value):
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
-
 
 def _token(r: BootstrapTokenRow) -> BootstrapToken:
-    return BootstrapToken(id=r.id, device_id=r.device_id, policy=r.policy, created_at=_utc(r.created_at),
-                          expires_at=_utc(r.expires_at), used_at=_utc(r.used_at), serial=r.serial)
+    return BootstrapToken(id=r.id, device_id=r.device_id, policy=r.policy, created_at=utc(r.created_at),
+                          expires_at=utc(r.expires_at), used_at=utc(r.used_at), serial=r.serial)
 
 
 def _pending(r: PendingRequestRow) -> PendingRequest:
     return PendingRequest(id=r.id, policy=r.policy, device_id=r.device_id, csr_sha256=r.csr_sha256,
-                          csr_der=bytes(r.csr_der), method=r.method, state=r.state, created_at=_utc(r.created_at),
-                          decided_at=_utc(r.decided_at), decided_by=r.decided_by, serial=r.serial)
+                          csr_der=bytes(r.csr_der), method=r.method, state=r.state, created_at=utc(r.created_at),
+                          decided_at=utc(r.decided_at), decided_by=r.decided_by, serial=r.serial)

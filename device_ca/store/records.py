@@ -5,6 +5,14 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A time read back from either database as an aware UTC datetime: SQLite returns naive values,
+    PostgreSQL aware ones in the session's time zone."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
 @dataclass(frozen=True)
 class CaRecord:
     name: str

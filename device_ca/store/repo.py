@@ -16,7 +16,7 @@ from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.enrollment import EnrollmentRepo, claim
 from device_ca.store.status import StatusRepo, mark_crl_dirty
 from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, IssuanceLinks,
-                                     OutboxMessage, Reservation)
+                                     OutboxMessage, Reservation, utc)
 from device_ca.store.tables import (BootstrapTokenRow, CaCertificateRow, CertificateRow, DeviceRow, OutboxRow,
                                     PendingRequestRow, RevocationRow, SerialReservationRow)
 
@@ -206,26 +206,21 @@ def _enqueue(connection, messages: list[OutboxMessage], at: dt.datetime) -> None
             for m in messages])
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
-
 
 def _ca(r: CaCertificateRow) -> CaRecord:
     return CaRecord(name=r.name, key_label=r.key_label, key_type=r.key_type, der=bytes(r.der), serial=r.serial,
-                    not_after=_utc(r.not_after), created_at=_utc(r.created_at))
+                    not_after=utc(r.not_after), created_at=utc(r.created_at))
 
 
 def _reservation(r: SerialReservationRow) -> Reservation:
     return Reservation(serial=r.serial, issuer=r.issuer, device_id=r.device_id, policy=r.policy,
-                       tbs_sha256=r.tbs_sha256, state=r.state, reserved_at=_utc(r.reserved_at))
+                       tbs_sha256=r.tbs_sha256, state=r.state, reserved_at=utc(r.reserved_at))
 
 
 def _certificate(r: CertificateRow, revocation: RevocationRow | None) -> CertificateRecord:
     return CertificateRecord(
         serial=r.serial, issuer=r.issuer, device_id=r.device_id, policy=r.policy, subject=r.subject,
-        status=r.status, not_before=_utc(r.not_before), not_after=_utc(r.not_after), fingerprint=r.fingerprint,
-        der=bytes(r.der), issued_at=_utc(r.issued_at),
-        revoked_at=_utc(revocation.revoked_at) if revocation else None,
+        status=r.status, not_before=utc(r.not_before), not_after=utc(r.not_after), fingerprint=r.fingerprint,
+        der=bytes(r.der), issued_at=utc(r.issued_at),
+        revoked_at=utc(revocation.revoked_at) if revocation else None,
         revocation_reason=revocation.reason if revocation else None, superseded_by=r.superseded_by)

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store.db import Database
+from device_ca.store.records import utc
 from device_ca.store.tables import (CertificateRow, CrlRow, CrlStateRow, OcspResponderRow, RevocationRow,
                                     SerialReservationRow)
 
@@ -47,11 +48,6 @@ class StoredResponder:
     not_after: dt.datetime
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
-
 
 def mark_crl_dirty(connection, ca: str) -> None:
     """Inside a revocation's transaction: the next CRL run must publish a new CRL."""
@@ -83,12 +79,12 @@ class StatusRepo:
             if row is None:
                 return None
             revoked_at = dt.datetime.fromisoformat(row[1]) if row[1] else None
-            return CertStatus(row[0], _utc(revoked_at), row[2])
+            return CertStatus(row[0], utc(revoked_at), row[2])
         with self.db.reading() as c:
             row = c.execute(sa.select(_CERTS.c.status, _REVOCATIONS.c.revoked_at, _REVOCATIONS.c.reason)
                             .select_from(_CERTS.outerjoin(_REVOCATIONS, _REVOCATIONS.c.serial == _CERTS.c.serial))
                             .where(_CERTS.c.serial == serial)).first()
-        return None if row is None else CertStatus(row[0], _utc(row[1]), row[2])
+        return None if row is None else CertStatus(row[0], utc(row[1]), row[2])
 
     def _sqlite(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -103,7 +99,7 @@ class StatusRepo:
             rows = c.execute(sa.select(_REVOCATIONS.c.serial, _REVOCATIONS.c.revoked_at, _REVOCATIONS.c.reason)
                              .select_from(_REVOCATIONS.join(_CERTS, _CERTS.c.serial == _REVOCATIONS.c.serial))
                              .where(_CERTS.c.issuer == ca))
-            return [(r[0], _utc(r[1]), r[2]) for r in rows]
+            return [(r[0], utc(r[1]), r[2]) for r in rows]
 
     # -- CRLs --------------------------------------------------------------------------------
 
@@ -132,7 +128,7 @@ class StatusRepo:
         with self.db.reading() as c:
             row = c.execute(sa.select(_CRLS.c.number, _CRLS.c.this_update, _CRLS.c.next_update, _CRLS.c.der)
                             .where(_CRLS.c.ca == ca).order_by(_CRLS.c.number.desc()).limit(1)).first()
-        return None if row is None else StoredCrl(row[0], _utc(row[1]), _utc(row[2]), bytes(row[3]))
+        return None if row is None else StoredCrl(row[0], utc(row[1]), utc(row[2]), bytes(row[3]))
 
     def crl_dirty(self, ca: str) -> bool:
         with self.db.reading() as c:
@@ -156,4 +152,4 @@ class StatusRepo:
                                       _RESPONDERS.c.not_after)
                             .where(_RESPONDERS.c.ca == ca, _RESPONDERS.c.not_after > now)
                             .order_by(_RESPONDERS.c.not_after.desc()).limit(1)).first()
-        return None if row is None else StoredResponder(row[0], row[1], bytes(row[2]), _utc(row[3]))
+        return None if row is None else StoredResponder(row[0], row[1], bytes(row[2]), utc(row[3]))

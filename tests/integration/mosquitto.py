@@ -85,7 +85,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from integration.tls_tools import LOOPBACK, free_port, wait_for_port
+from integration.tls_tools import LOOPBACK, free_port, stop_process, wait_for_port
 
 
 class MosquittoError(RuntimeError):
@@ -229,13 +229,7 @@ class Mosquitto:
             raise MosquittoError(f"mosquitto exited while in use (status {self.proc.returncode}):\n{tail}")
 
     def _stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(self.stop_timeout)
+        stop_process(self.proc, signal.SIGTERM, self.stop_timeout)
 
     def _cleanup(self) -> None:
         if self.dir and not self.keep_dir:

@@ -261,6 +261,18 @@ def make_pki(directory: str | os.PathLike, *, client_cn: str = "test-client") ->
 
 # --- nginx ------------------------------------------------------------------------------------
 
+def stop_process(proc: subprocess.Popen | None, sig: int, timeout: float) -> None:
+    """Ask a server started in its own process group to stop with ``sig``; kill the group if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
+
+
 class NginxError(RuntimeError):
     pass
 
@@ -421,13 +433,7 @@ class Nginx:
             raise NginxError(f"nginx exited while in use (status {self.proc.returncode}):\n{tail}")
 
     def _stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(self.stop_timeout)
+        stop_process(self.proc, signal.SIGQUIT, self.stop_timeout)
 
     def _cleanup(self) -> None:
         if self.dir and not self.keep_dir:
