@@ -1,7 +1,9 @@
 """Settings: ``device-ca.toml`` in the state directory, then environment variables (which win).
 
 Secrets are not settings: the HSM PIN is read by ``hsm.pin_from_env`` from
-``DEVICE_CA_HSM_PIN`` or ``DEVICE_CA_HSM_PIN_FILE`` when the token is opened, and nowhere else.
+``DEVICE_CA_HSM_PIN`` or ``DEVICE_CA_HSM_PIN_FILE`` when the token is opened, and the Keycloak
+admin password or client secret by ``device_ca.keycloak.credentials_from_env`` from
+``DEVICE_CA_KEYCLOAK_PASSWORD[_FILE]`` or ``DEVICE_CA_KEYCLOAK_CLIENT_SECRET[_FILE]``, and nowhere else.
 """
 from __future__ import annotations
 
@@ -14,8 +16,23 @@ from typing import Mapping
 
 from device_ca.errors import DeviceCAError, Kind
 
-_FILE_KEYS = {"database_url", "hsm_module", "hsm_token", "public_url", "policy_dir", "lint"}
+_KEYCLOAK_KEYS = {"keycloak_url", "keycloak_admin_realm", "keycloak_client_id", "keycloak_username",
+                  "keycloak_ca_file", "keycloak_concurrency", "keycloak_timeout"}
+_FILE_KEYS = {"database_url", "hsm_module", "hsm_token", "public_url", "policy_dir", "lint"} | _KEYCLOAK_KEYS
 LINT_MODES = ("template", "full")
+
+
+@dataclass(frozen=True)
+class KeycloakSettings:
+    """Where the Keycloak Admin API is and whom device-ca logs in as (the secret is read apart)."""
+
+    url: str
+    admin_realm: str = "master"
+    client_id: str = "admin-cli"
+    username: str | None = None
+    ca_file: Path | None = None
+    concurrency: int = 8
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,7 @@ class Settings:
     public_url: str
     policy_dir: Path
     lint: str = "template"
+    keycloak: KeycloakSettings | None = None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -51,7 +69,30 @@ class Settings:
             hsm_token=pick("hsm_token", "device-ca"),
             public_url=public_url,
             policy_dir=Path(pick("policy_dir", "policies")).absolute(),
+            keycloak=_keycloak(pick),
         )
+
+
+def _keycloak(pick) -> KeycloakSettings | None:
+    url = pick("keycloak_url", "").rstrip("/")
+    if not url:
+        return None
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+        raise DeviceCAError(Kind.MALFORMED, f"DEVICE_CA_KEYCLOAK_URL {url!r} is not an http(s) base URL")
+    try:
+        concurrency = int(pick("keycloak_concurrency", "8"))
+        timeout = float(pick("keycloak_timeout", "10"))
+    except ValueError:
+        raise DeviceCAError(Kind.MALFORMED, "keycloak_concurrency and keycloak_timeout must be numbers") from None
+    if not 1 <= concurrency <= 64 or not 0 < timeout <= 300:
+        raise DeviceCAError(Kind.MALFORMED, "keycloak_concurrency must be 1..64 and keycloak_timeout 0..300 s")
+    ca_file = pick("keycloak_ca_file", "")
+    return KeycloakSettings(url=url, admin_realm=pick("keycloak_admin_realm", "master"),
+                            client_id=pick("keycloak_client_id", "admin-cli"),
+                            username=pick("keycloak_username", "") or None,
+                            ca_file=Path(ca_file).absolute() if ca_file else None,
+                            concurrency=concurrency, timeout=timeout)
 
 
 def _read_file(path: Path) -> dict[str, str]:

@@ -14,6 +14,7 @@ class Kind(enum.Enum):
     PENDING = "pending"
     HSM_UNAVAILABLE = "hsm-unavailable"
     DB_UNAVAILABLE = "db-unavailable"
+    KEYCLOAK_UNAVAILABLE = "keycloak-unavailable"
     INTERNAL = "internal"
 
 

@@ -125,6 +125,32 @@ class Services:
         return EstService(self.ra, self.store, self.policies, self.clock, lambda: self.issuer.certificate)
 
     @functools.cached_property
+    def keycloak(self):
+        """The Keycloak reconciler (``keycloak_url`` and credentials must be configured)."""
+        from device_ca.keycloak import admin_client
+        from device_ca.keycloak.sync import KeycloakSync
+
+        settings = self.settings.keycloak
+        if settings is None:
+            raise DeviceCAError(Kind.NOT_FOUND, "Keycloak is not configured: set keycloak_url in device-ca.toml "
+                                "or DEVICE_CA_KEYCLOAK_URL")
+
+        def trust_anchor() -> x509.Certificate:
+            certs = self.ca_certificates()
+            if ROOT not in certs:
+                raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
+            return certs[ROOT]
+
+        return KeycloakSync(admin_client(settings), self.store, self.policies, trust_anchor, self.clock,
+                            concurrency=settings.concurrency)
+
+    @functools.cached_property
+    def keycloak_drainer(self):
+        from device_ca.keycloak.outbox import OutboxDrainer
+
+        return OutboxDrainer(self.keycloak, self.store.queue, self.clock)
+
+    @functools.cached_property
     def revocation(self):
         from device_ca.ra.status import RevocationService
 

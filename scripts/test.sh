@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what is missing, starts PostgreSQL, then runs pytest twice,
+# The whole test suite: installs what is missing (Keycloak too), starts PostgreSQL, then runs pytest twice,
 # once with the database on SQLite (every test) and once on PostgreSQL (every test that uses
 # the database). Extra arguments go to both pytest runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
 scripts/pg-start.sh || exit 1
+# Keycloak 26.7.3 from Maven Central (cached); the tests marked keycloak start and stop their own instance.
+scripts/keycloak.sh install || exit 1
 
 status=0
 echo "== device-ca tests, database: SQLite"

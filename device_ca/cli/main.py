@@ -29,7 +29,7 @@ from device_ca.services import CA_KEY_TYPES, ROOT, ISSUING, Services
 EXIT_CODES = {
     Kind.MALFORMED: 3, Kind.POLICY_REJECTED: 4, Kind.NOT_FOUND: 5, Kind.CONFLICT: 6,
     Kind.UNAUTHORIZED: 7, Kind.FORBIDDEN: 7, Kind.PENDING: 8, Kind.HSM_UNAVAILABLE: 9,
-    Kind.DB_UNAVAILABLE: 10, Kind.INTERNAL: 11,
+    Kind.DB_UNAVAILABLE: 10, Kind.INTERNAL: 11, Kind.KEYCLOAK_UNAVAILABLE: 13,
 }
 AUDIT_BROKEN = 12
 
@@ -315,10 +315,11 @@ def audit_verify(ctx, as_json) -> None:
         ctx.exit(AUDIT_BROKEN)
 
 
-from device_ca.cli import enroll_cmds, status_cmds  # noqa: E402  (register on the group defined above)
+from device_ca.cli import enroll_cmds, keycloak_cmds, status_cmds  # noqa: E402  (register on the group defined above)
 
 enroll_cmds.register(cli, services, _actor, _iso)
 status_cmds.register(cli, services, _actor, _iso)
+keycloak_cmds.register(cli, services, _actor, _iso)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 from device_ca.store.records import (AuditEvent, AuditReport, BootstrapToken, CaRecord, CertificateRecord,
-                                     IssuanceLinks, OutboxMessage, PendingRequest, Reservation)
+                                     IssuanceLinks, OutboxEntry, OutboxMessage, PendingRequest, Reservation)
 from device_ca.store.repo import SerialInUse, Store
 
-__all__ = ["AuditEvent", "AuditReport", "BootstrapToken", "IssuanceLinks", "PendingRequest", "CaRecord", "CertificateRecord", "OutboxMessage", "Reservation",
+__all__ = ["AuditEvent", "AuditReport", "BootstrapToken", "IssuanceLinks", "PendingRequest", "CaRecord", "CertificateRecord", "OutboxEntry", "OutboxMessage", "Reservation",
            "SerialInUse", "Store"]

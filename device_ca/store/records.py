@@ -116,3 +116,20 @@ class IssuanceLinks:
     pending_id: str | None = None
     supersedes: str | None = None
     supersede_revoke_after: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """An outbox row as the drainer and ``keycloak status`` see it."""
+
+    id: int
+    created_at: dt.datetime
+    topic: str
+    device_id: str
+    payload: dict
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: dt.datetime | None
+    applied_at: dt.datetime | None
+    outcome: str | None

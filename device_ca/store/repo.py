@@ -14,6 +14,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.enrollment import EnrollmentRepo, claim
+from device_ca.store.outbox import OutboxRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
 from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, IssuanceLinks,
                                      OutboxMessage, Reservation, utc)
@@ -38,6 +39,7 @@ class Store:
                 migrate(self.db.engine)
         self.enrollment = EnrollmentRepo(self.db)
         self.status = StatusRepo(self.db)
+        self.queue = OutboxRepo(self.db)
 
     def ping(self) -> None:
         with self.db.read() as s:
@@ -161,6 +163,14 @@ class Store:
                 raise DeviceCAError(Kind.NOT_FOUND, f"no device {device_id!r}")
             audit.append(c, AuditEvent(action="device.decommissioned", actor=actor, at=at, device_id=device_id,
                                        details={"revoked": revoked}))
+
+    def retired_devices(self, device_id: str | None = None) -> frozenset[str]:
+        """Device ids that were decommissioned (and not enrolled again since)."""
+        query = sa.select(_DEVICES.c.device_id).where(_DEVICES.c.status == "decommissioned")
+        if device_id is not None:
+            query = query.where(_DEVICES.c.device_id == device_id)
+        with self.db.reading() as c:
+            return frozenset(c.execute(query).scalars())
 
     # -- audit ---------------------------------------------------------------------------------
 

@@ -107,6 +107,17 @@ class OutboxRow(SQLModel, table=True):
     attempts: int = 0
     last_error: Optional[str] = Field(default=None, max_length=1024)
     next_attempt_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    applied_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    outcome: Optional[str] = Field(default=None, max_length=64)
+
+
+class LeaseRow(SQLModel, table=True):
+    """A named lease: one holder at a time across threads, processes and instances (the outbox drainer)."""
+
+    __tablename__ = "leases"
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    expires_at: dt.datetime = Field(sa_column=_ts())
 
 
 class BootstrapTokenRow(SQLModel, table=True):

@@ -127,6 +127,8 @@ def _start_janitor(services) -> None:
                 log.warning("janitor: %s", exc)
 
     threading.Thread(target=loop, name="device-ca-janitor", daemon=True).start()
+    from device_ca.keycloak.outbox import start_drainer
+    start_drainer(services)                     # Keycloak outbox, every second, when keycloak_url is set
 
 
 def ensure_server_certificate(settings: Settings, host: str) -> tuple[Path, Path]:

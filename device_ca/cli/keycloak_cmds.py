@@ -1,0 +1,122 @@
+"""CLI: Keycloak in step with the fleet (``device-ca keycloak sync | status``)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from device_ca.errors import DeviceCAError, Kind
+
+
+def _domain_error(exc) -> DeviceCAError:
+    from device_ca.keycloak import KeycloakError
+
+    if not isinstance(exc, KeycloakError):
+        return exc
+    if exc.unavailable:
+        kind = Kind.KEYCLOAK_UNAVAILABLE
+    elif exc.status in (401, 403):
+        kind = Kind.UNAUTHORIZED
+    elif exc.status == 404:
+        kind = Kind.NOT_FOUND
+    else:
+        kind = Kind.CONFLICT
+    return DeviceCAError(kind, str(exc), cause=exc)
+
+
+def register(cli: click.Group, services, actor, iso) -> None:
+    @cli.group()
+    def keycloak() -> None:
+        """Keycloak client-x509 clients, one per device."""
+
+    @keycloak.command("sync")
+    @click.option("--dry-run", is_flag=True, help="Print the creates, updates and disables; change nothing.")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--all", "show_all", is_flag=True, help="Also list the clients that are already right.")
+    @click.pass_context
+    def keycloak_sync(ctx, dry_run, as_json, show_all) -> None:
+        """Reconcile every device's Keycloak client with the certificates (idempotent).
+
+        Creates the clients of devices with a valid certificate, updates clients whose settings
+        differ (including hand edits), disables the clients of revoked, expired and decommissioned
+        devices, and settles the pending outbox entries.
+        """
+        from device_ca.keycloak import KeycloakError
+
+        sync = services(ctx).keycloak
+        try:
+            if dry_run:
+                report = sync.sync(dry_run=True)
+            else:
+                planned = sync.plan_fleet()
+                todo = sum(1 for c in planned.changes if c.action not in ("unchanged", "absent"))
+                if todo and not as_json and sys.stderr.isatty():
+                    with click.progressbar(length=todo, label="applying", file=sys.stderr) as bar:
+                        report = sync.sync(on_change=lambda change: bar.update(1), planned=planned)
+                else:
+                    report = sync.sync(planned=planned)
+        except KeycloakError as exc:
+            raise _domain_error(exc) from None
+        failed = {(c.realm, c.client_id): error for c, error in report.failures}
+        if as_json:
+            click.echo(json.dumps({
+                "dry_run": dry_run,
+                "changes": [{"realm": c.realm, "client_id": c.client_id, "action": c.action, "fields": list(c.fields),
+                             "subject_dn": c.desired.subject_dn, "serial": c.desired.serial,
+                             "error": failed.get((c.realm, c.client_id))}
+                            for c in report.changes if show_all or c.action not in ("unchanged", "absent")],
+                "summary": _summary(report)}, indent=2))
+        else:
+            for change in report.changes:
+                if show_all or change.action not in ("unchanged", "absent"):
+                    prefix = "would " if dry_run else ""
+                    click.echo(f"{prefix}{change.describe()}")
+            counts = _summary(report)
+            click.echo(("dry run: would " if dry_run else "keycloak sync: ")
+                       + ", ".join(f"{counts[k]} {k}" for k in ("create", "update", "disable"))
+                       + f"; {counts['unchanged']} unchanged" + (f"; {counts['failed']} failed" if failed else ""))
+        if report.failures:
+            for change, error in report.failures:
+                click.echo(f"device-ca: {change.realm}/{change.client_id}: {error}", err=True)
+            first = report.failures[0][1]
+            raise DeviceCAError(Kind.KEYCLOAK_UNAVAILABLE, f"{len(report.failures)} change(s) failed; first: {first}")
+
+    @keycloak.command("status")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def keycloak_status(ctx, as_json) -> None:
+        """Pending Keycloak changes in the outbox and the last error."""
+        from device_ca.keycloak.sync import TOPIC_PREFIX
+
+        svc = services(ctx)
+        entries = svc.store.queue.entries(TOPIC_PREFIX)
+        pending = [e for e in entries if e.state == "pending"]
+        applied = [e for e in entries if e.applied_at is not None]
+        errors = [e for e in pending if e.last_error]
+        last_error = max(errors, key=lambda e: (e.attempts, e.id), default=None)
+        settings = svc.settings.keycloak
+        data = {
+            "configured": settings is not None, "url": settings.url if settings else None,
+            "pending": len(pending), "oldest_pending": iso(pending[0].created_at) if pending else None,
+            "last_applied": iso(max(e.applied_at for e in applied)) if applied else None,
+            "last_error": last_error.last_error if last_error else None,
+            "entries": [{"id": e.id, "topic": e.topic, "device_id": e.device_id, "realm": e.payload.get("realm"),
+                         "serial": e.payload.get("serial"), "created_at": iso(e.created_at), "attempts": e.attempts,
+                         "next_attempt_at": iso(e.next_attempt_at), "last_error": e.last_error} for e in pending],
+        }
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        click.echo(f"keycloak: {data['url'] or 'not configured (keycloak_url)'}")
+        click.echo(f"pending: {data['pending']}" + (f" (oldest {data['oldest_pending']})" if pending else ""))
+        click.echo(f"last applied: {data['last_applied'] or '-'}")
+        click.echo(f"last error: {data['last_error'] or '-'}")
+        for e in data["entries"]:
+            click.echo(f"  {e['id']:>6}  {e['topic']:<17} {e['device_id']:<20} {e['realm'] or '-':<12} "
+                       f"attempts {e['attempts']}" + (f"  {e['last_error']}" if e["last_error"] else ""))
+
+
+def _summary(report) -> dict[str, int]:
+    return {"create": report.count("create"), "update": report.count("update"), "disable": report.count("disable"),
+            "unchanged": report.count("unchanged") + report.count("absent"), "failed": len(report.failures)}

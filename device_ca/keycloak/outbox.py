@@ -1,0 +1,156 @@
+"""The outbox drainer: Keycloak changes written in the issuing or revoking transaction, applied in
+order once Keycloak answers (the transactional outbox pattern).
+
+Issuance and revocation never wait for Keycloak: they only add a row. The drainer takes rows in id
+order and reconciles the row's device in the row's realm with the store. While Keycloak is
+unreachable or answers 5xx, the drain stops at the first row (nothing overtakes it) and waits with
+exponential backoff; a row that Keycloak refuses (4xx) keeps its device's later rows waiting behind
+it and is retried with backoff while other devices go on. Each try records the attempt count and
+the last error on the row. A lease in the database lets one drainer at a time work, across the
+server's workers and instances.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+
+from device_ca.ca.clock import Clock
+from device_ca.keycloak.admin import KeycloakError
+from device_ca.keycloak.sync import TOPIC_PREFIX, KeycloakSync
+from device_ca.store.outbox import OutboxRepo
+
+log = logging.getLogger("device_ca.keycloak")
+
+LEASE = "keycloak-outbox"
+LEASE_TTL = dt.timedelta(seconds=60)
+BACKOFF_MAX = 30.0
+BATCH = 200
+
+
+def backoff(attempts: int, cap: float = BACKOFF_MAX) -> dt.timedelta:
+    """1 s, 2 s, 4 s, ... up to ``cap`` after the ``attempts``-th failure in a row."""
+    return dt.timedelta(seconds=min(cap, 2.0 ** max(0, attempts - 1)))
+
+
+@dataclass
+class DrainReport:
+    applied: int = 0
+    failed: int = 0
+    waiting: bool = False          # Keycloak unavailable: the drain stopped and waits
+    leased: bool = True            # False: another drainer holds the lease
+    last_error: str | None = None
+
+
+class OutboxDrainer:
+    def __init__(self, sync: KeycloakSync, queue: OutboxRepo, clock: Clock, holder: str | None = None):
+        self.sync = sync
+        self.queue = queue
+        self.clock = clock
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._paused_until: dt.datetime | None = None
+        self._unavailable_rounds = 0
+        self._lock = threading.Lock()
+
+    def drain(self, limit: int | None = None) -> DrainReport:
+        """Apply what is due now; returns what happened. Never raises for Keycloak's failures."""
+        with self._lock:
+            report = DrainReport()
+            now = self.clock.now()
+            if self._paused_until is not None and now < self._paused_until:
+                report.waiting = True
+                return report
+            if not self.queue.acquire_lease(LEASE, self.holder, now, LEASE_TTL):
+                report.leased = False
+                return report
+            blocked: set[str] = set()
+            last_id = 0
+            while limit is None or report.applied + report.failed < limit:
+                entries = self.queue.pending(TOPIC_PREFIX, limit=BATCH, after_id=last_id)
+                if not entries:
+                    break
+                for entry in entries:
+                    last_id = entry.id
+                    if entry.device_id in blocked:
+                        continue
+                    now = self.clock.now()
+                    if entry.next_attempt_at is not None and entry.next_attempt_at > now:
+                        blocked.add(entry.device_id)
+                        continue
+                    if not self._apply(entry, report, now):
+                        if report.waiting:
+                            return report
+                        blocked.add(entry.device_id)
+                    if limit is not None and report.applied + report.failed >= limit:
+                        break
+                self.queue.acquire_lease(LEASE, self.holder, self.clock.now(), LEASE_TTL)
+            self._unavailable_rounds = 0
+            self._paused_until = None
+            return report
+
+    def _apply(self, entry, report: DrainReport, now: dt.datetime) -> bool:
+        realm = entry.payload.get("realm")
+        try:
+            if not realm:
+                raise KeycloakError(f"outbox row {entry.id} names no realm")
+            change = self.sync.reconcile_device(realm, entry.device_id)
+        except KeycloakError as exc:
+            error = str(exc)
+            report.failed += 1
+            report.last_error = error
+            # Unavailable: the whole drain pauses (nothing overtakes this row); refused: this row waits.
+            retry = None if exc.unavailable else now + backoff(entry.attempts + 1, 300.0)
+            self.queue.failed(entry.id, error, retry)
+            if exc.unavailable:
+                self._unavailable_rounds += 1
+                self._paused_until = now + backoff(self._unavailable_rounds)
+                report.waiting = True
+                log.warning("Keycloak unavailable, %s pending change(s) wait: %s", entry.topic, error)
+            else:
+                log.error("Keycloak refused %s for %s: %s", entry.topic, entry.device_id, error)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a bug or a database outage must not kill the drainer
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            report.failed += 1
+            report.last_error = error
+            self.queue.failed(entry.id, error, now + backoff(entry.attempts + 1))
+            log.error("outbox row %s for %s failed: %s", entry.id, entry.device_id, error)
+            return False
+        self.queue.applied(entry.id, self.clock.now(), change.outcome)
+        report.applied += 1
+        log.info("keycloak: %s (outbox %s)", change.describe(), entry.id)
+        return True
+
+    def release(self) -> None:
+        self.queue.release_lease(LEASE, self.holder)
+
+
+def start_drainer(services, interval: float = 1.0) -> threading.Thread | None:
+    """A daemon thread that drains the Keycloak outbox every ``interval`` seconds (``device-ca serve``);
+    nothing when Keycloak is not configured."""
+    if services.settings.keycloak is None:
+        return None
+    stop = threading.Event()
+
+    def loop() -> None:
+        drainer = None
+        wait = interval
+        while not stop.wait(wait):
+            wait = interval
+            try:
+                if services.store.queue.next_due(TOPIC_PREFIX) is None:
+                    continue
+                if drainer is None:
+                    drainer = services.keycloak_drainer
+                drainer.drain()
+            except Exception as exc:  # noqa: BLE001 - keep draining; a later round retries
+                log.warning("keycloak drainer: %s", exc)
+                wait = BACKOFF_MAX          # a misconfiguration or an outage: no log line every second
+
+    thread = threading.Thread(target=loop, name="device-ca-keycloak-outbox", daemon=True)
+    thread.start()
+    return thread
