@@ -21,8 +21,11 @@ from typing import Iterable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from device_ca.ca.issuer import check_issuer
+from device_ca.ca import der
+from device_ca.ca.csr import key_type_of
+from device_ca.ca.issuer import check_issuer, throwaway_key
 from device_ca.errors import DeviceCAError, Kind
 
 # RFC 5280 §5.2.3: "CRL issuers MUST NOT use CRLNumber values longer than 20 octets"; a positive
@@ -42,12 +45,6 @@ REASONS: dict[str, x509.ReasonFlags] = {
     "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
     "aACompromise": x509.ReasonFlags.aa_compromise,
 }
-
-_REASON_EXTENSIONS = {
-    name: x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(flag))
-    for name, flag in REASONS.items() if name != "unspecified"
-}
-
 
 @dataclass(frozen=True)
 class RevokedEntry:
@@ -81,28 +78,43 @@ def build_crl(issuer_cert: x509.Certificate, signer, entries: Iterable[RevokedEn
     check_issuer(issuer_cert, signer)
     ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
 
-    revoked = _revoked_certificates(entries)
-    builder = (
-        x509.CertificateRevocationListBuilder(revoked_certificates=revoked)
+    # cryptography builds each revokedCertificates entry as an object (10-15 µs each, most of the
+    # time for 100,000 entries), so the entries are DER-encoded here and spliced into the TBS of an
+    # entry-less CRL that cryptography built and a throw-away key of the same type signed: every
+    # other field is cryptography's, byte for byte. The real key then signs the spliced TBS, and the
+    # result is parsed and verified like any other CRL (tests compare the TBS with the builder's).
+    revoked = _encode_revoked(entries)
+    template = (
+        x509.CertificateRevocationListBuilder()
         .issuer_name(issuer_cert.subject)
         .last_update(this_update)
         .next_update(next_update)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .add_extension(x509.CRLNumber(crl_number), critical=False)
+        .sign(throwaway_key(key_type_of(signer.public_key())), hash_algorithm)
     )
-    crl = builder.sign(signer, hash_algorithm)
+    tbs = _with_revoked(template.tbs_certlist_bytes, revoked)
+    signature_algorithm = der.elements(template.public_bytes(Encoding.DER))[1]
+    signed = der.signed(tbs, signature_algorithm, der.sign(signer, tbs, hash_algorithm))
+    try:
+        crl = x509.load_der_x509_crl(signed)
+    except ValueError as exc:
+        raise DeviceCAError(Kind.INTERNAL, f"CRL does not parse: {exc}") from None
     verify_crl_signature(crl, issuer_cert)
     return crl
 
 
-def _revoked_certificates(entries: Iterable[RevokedEntry]) -> list[x509.RevokedCertificate]:
-    """The entries as revokedCertificates.
+# RFC 5280 §5.3.1 CRLReason codes, and each one's crlEntryExtensions: the reasonCode extension
+# alone (id-ce-cRLReasons, non-critical, ENUMERATED); unspecified is left out (its SHOULD).
+_REASON_CODES = {"keyCompromise": 1, "cACompromise": 2, "affiliationChanged": 3, "superseded": 4,
+                 "cessationOfOperation": 5, "privilegeWithdrawn": 9, "aACompromise": 10}
+_REASON_EXTENSION_DER = {name: bytes.fromhex("300c300a0603551d1504030a01") + bytes([code])
+                         for name, code in _REASON_CODES.items()}
 
-    The builders are made with their constructor rather than the chained setters, which copy the
-    builder at every step: 0.5 s instead of 1.4 s for 100,000 entries. The checks the setters would
-    make (serial range, aware date) are made here.
-    """
-    revoked, seen = [], set()
+
+def _encode_revoked(entries: Iterable[RevokedEntry]) -> bytes:
+    """revokedCertificates (RFC 5280 §5.1) as DER; b"" for no entries (the field is then absent)."""
+    parts, seen, times = [], set(), {}
     for entry in entries:
         serial = entry.serial
         if not isinstance(serial, int) or not 0 < serial <= MAX_SERIAL:
@@ -113,12 +125,29 @@ def _revoked_certificates(entries: Iterable[RevokedEntry]) -> list[x509.RevokedC
         if entry.reason not in REASONS:
             raise DeviceCAError(Kind.INTERNAL, f"unknown revocation reason {entry.reason!r}")
         when = entry.revoked_at
-        if when.tzinfo is None:
-            raise DeviceCAError(Kind.INTERNAL, "naive revocation time: CRL times must carry a time zone")
-        naive_utc = when.astimezone(dt.timezone.utc).replace(microsecond=0, tzinfo=None)
-        extension = _REASON_EXTENSIONS.get(entry.reason)
-        revoked.append(x509.RevokedCertificateBuilder(serial, naive_utc, [extension] if extension else []).build())
-    return revoked
+        time_der = times.get(when)
+        if time_der is None:
+            if when.tzinfo is None:
+                raise DeviceCAError(Kind.INTERNAL, "naive revocation time: CRL times must carry a time zone")
+            time_der = times[when] = _time(when.astimezone(dt.timezone.utc))
+        serial_bytes = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+        body = der.tlv(0x02, serial_bytes) + time_der + _REASON_EXTENSION_DER.get(entry.reason, b"")
+        parts.append(der.tlv(0x30, body))
+    return der.tlv(0x30, b"".join(parts)) if parts else b""
+
+
+def _time(when: dt.datetime) -> bytes:
+    """RFC 5280 §5.1.2.4/§4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050, seconds, Z."""
+    if 1950 <= when.year <= 2049:
+        return der.tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
+    return der.tlv(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())
+
+
+def _with_revoked(tbs_without_entries: bytes, revoked: bytes) -> bytes:
+    """TBSCertList with ``revoked`` placed after nextUpdate, before the [0] crlExtensions."""
+    elements = der.elements(tbs_without_entries)
+    at = next((i for i, e in enumerate(elements) if e[0] == 0xA0), len(elements))
+    return der.tlv(0x30, b"".join(elements[:at]) + revoked + b"".join(elements[at:]))
 
 
 def verify_crl_signature(crl: x509.CertificateRevocationList, issuer_cert: x509.Certificate) -> None:

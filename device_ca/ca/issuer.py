@@ -1,9 +1,9 @@
 """Issuing device certificates (RFC 5280 §4.1, §4.2) with an injected signer.
 
 The cycle follows boulder's: build the TBSCertificate, sign it with a throw-away key of the
-same type, lint that copy, and only then let the real signer (the HSM) sign the same builder;
-the signed TBS must equal the linted one byte for byte, and the signature must verify against
-the issuer's public key before the certificate leaves this module.
+same type, lint that copy, and only then let the real signer (the HSM) sign the linted TBS bytes
+themselves (so what is signed is what was linted, byte for byte); the signature must verify
+against the issuer's public key before the certificate leaves this module.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
+from device_ca.ca import der
 from device_ca.ca.clock import Clock
 from device_ca.ca.csr import hash_for_key_type, key_type_of, public_key_der
 from device_ca.errors import DeviceCAError, Kind
@@ -70,7 +71,7 @@ class Prepared:
     not_after: dt.datetime
     tbs: bytes
     public_key_der: bytes
-    builder: x509.CertificateBuilder
+    signature_algorithm: bytes          # DER AlgorithmIdentifier, as the builder wrote it
 
 
 class Issuer:
@@ -90,26 +91,36 @@ class Issuer:
         ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
-    def prepare(self, request: CertificateRequest, serial: int) -> Prepared:
-        """Build the certificate and lint it (signed with a throw-away key)."""
+    def validity(self, request: CertificateRequest) -> tuple[dt.datetime, dt.datetime]:
+        """(notBefore, notAfter) for a certificate issued now: backdated a little, cut to the CA's."""
         now = self.clock.now()
         if now >= self.certificate.not_valid_after_utc:
             raise DeviceCAError(Kind.INTERNAL, "the issuing CA certificate has expired")
-        not_before = max(now - BACKDATE, self.certificate.not_valid_before_utc)
-        not_after = min(now + request.validity, self.certificate.not_valid_after_utc)
-        builder = self._builder(request, serial, not_before, not_after)
-        lint_copy = builder.sign(_throwaway_key(self.key_type), self.hash)
+        return (max(now - BACKDATE, self.certificate.not_valid_before_utc),
+                min(now + request.validity, self.certificate.not_valid_after_utc))
+
+    def prepare(self, request: CertificateRequest, serial: int,
+                validity: tuple[dt.datetime, dt.datetime] | None = None) -> Prepared:
+        """Build the certificate and lint it (signed with a throw-away key). ``validity`` rebuilds a
+        certificate reserved earlier with the same dates (a resumed bulk batch)."""
+        not_before, not_after = validity or self.validity(request)
+        lint_copy = self._builder(request, serial, not_before, not_after).sign(throwaway_key(self.key_type), self.hash)
+        lint_der = lint_copy.public_bytes(Encoding.DER)
         if self.linter is not None:
-            self.linter(lint_copy.public_bytes(Encoding.DER), self.der)
+            self.linter(lint_der, self.der)
         return Prepared(serial=serial, subject=request.subject, not_before=not_before, not_after=not_after,
                         tbs=lint_copy.tbs_certificate_bytes, public_key_der=public_key_der(request.public_key),
-                        builder=builder)
+                        signature_algorithm=der.elements(lint_der)[1])
 
     def sign(self, prepared: Prepared) -> x509.Certificate:
-        """Sign with the real key; refuse a result that differs from what was linted or does not verify."""
-        certificate = prepared.builder.sign(self.signer, self.hash)
-        if certificate.tbs_certificate_bytes != prepared.tbs:
-            raise DeviceCAError(Kind.INTERNAL, "signed TBSCertificate differs from the linted one")
+        """Sign the linted TBS with the real key; refuse a result that does not verify."""
+        signature = der.sign(self.signer, prepared.tbs, self.hash)
+        try:
+            certificate = x509.load_der_x509_certificate(der.signed(prepared.tbs, prepared.signature_algorithm,
+                                                                    signature))
+        except ValueError as exc:
+            raise DeviceCAError(Kind.INTERNAL, "signed certificate does not parse; nothing was issued",
+                                cause=exc) from None
         verify_signed_by(certificate, self.certificate)
         return certificate
 
@@ -177,7 +188,7 @@ def verify_signed_by(certificate: x509.Certificate, issuer: x509.Certificate) ->
 
 
 @functools.lru_cache(maxsize=None)
-def _throwaway_key(key_type: str):
+def throwaway_key(key_type: str):
     """A software key of the same type as the CA key: the TBS it signs is identical."""
     kind, _, size = key_type.partition(":")
     if kind == "ec":

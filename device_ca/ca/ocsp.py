@@ -231,6 +231,11 @@ class Responder:
         """Whether ``cert_id`` names this issuer (by name and key hash, in its own hash algorithm)."""
         return self._issuer_hashes.get(cert_id.hash_algorithm) == (cert_id.issuer_name_hash, cert_id.issuer_key_hash)
 
+    def cert_id(self, serial: int, hash_algorithm: str = "sha1") -> CertId:
+        """The CertID a relying party sends for ``serial`` of this issuer (SHA-1 by default, RFC 5019)."""
+        name_hash, key_hash = self._issuer_hashes[hash_algorithm]
+        return CertId(hash_algorithm, name_hash, key_hash, serial)
+
     def sign_response(self, cert_id: CertId, status: Status, nonce: bytes | None = None) -> bytes:
         """A successful DER OCSPResponse with one SingleResponse."""
         return self.sign_responses([(cert_id, status)], nonce)

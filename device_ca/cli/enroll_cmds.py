@@ -19,17 +19,18 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
     @click.option("--workers", default=4, show_default=True, help="HTTPS worker processes.")
     @click.option("--threads", default=2, show_default=True, help="Threads per HTTPS worker.")
+    @click.option("--http-workers", default=2, show_default=True, help="Plain-HTTP worker processes (OCSP, CRL).")
     @click.option("--rate-limit", default=20.0, show_default=True, help="EST requests/s per client address (0: off).")
     @click.option("--trusted-proxy", multiple=True, help="Address allowed to pass the client certificate in a header.")
     @click.option("--client-cert-header", help="Header carrying the proxy-verified client certificate (URL-encoded PEM).")
     @click.option("--default-policy", help="Policy for EST paths without a label.")
-    def serve(host, port, http_port, tls_cert, tls_key, workers, threads, rate_limit, trusted_proxy,
+    def serve(host, port, http_port, tls_cert, tls_key, workers, threads, http_workers, rate_limit, trusted_proxy,
               client_cert_header, default_policy) -> None:
-        """Serve EST over HTTPS and CA files, health and metrics over HTTP (gunicorn)."""
+        """Serve EST over HTTPS (gunicorn) and OCSP, CRLs, CA files, health and metrics over HTTP (granian)."""
         from device_ca.web.server import ServeOptions, run
 
         run(ServeOptions(host=host, port=port, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
-                         workers=workers, threads=threads, rate_limit=rate_limit,
+                         workers=workers, threads=threads, http_workers=http_workers, rate_limit=rate_limit,
                          trusted_proxies=tuple(trusted_proxy), client_cert_header=client_cert_header,
                          default_policy=default_policy))
 

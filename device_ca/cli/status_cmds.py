@@ -32,10 +32,16 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @ocsp.command("refresh")
     @click.pass_context
     def ocsp_refresh(ctx) -> None:
-        """Make sure a delegated responder certificate is valid for more than two days (new key on the token if not)."""
-        certificate, created = services(ctx).revocation.ensure_responder()
+        """Make sure a delegated responder certificate is valid for more than two days (new key on the
+        token if not), then pre-sign the answers that are missing or stale."""
+        revocation = services(ctx).revocation
+        certificate, created = revocation.ensure_responder()
         click.echo(f"{'new' if created else 'current'} OCSP responder certificate "
                    f"{format(certificate.serial_number, 'x')} until {iso(certificate.not_valid_after_utc)}")
+        total = 0
+        while signed := revocation.presign():
+            total += signed
+        click.echo(f"pre-signed {total} OCSP answer(s)")
 
     @cli.group()
     def device() -> None:

@@ -70,7 +70,7 @@ class RegistrationAuthority:
         if public_key is not None:
             request = dataclasses.replace(request, public_key=public_key)
         return self.issue_request(request, device_id=device_id, policy_name=policy.name, method=method,
-                                  actor=actor, messages=lambda record: _issued_messages(policy, record),
+                                  actor=actor, messages=lambda record: issued_messages(policy, record),
                                   links=links)
 
     def issue_request(self, request: CertificateRequest, *, device_id: str, policy_name: str, method: str,
@@ -184,7 +184,7 @@ class RegistrationAuthority:
         return self.store.unfinished_reservations(self.clock.now() - grace)
 
 
-def _issued_messages(policy: Policy, record: CertificateRecord) -> list[OutboxMessage]:
+def issued_messages(policy: Policy, record: CertificateRecord) -> list[OutboxMessage]:
     if policy.keycloak is None:
         return []
     return [OutboxMessage(topic="keycloak.upsert", device_id=record.device_id,

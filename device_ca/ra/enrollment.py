@@ -94,7 +94,7 @@ class EstService:
         else:
             who = self._authenticate(policy, caller)
         csr, device_id, pending_id = self._decide(policy, csr_der, who, caller)
-        key = _generate_key(policy.key_types[0])
+        key = generate_key(policy.key_types[0])
         issued = self._issue(policy, csr, device_id, who, pending_id, public_key=key.public_key())
         pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
@@ -262,7 +262,7 @@ def _sans(certificate: x509.Certificate) -> list[x509.GeneralName]:
         return []
 
 
-def _generate_key(key_type: str):
+def generate_key(key_type: str):
     kind, _, size = key_type.partition(":")
     if kind == "ec":
         return ec.generate_private_key({"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(),

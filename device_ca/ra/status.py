@@ -1,10 +1,11 @@
 """Revocation status for relying parties: the OCSP responder (RFC 6960, RFC 9919 profile) and the
 CRL publisher (RFC 5280 §5).
 
-OCSP answers are read from the database on every request, so a revocation is visible on the
-very next answer; signed answers for nonce-less single requests are cached per process until
-half their validity has passed, keyed by the status they state, so a cached answer can never
-contradict the database. Requests with a nonce are signed live. The delegated responder
+A revocation is visible on the very next answer: signed answers for nonce-less single requests
+are cached per process until half their validity has passed, keyed by the status they state, and
+a cached answer is only reused while nothing was written to the database since its status was
+read (SQLite: the change counter every writer moves, store/db.py; on PostgreSQL the status is read
+on every request), so a cached answer can never contradict the database. Requests with a nonce are signed live. The delegated responder
 certificate (7 days, key on the token) is rotated two days before it expires.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from device_ca.ca.issuer import Issuer
 from device_ca.ca.serial import new_serial, to_hex
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import Store
-from device_ca.store.status import StoredCrl
+from device_ca.store.status import CertStatus, Presigned, StoredCrl
 
 log = logging.getLogger("device_ca.ra.status")
 
@@ -38,7 +39,7 @@ CRL_VALIDITY = dt.timedelta(hours=24)
 CACHE_LIMIT = 200_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OcspAnswer:
     der: bytes
     this_update: dt.datetime | None = None     # None: an unsigned error response
@@ -56,14 +57,31 @@ class RevocationService:
         self.clock = clock
         self.crl_path = crl_path
         self.linter = linter
-        self._responder: tuple[ocsp.Responder, dt.datetime] | None = None
+        self._responder: tuple[ocsp.Responder, dt.datetime, int] | None = None
         self._cache: dict[tuple, OcspAnswer] = {}
         self._parsed: dict[bytes, ocsp.ParsedRequest] = {}
+        self._fast: dict[bytes, tuple[object, dt.datetime, OcspAnswer]] = {}
         self._lock = threading.Lock()
 
     # -- OCSP ------------------------------------------------------------------------------
 
     def respond(self, request_der: bytes) -> OcspAnswer:
+        """The hot path: a relying party repeating a nonce-less request gets the same signed bytes,
+        as long as nothing was committed since their status was read and they are fresh."""
+        marker = self.store.status.change_marker()
+        hit = self._fast.get(request_der)
+        if hit is not None and hit[0] == marker and self.clock.now() < hit[1]:
+            return hit[2]
+        answer = self._respond(request_der)
+        if answer.cacheable:
+            with self._lock:
+                if len(self._fast) >= CACHE_LIMIT:
+                    self._fast.clear()
+                self._fast[request_der] = (marker, answer.this_update + (answer.next_update - answer.this_update) / 2,
+                                           answer)
+        return answer
+
+    def _respond(self, request_der: bytes) -> OcspAnswer:
         parsed = self._parsed.get(request_der)
         if parsed is None:
             try:
@@ -75,11 +93,11 @@ class RevocationService:
                     self._parsed.clear()
                 self._parsed[request_der] = parsed
         try:
-            responder = self.responder()
+            responder, _, responder_id = self._active()
             if not all(responder.matches(c) for c in parsed.cert_ids):
                 return OcspAnswer(ocsp.error_response("unauthorized"))
             if parsed.nonce is None and len(parsed.cert_ids) == 1:
-                return self._cached(responder, parsed.cert_ids[0])
+                return self._cached(responder, responder_id, parsed.cert_ids[0])
             now = self.clock.now()
             return OcspAnswer(ocsp.respond(responder, parsed, self.lookup), now, now + responder.validity)
         except DeviceCAError as exc:
@@ -88,22 +106,25 @@ class RevocationService:
 
     def lookup(self, serial: int) -> ocsp.Status:
         """Never good for a serial this CA did not record as issued (reserved-only ones included)."""
-        record = self.store.status.status(to_hex(serial))
-        if record is None:
-            return ocsp.Status("unknown")
-        if record.status == "revoked":
-            return ocsp.Status("revoked", record.revoked_at, record.reason)
-        return ocsp.Status("good")
+        return _status(self.store.status.status(to_hex(serial)))
 
-    def _cached(self, responder: ocsp.Responder, cert_id: ocsp.CertId) -> OcspAnswer:
-        status = self.lookup(cert_id.serial)
+    def _cached(self, responder: ocsp.Responder, responder_id: int, cert_id: ocsp.CertId) -> OcspAnswer:
+        """A signed answer for one CertID: from this process's cache, else the stored pre-signed one
+        if it states the current status, else signed now."""
+        record, presigned = self.store.status.status_and_presigned(to_hex(cert_id.serial))
+        status = _status(record)
         key = (cert_id, status, id(responder))
         now = self.clock.now()
         hit = self._cache.get(key)
         if hit is not None and now < hit.this_update + (hit.next_update - hit.this_update) / 2:
             return hit
-        answer = OcspAnswer(responder.sign_response(cert_id, status), now,
-                            min(now + responder.validity, responder.responder_cert.not_valid_after_utc), True)
+        if presigned is not None and presigned.status == status.kind and presigned.responder_id == responder_id \
+                and cert_id.hash_algorithm == "sha1" and now < presigned.this_update + OCSP_VALIDITY / 2 \
+                and presigned.next_update <= responder.responder_cert.not_valid_after_utc:
+            answer = OcspAnswer(presigned.der, presigned.this_update, presigned.next_update, True)
+        else:
+            answer = OcspAnswer(responder.sign_response(cert_id, status), now,
+                                min(now + responder.validity, responder.responder_cert.not_valid_after_utc), True)
         with self._lock:
             if len(self._cache) >= CACHE_LIMIT:
                 self._cache.clear()
@@ -111,10 +132,14 @@ class RevocationService:
         return answer
 
     def responder(self) -> ocsp.Responder:
+        return self._active()[0]
+
+    def _active(self) -> tuple[ocsp.Responder, dt.datetime, int]:
+        """(responder, its certificate's notAfter, its row id), reloaded when rotation is near."""
         now = self.clock.now()
         current = self._responder
         if current is not None and current[1] - now > ROTATE_BEFORE / 2:
-            return current[0]
+            return current
         stored = self.store.status.active_responder(self.ca, now)
         if stored is None:
             raise DeviceCAError(Kind.INTERNAL, "no OCSP responder certificate: run 'device-ca ocsp refresh'")
@@ -123,8 +148,26 @@ class RevocationService:
             raise DeviceCAError(Kind.HSM_UNAVAILABLE, f"OCSP responder key {stored.key_label!r} is not on the token")
         certificate = x509.load_der_x509_certificate(stored.der)
         responder = ocsp.Responder(self._issuer().certificate, certificate, key, self.clock, OCSP_VALIDITY)
-        self._responder = (responder, certificate.not_valid_after_utc)
-        return responder
+        self._responder = (responder, certificate.not_valid_after_utc, stored.id)
+        return self._responder
+
+    def presign(self, limit: int = 5000) -> int:
+        """Sign and store answers for certificates that have none, or a stale one: another status
+        (revoked since), another responder (rotated), or signed more than a quarter of the validity
+        ago, so a stored answer is always well inside its first half when it is served. Returns how
+        many were signed; the server's janitor calls this every few seconds."""
+        responder, _, responder_id = self._active()
+        now = self.clock.now()
+        due = self.store.status.presign_due(self.ca, responder_id, now - OCSP_VALIDITY / 4, now, limit)
+        signed = []
+        for serial, record in due:
+            at = self.clock.now()
+            der = responder.sign_response(responder.cert_id(int(serial, 16)), _status(record))
+            signed.append((serial, Presigned(record.status, responder_id, at,
+                                             min(at + responder.validity, responder.responder_cert.not_valid_after_utc),
+                                             der)))
+        self.store.status.save_presigned(signed)
+        return len(signed)
 
     def ensure_responder(self) -> tuple[x509.Certificate, bool]:
         """The active responder certificate, a new one (key generated on the token) if it is due."""
@@ -173,3 +216,11 @@ class RevocationService:
 
     def latest_crl(self) -> StoredCrl | None:
         return self.store.status.latest_crl(self.ca)
+
+
+def _status(record: CertStatus | None) -> ocsp.Status:
+    if record is None:
+        return ocsp.Status("unknown")
+    if record.status == "revoked":
+        return ocsp.Status("revoked", record.revoked_at, record.reason)
+    return ocsp.Status("good")

@@ -31,9 +31,8 @@ class EnrollmentRepo:
                                                 "expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}))
 
     def find_token(self, secret_sha256: str) -> BootstrapToken | None:
-        t = BootstrapTokenRow.__table__
         with self.db.reading() as c:
-            row = c.execute(sa.select(t).where(t.c.secret_sha256 == secret_sha256)).first()
+            row = c.execute(_FIND_TOKEN, {"digest": secret_sha256}).first()
             return _token(row) if row else None
 
     def release_token(self, token_id: str) -> None:
@@ -107,14 +106,19 @@ class EnrollmentRepo:
             return list(rows)
 
 
+_TOKENS = BootstrapTokenRow.__table__
+_CLAIM = (sa.update(_TOKENS)
+          .where(_TOKENS.c.id == sa.bindparam("token_id"), _TOKENS.c.used_at.is_(None),
+                 _TOKENS.c.expires_at > sa.bindparam("now"),
+                 sa.or_(_TOKENS.c.claimed_until.is_(None), _TOKENS.c.claimed_until < sa.bindparam("now")))
+          .values(claimed_until=sa.bindparam("until")))
+_FIND_TOKEN = sa.select(_TOKENS).where(_TOKENS.c.secret_sha256 == sa.bindparam("digest"))
+
+
 def claim(connection, token_id: str, now: dt.datetime) -> bool:
     """Atomically reserve an unused, unexpired, unclaimed token for one signing attempt."""
-    table = BootstrapTokenRow.__table__
-    result = connection.execute(
-        sa.update(table)
-        .where(table.c.id == token_id, table.c.used_at.is_(None), table.c.expires_at > now,
-               sa.or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
-        .values(claimed_until=now + dt.timedelta(seconds=CLAIM_SECONDS)))
+    result = connection.execute(_CLAIM, {"token_id": token_id, "now": now,
+                                         "until": now + dt.timedelta(seconds=CLAIM_SECONDS)})
     return result.rowcount == 1
 
 

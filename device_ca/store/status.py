@@ -12,16 +12,17 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from device_ca.errors import DeviceCAError, Kind
-from device_ca.store.db import Database
+from device_ca.store.db import ChangeCounter, Database
 from device_ca.store.records import utc
-from device_ca.store.tables import (CertificateRow, CrlRow, CrlStateRow, OcspResponderRow, RevocationRow,
-                                    SerialReservationRow)
+from device_ca.store.tables import (CertificateRow, CrlRow, CrlStateRow, OcspResponderRow, OcspResponseRow,
+                                    RevocationRow, SerialReservationRow)
 
 _CERTS = CertificateRow.__table__
 _REVOCATIONS = RevocationRow.__table__
 _CRLS = CrlRow.__table__
 _STATE = CrlStateRow.__table__
 _RESPONDERS = OcspResponderRow.__table__
+_PRESIGNED = OcspResponseRow.__table__
 _RESERVATIONS = SerialReservationRow.__table__
 
 
@@ -30,6 +31,16 @@ class CertStatus:
     status: str                      # good | revoked
     revoked_at: dt.datetime | None
     reason: str | None
+
+
+@dataclass(frozen=True)
+class Presigned:
+    """A pre-signed OCSP answer (SHA-1 CertID, no nonce) as stored."""
+    status: str
+    responder_id: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    der: bytes
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,9 @@ def mark_crl_dirty(connection, ca: str) -> None:
                        .on_conflict_do_update(index_elements=["ca"], set_={"dirty": True}))
 
 
-_STATUS_SQL = ("SELECT c.status, r.revoked_at, r.reason FROM certificates c "
-               "LEFT JOIN revocations r ON r.serial = c.serial WHERE c.serial = ?")
+_STATUS_SQL = ("SELECT c.status, r.revoked_at, r.reason, o.status, o.responder_id, o.this_update, o.next_update, "
+               "o.der FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial "
+               "LEFT JOIN ocsp_responses o ON o.serial = c.serial WHERE c.serial = ?")
 
 
 class StatusRepo:
@@ -66,25 +78,84 @@ class StatusRepo:
         self.db = db
         self._sqlite_path = sa.engine.make_url(db.url).database if db.url.startswith("sqlite") else None
         self._local = threading.local()
+        self._changes = ChangeCounter(db.url) if self._sqlite_path and self._sqlite_path != ":memory:" else None
 
     def status(self, serial: str) -> CertStatus | None:
-        """None if this CA never recorded a certificate with that serial. On SQLite this is the OCSP hot
-        path's one query, made on a per-thread read-only connection without the ORM (~20 µs instead of
-        ~400 µs); it sees every committed revocation at once (WAL readers read the latest commit)."""
+        """None if this CA never recorded a certificate with that serial."""
+        return self.status_and_presigned(serial)[0]
+
+    def status_and_presigned(self, serial: str) -> tuple[CertStatus | None, Presigned | None]:
+        """The certificate's status and its pre-signed OCSP answer, if any. On SQLite this is the OCSP
+        hot path's one query, made on a per-thread read-only connection without the ORM (~20 µs
+        instead of ~400 µs); it sees every committed revocation at once (WAL readers read the latest
+        commit)."""
         if self._sqlite_path:
             try:
                 row = self._sqlite().execute(_STATUS_SQL, (serial,)).fetchone()
             except sqlite3.Error as exc:
                 raise DeviceCAError(Kind.DB_UNAVAILABLE, "database unavailable", cause=exc) from None
             if row is None:
-                return None
-            revoked_at = dt.datetime.fromisoformat(row[1]) if row[1] else None
-            return CertStatus(row[0], utc(revoked_at), row[2])
+                return None, None
+            parse = lambda v: utc(dt.datetime.fromisoformat(v)) if v else None  # noqa: E731
+            row = (row[0], parse(row[1]), row[2], row[3], row[4], parse(row[5]), parse(row[6]), row[7])
+        else:
+            with self.db.reading() as c:
+                row = c.execute(sa.select(_CERTS.c.status, _REVOCATIONS.c.revoked_at, _REVOCATIONS.c.reason,
+                                          _PRESIGNED.c.status, _PRESIGNED.c.responder_id, _PRESIGNED.c.this_update,
+                                          _PRESIGNED.c.next_update, _PRESIGNED.c.der)
+                                .select_from(_CERTS.outerjoin(_REVOCATIONS, _REVOCATIONS.c.serial == _CERTS.c.serial)
+                                             .outerjoin(_PRESIGNED, _PRESIGNED.c.serial == _CERTS.c.serial))
+                                .where(_CERTS.c.serial == serial)).first()
+            if row is None:
+                return None, None
+            row = (row[0], utc(row[1]), row[2], row[3], row[4], utc(row[5]), utc(row[6]), row[7])
+        status = CertStatus(row[0], row[1], row[2])
+        presigned = None if row[3] is None else Presigned(row[3], row[4], row[5], row[6], bytes(row[7]))
+        return status, presigned
+
+    # -- pre-signed OCSP answers -----------------------------------------------------------
+
+    def presign_due(self, ca: str, responder_id: int, signed_before: dt.datetime, now: dt.datetime,
+                    limit: int) -> list[tuple[str, CertStatus]]:
+        """Unexpired certificates of ``ca`` whose pre-signed answer is missing, states another status,
+        comes from another responder or was signed before ``signed_before``."""
         with self.db.reading() as c:
-            row = c.execute(sa.select(_CERTS.c.status, _REVOCATIONS.c.revoked_at, _REVOCATIONS.c.reason)
-                            .select_from(_CERTS.outerjoin(_REVOCATIONS, _REVOCATIONS.c.serial == _CERTS.c.serial))
-                            .where(_CERTS.c.serial == serial)).first()
-        return None if row is None else CertStatus(row[0], utc(row[1]), row[2])
+            rows = c.execute(
+                sa.select(_CERTS.c.serial, _CERTS.c.status, _REVOCATIONS.c.revoked_at, _REVOCATIONS.c.reason)
+                .select_from(_CERTS.outerjoin(_REVOCATIONS, _REVOCATIONS.c.serial == _CERTS.c.serial)
+                             .outerjoin(_PRESIGNED, _PRESIGNED.c.serial == _CERTS.c.serial))
+                .where(_CERTS.c.issuer == ca, _CERTS.c.not_after > now,
+                       sa.or_(_PRESIGNED.c.serial.is_(None), _PRESIGNED.c.status != _CERTS.c.status,
+                              _PRESIGNED.c.responder_id != responder_id, _PRESIGNED.c.this_update < signed_before))
+                .order_by(_PRESIGNED.c.this_update.is_not(None), _PRESIGNED.c.this_update).limit(limit)).all()
+        return [(r[0], CertStatus(r[1], utc(r[2]), r[3])) for r in rows]
+
+    def save_presigned(self, rows: list[tuple[str, Presigned]]) -> None:
+        """Insert or replace pre-signed answers, all in one transaction."""
+        if not rows:
+            return
+        with self.db.transaction() as c:
+            dialect = c.dialect.name
+            insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_PRESIGNED)
+            statement = insert.on_conflict_do_update(
+                index_elements=["serial"],
+                set_={k: insert.excluded[k] for k in ("status", "responder_id", "this_update", "next_update", "der")})
+            c.execute(statement, [{"serial": serial, "status": p.status, "responder_id": p.responder_id,
+                                   "this_update": p.this_update, "next_update": p.next_update, "der": p.der}
+                                  for serial, p in rows])
+
+    def change_marker(self) -> object:
+        """Equal between two calls only if nothing was written to the database in between. On SQLite
+        the change counter every device-ca writer moves (shared memory, well under a µs; an odd value,
+        a write under way, is never equal to anything). On PostgreSQL a fresh object, never equal,
+        so callers read the status from the database."""
+        if self._changes is None:
+            return object()
+        try:
+            value = self._changes.value()
+        except OSError as exc:
+            raise DeviceCAError(Kind.DB_UNAVAILABLE, "database unavailable", cause=exc) from None
+        return object() if value % 2 else value
 
     def _sqlite(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)

@@ -191,3 +191,16 @@ class OcspResponderRow(SQLModel, table=True):
     der: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
     not_after: dt.datetime = Field(sa_column=_ts())
     created_at: dt.datetime = Field(sa_column=_ts())
+
+
+class OcspResponseRow(SQLModel, table=True):
+    """Pre-signed OCSP answers (SHA-1 CertID, no nonce) for issued certificates, one per serial."""
+
+    __tablename__ = "ocsp_responses"
+    serial: str = Field(primary_key=True, max_length=40, foreign_key="certificates.serial")
+    status: str = Field(max_length=16)
+    responder_id: int = Field(foreign_key="ocsp_responders.id")
+    this_update: dt.datetime = Field(sa_column=_ts(index=True))
+    next_update: dt.datetime = Field(sa_column=_ts())
+    der: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+

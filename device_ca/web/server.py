@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime as dt
+import fcntl
 import logging
 import os
 import shutil
@@ -95,29 +96,50 @@ def _https_factory(options: ServeOptions):
     return build
 
 
-def _http_factory():
-    def build():
-        from device_ca.services import Services
-        from device_ca.web.app import create_public_app
-        from device_ca.web.status import StatusApp
+def http_app():
+    """granian's factory for the plain-HTTP listener, called in each worker after the fork."""
+    from device_ca.services import Services
+    from device_ca.web.app import create_public_app
+    from device_ca.web.status import StatusApp
 
-        services = Services(Settings.load())
-        return StatusApp(services, create_public_app(services))
-    return build
+    services = Services(Settings.load())
+    return StatusApp(services, create_public_app(services))
+
+
+def _granian(options: ServeOptions):
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+
+    return Granian("device_ca.web.server:http_app", factory=True, interface=Interfaces.WSGI,
+                   address=options.host, port=options.http_port, workers=options.http_workers,
+                   blocking_threads=1, http="1", websockets=False, backlog=1024,
+                   http1_settings=HTTP1Settings(header_read_timeout=10_000, keep_alive=True),
+                   log_level="warning", respawn_failed_workers=True)
 
 
 def _start_janitor(services) -> None:
-    """Publish a CRL when a revocation asks for one or half its validity has passed; revoke superseded
-    certificates whose rotation grace is over; rotate the OCSP responder (idempotent across workers)."""
+    """In one HTTPS worker at a time (a flock on ``run/janitor.lock``; when that worker dies another
+    takes over): publish a CRL when a revocation asks for one or half its validity has passed;
+    pre-sign OCSP answers for new, revoked and ageing certificates; revoke superseded certificates
+    whose rotation grace is over; rotate the OCSP responder."""
     stop = threading.Event()
+    lock_path = services.settings.home / "run" / "janitor.lock"
 
     def loop() -> None:
-        rounds = 0
+        rounds, lock = 0, None
         while not stop.wait(JANITOR_SECONDS):
             rounds += 1
             try:
+                if lock is None:
+                    lock = _try_lock(lock_path)
+                    if lock is None:
+                        continue
                 if services.revocation.crl_due():
                     services.revocation.generate_crl()
+                signed = services.revocation.presign()
+                if signed:
+                    log.info("pre-signed %d OCSP answers", signed)
                 if rounds % ROTATION_EVERY == 0:
                     done = services.est.revoke_superseded()
                     if done:
@@ -129,6 +151,18 @@ def _start_janitor(services) -> None:
     threading.Thread(target=loop, name="device-ca-janitor", daemon=True).start()
     from device_ca.keycloak.outbox import start_drainer
     start_drainer(services)                     # Keycloak outbox, every second, when keycloak_url is set
+
+
+def _try_lock(path: Path) -> int | None:
+    """A file descriptor holding an exclusive flock on ``path``, or None if another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def ensure_server_certificate(settings: Settings, host: str) -> tuple[Path, Path]:
@@ -212,10 +246,7 @@ def run(options: ServeOptions) -> None:
     common = {"timeout": options.timeout, "graceful_timeout": 10, "errorlog": "-", "loglevel": "warning",
               "accesslog": None, "preload_app": False, "limit_request_line": 4094, "limit_request_fields": 50,
               "limit_request_field_size": 16384}
-    http = _gunicorn(_http_factory(), {**common, "bind": f"{options.host}:{options.http_port}",
-                                      "workers": options.http_workers, "worker_class": "gthread", "threads": 4,
-                                      "keepalive": 5,
-                                      "proc_name": "device-ca-http"})
+    http = _granian(options)
     https = _gunicorn(_https_factory(options), {
         **common, "bind": f"{options.host}:{options.port}", "workers": options.workers,
         "worker_class": "gthread", "threads": options.threads, "keepalive": 5,
@@ -226,7 +257,7 @@ def run(options: ServeOptions) -> None:
     child = os.fork()
     if child == 0:
         _die_with_parent()
-        http.run()
+        http.serve()
         os._exit(0)
     print(f"device-ca serving EST on https://{options.host}:{options.port}/.well-known/est "
           f"and OCSP/CRL/CA files on http://{options.host}:{options.http_port}", flush=True)

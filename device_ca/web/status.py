@@ -15,6 +15,7 @@ from device_ca.ra.status import OcspAnswer
 log = logging.getLogger("device_ca.web.status")
 
 OCSP_RESPONSE = "application/ocsp-response"
+HEADER_CACHE_LIMIT = 200_000
 
 
 def _http_date(when) -> str:
@@ -27,6 +28,7 @@ class StatusApp:
     def __init__(self, services, fallback):
         self.services = services
         self.fallback = fallback
+        self._headers: dict[int, tuple[OcspAnswer, tuple[tuple[str, str], ...]]] = {}
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -70,21 +72,15 @@ class StatusApp:
             return [b"method not allowed\n"]
         return self._send(start_response, answer)
 
-    @staticmethod
-    def _send(start_response, answer: OcspAnswer):
-        headers = [("Content-Type", OCSP_RESPONSE), ("Content-Length", str(len(answer.der)))]
-        if answer.this_update is not None:
-            headers += [("Last-Modified", _http_date(answer.this_update)),
-                        ("Expires", _http_date(answer.next_update)),
-                        ("ETag", '"' + hashlib.sha256(answer.der).hexdigest() + '"')]
-            if answer.cacheable:
-                max_age = max(0, int((answer.next_update - answer.this_update).total_seconds()) // 2)
-                headers.append(("Cache-Control", f"max-age={max_age}, public, no-transform, must-revalidate"))
-            else:
-                headers.append(("Cache-Control", "no-store"))
-        else:
-            headers.append(("Cache-Control", "no-store"))
-        start_response("200 OK", headers)
+    def _send(self, start_response, answer: OcspAnswer):
+        known = self._headers.get(id(answer))
+        if known is None or known[0] is not answer:
+            known = (answer, _headers(answer))
+            if answer.cacheable:                 # the same answer object is served many times
+                if len(self._headers) >= HEADER_CACHE_LIMIT:
+                    self._headers.clear()
+                self._headers[id(answer)] = known
+        start_response("200 OK", list(known[1]))
         return [answer.der]
 
     def _crl(self, start_response, name, method):
@@ -102,3 +98,19 @@ class StatusApp:
             ("Last-Modified", _http_date(latest.this_update)), ("Expires", _http_date(latest.next_update)),
             ("ETag", f'"crl-{latest.number}"'), ("Cache-Control", f"max-age={max_age}, public, no-transform")])
         return [b"" if method == "HEAD" else latest.der]
+
+
+def _headers(answer: OcspAnswer) -> tuple[tuple[str, str], ...]:
+    headers = [("Content-Type", OCSP_RESPONSE), ("Content-Length", str(len(answer.der)))]
+    if answer.this_update is not None:
+        headers += [("Last-Modified", _http_date(answer.this_update)),
+                    ("Expires", _http_date(answer.next_update)),
+                    ("ETag", '"' + hashlib.sha256(answer.der).hexdigest() + '"')]
+        if answer.cacheable:
+            max_age = max(0, int((answer.next_update - answer.this_update).total_seconds()) // 2)
+            headers.append(("Cache-Control", f"max-age={max_age}, public, no-transform, must-revalidate"))
+        else:
+            headers.append(("Cache-Control", "no-store"))
+    else:
+        headers.append(("Cache-Control", "no-store"))
+    return tuple(headers)

@@ -46,9 +46,54 @@ def test_ocsp_good_then_revoked_at_once(served):
     good = _ocsp(env, server, cert)                                 # POST with a nonce
     assert "Response verify OK" in good.stderr + good.stdout and f"{cert}: good" in good.stdout, good.stderr
     assert "WARNING: no nonce" not in good.stderr + good.stdout
+    for _ in range(4):                       # nonce-less answers are cached by every HTTP worker
+        cached = _ocsp(env, server, cert, "-no_nonce")
+        assert f"{cert}: good" in cached.stdout, cached.stdout
     env.run("revoke", serial, "--reason", "keyCompromise")
-    revoked = _ocsp(env, server, cert, "-no_nonce")
-    assert f"{cert}: revoked" in revoked.stdout and "Reason: keyCompromise" in revoked.stdout, revoked.stdout
+    for _ in range(4):                       # ... and none of them may serve the cached good any more
+        revoked = _ocsp(env, server, cert, "-no_nonce")
+        assert f"{cert}: revoked" in revoked.stdout and "Reason: keyCompromise" in revoked.stdout, revoked.stdout
+
+
+def _presigned(env, serial, want_status, timeout=30):
+    """The server's pre-signed answer for ``serial`` once it states ``want_status`` (polls the database)."""
+    from device_ca.store import Store
+
+    store = Store(env.database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            presigned = store.status.status_and_presigned(serial.lower())[1]
+            if presigned is not None and presigned.status == want_status:
+                return presigned
+            time.sleep(0.5)
+    finally:
+        store.db.dispose()
+    raise AssertionError(f"no pre-signed {want_status} answer for {serial} after {timeout} s")
+
+
+def test_server_presigns_answers_for_new_and_revoked_certificates(served):
+    env, server, tmp = served
+    cert, serial = _issue(env, tmp, "lock-5")
+    good = _presigned(env, serial, "good")
+    req = tmp / "req5.der"
+    openssl("ocsp", "-issuer", str(env.ca_dir / "issuing.pem"), "-cert", str(cert), "-no_nonce", "-reqout", str(req))
+    status, body = _post(server, req.read_bytes())
+    assert status == 200 and body == good.der                   # the stored bytes are what is served
+    env.run("revoke", serial, "--reason", "superseded")
+    revoked = _presigned(env, serial, "revoked")
+    resp = tmp / "resp5.der"
+    resp.write_bytes(revoked.der)
+    check = openssl("ocsp", "-respin", str(resp), "-issuer", str(env.ca_dir / "issuing.pem"), "-CAfile",
+                    str(env.ca_dir / "root.pem"), "-cert", str(cert))
+    assert "Response verify OK" in check.stderr + check.stdout and "Reason: superseded" in check.stdout
+
+
+def _post(server, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"{server.http}/ocsp", data=body, method="POST",
+                                     headers={"Content-Type": "application/ocsp-request"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return r.status, r.read()
 
 
 def test_ocsp_get_with_caching_headers_and_pkilint(served):

@@ -222,3 +222,49 @@ def test_publish_atomically_replaces_and_keeps_old_on_failure(tmp_path, monkeypa
         publish_atomically(b"third", target)
     assert target.read_bytes() == b"second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["issuing.crl"]
+
+
+def _builder_crl(ca, ca_key, entries, number, this_update, next_update, hash_algorithm):
+    """The same CRL made entirely by cryptography's builder: what the DER encoding must equal."""
+    reasons = {"keyCompromise": x509.ReasonFlags.key_compromise, "cACompromise": x509.ReasonFlags.ca_compromise,
+               "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+               "superseded": x509.ReasonFlags.superseded,
+               "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+               "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+               "aACompromise": x509.ReasonFlags.aa_compromise}
+    revoked = []
+    for e in entries:
+        b = x509.RevokedCertificateBuilder().serial_number(e.serial).revocation_date(e.revoked_at)
+        if e.reason in reasons:
+            b = b.add_extension(x509.CRLReason(reasons[e.reason]), critical=False)
+        revoked.append(b.build())
+    ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (x509.CertificateRevocationListBuilder(revoked_certificates=revoked).issuer_name(ca.subject)
+            .last_update(this_update).next_update(next_update)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+            .add_extension(x509.CRLNumber(number), critical=False).sign(ca_key, hash_algorithm))
+
+
+@pytest.mark.parametrize("key_type,hash_algorithm", [("ec:P-256", hashes.SHA256()), ("ec:P-384", hashes.SHA384()),
+                                                     ("rsa:3072", hashes.SHA256())])
+@pytest.mark.parametrize("count", [0, 1, 3, 200])
+def test_encoded_entries_equal_what_cryptography_builds(key_type, hash_algorithm, count, now):
+    """The hand-encoded revokedCertificates must give the TBS cryptography's builder gives, byte for
+    byte: serials of every length (sign bit set or not, up to 20 octets), every reason, UTCTime and
+    GeneralizedTime revocation dates, one and several entries, long-form lengths."""
+    _, _, ca, ca_key = software_ca(FixedClock(now - dt.timedelta(hours=1)), key_type)
+    reasons = ["unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
+               "cessationOfOperation", "privilegeWithdrawn", "aACompromise"]
+    serials = [1, 0x7F, 0x80, 0xFF, 0x100, 0x8000, 2**159 - 1, 2**152, 2**151 + 5] + \
+              [secrets.randbits(136) | 1 << 136 for _ in range(max(0, count))]
+    times = [now - dt.timedelta(days=1), dt.datetime(2049, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc),
+             dt.datetime(2050, 1, 1, tzinfo=dt.timezone.utc), now.astimezone(dt.timezone(dt.timedelta(hours=2)))]
+    entries = [RevokedEntry(serials[i % len(serials)] + (i // len(serials)) * 2, times[i % len(times)],
+                            reasons[i % len(reasons)]) for i in range(count)]
+    this_update, next_update = now - dt.timedelta(minutes=1), now + dt.timedelta(days=1)
+    ours = build_crl(ca, ca_key, entries, 77, this_update, next_update, hash_algorithm)
+    theirs = _builder_crl(ca, ca_key, entries, 77, this_update, next_update, hash_algorithm)
+    assert ours.tbs_certlist_bytes == theirs.tbs_certlist_bytes
+    assert ours.signature_algorithm_oid == theirs.signature_algorithm_oid
+    assert ours.is_signature_valid(ca.public_key())
+    assert len(ours) == count

@@ -66,9 +66,9 @@ def test_value_problems_are_caught_without_pkilint(issuer_and_calls, request_kwa
 def test_value_checks_agree_with_pkilint(issuer_and_calls, request_kwargs):
     """Whatever the value checks refuse, pkilint flags too (they mirror its value-dependent rules)."""
     issuer, _, _ = issuer_and_calls
-    from device_ca.ca.issuer import _throwaway_key
+    from device_ca.ca.issuer import throwaway_key
     prepared_builder = issuer._builder(_request(**request_kwargs), 0x0555, T0, T0 + dt.timedelta(days=1))
-    cert = prepared_builder.sign(_throwaway_key(issuer.key_type), issuer.hash)
+    cert = prepared_builder.sign(throwaway_key(issuer.key_type), issuer.hash)
     assert check_values(cert)
     findings = lint_certificate(cert.public_bytes(Encoding.DER), issuer.der)
     assert any(f.severity in ("ERROR", "FATAL") for f in findings)
