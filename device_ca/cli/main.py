@@ -315,11 +315,12 @@ def audit_verify(ctx, as_json) -> None:
         ctx.exit(AUDIT_BROKEN)
 
 
-from device_ca.cli import enroll_cmds, keycloak_cmds, status_cmds  # noqa: E402  (register on the group defined above)
+from device_ca.cli import bulk_cmds, enroll_cmds, keycloak_cmds, status_cmds  # noqa: E402  (register on the group defined above)
 
 enroll_cmds.register(cli, services, _actor, _iso)
 status_cmds.register(cli, services, _actor, _iso)
 keycloak_cmds.register(cli, services, _actor, _iso)
+bulk_cmds.register(cli, services, _actor, _iso)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from sqlmodel import select
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database, migrate, translate_errors
+from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo, claim
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
@@ -57,6 +58,7 @@ class Store:
         self.enrollment = EnrollmentRepo(self.db)
         self.status = StatusRepo(self.db)
         self.queue = OutboxRepo(self.db)
+        self.batches = BatchRepo(self.db)
 
     def ping(self) -> None:
         with self.db.read() as s:

@@ -204,3 +204,33 @@ class OcspResponseRow(SQLModel, table=True):
     next_update: dt.datetime = Field(sa_column=_ts())
     der: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
 
+
+class BatchRow(SQLModel, table=True):
+    """A manufacturing batch: one certificate per item at most, resumable (``device-ca bulk issue``)."""
+
+    __tablename__ = "batches"
+    id: str = Field(primary_key=True, max_length=64)
+    policy: str = Field(max_length=64)
+    input_sha256: str = Field(max_length=64)
+    items: int
+    keygen: bool = False
+    secret_sha256: Optional[str] = Field(default=None, max_length=64)   # for keygen batches; never the secret
+    state: str = Field(default="open", max_length=16)                    # open | done
+    created_at: dt.datetime = Field(sa_column=_ts())
+    created_by: str = Field(max_length=128)
+    finished_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class BatchItemRow(SQLModel, table=True):
+    """One device of a batch: pending -> reserved (serial and dates fixed) -> issued, or failed."""
+
+    __tablename__ = "batch_items"
+    batch_id: str = Field(primary_key=True, max_length=64, foreign_key="batches.id")
+    device_id: str = Field(primary_key=True, max_length=128)
+    position: int
+    csr_sha256: Optional[str] = Field(default=None, max_length=64)
+    state: str = Field(default="pending", max_length=16, index=True)
+    serial: Optional[str] = Field(default=None, max_length=40)
+    not_before: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    not_after: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    error: Optional[str] = Field(default=None, max_length=512)

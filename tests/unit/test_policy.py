@@ -99,3 +99,14 @@ def test_special_characters_in_device_id_are_escaped(tmp_path):
     p = load_policy(write(tmp_path, 'subject = "CN={device_id},O=Acme"\ndevice_id_pattern = ".+"\n'))
     request = apply(p, csrs.load(make_csr(None)), "a,b+c")
     assert [a.value for a in request.subject] == ["Acme", "a,b+c"]
+
+
+@pytest.mark.parametrize("device_id", ["lock-1", 'a,b+c="d"', " lead", "trail ", "#hash", "ünï", "x\\y", "a;b<c>"])
+def test_subject_from_the_parsed_template_equals_parsing_with_the_escaped_id(device_id, policies):
+    """subject_name fills a template parsed once; it must give the DER that parsing the template
+    with the RFC 4514-escaped device id gives."""
+    from device_ca.policy.checks import escape_rdn_value, subject_name
+
+    for policy in policies:
+        parsed = x509.Name.from_rfc4514_string(policy.subject.replace("{device_id}", escape_rdn_value(device_id)))
+        assert subject_name(policy, device_id).public_bytes() == parsed.public_bytes()

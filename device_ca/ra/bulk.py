@@ -1,0 +1,486 @@
+"""Bulk issuance for a manufacturing line: a batch of devices, one certificate each at most,
+resumable after a crash at any point.
+
+Each item of a batch goes pending -> reserved -> issued (or failed, with its reason). A chunk of
+items is reserved in one transaction (serials, the items' dates, one intent audit event each)
+before anything is signed, and recorded in one transaction after (certificates, devices, audit,
+outbox). A run that dies in between leaves reserved items: the next run rebuilds each one's
+TBSCertificate from the same CSR, serial and dates, and signs it only if its digest equals the
+reserved one, so a device never gets a second certificate in the same batch and every serial the
+token may have signed is recorded. Output files are written after the recording transaction, and
+a rerun rewrites any that are missing.
+
+Signing runs in worker processes (spawned, each opens its own PKCS#11 session); the parent only
+reads inputs, opens the batch, hands out chunks and writes the manifest. The policy's template
+is linted in full by pkilint once per certificate shape (TemplateLinter), every certificate is
+checked in process against it.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import re
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+from sqlalchemy.exc import IntegrityError
+
+from device_ca.ca import csr as csrs
+from device_ca.ca.csr import CsrInfo, key_type_of
+from device_ca.ca.serial import new_serial, to_hex
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.policy import checks as policies_
+from device_ca.ra.authority import issued_messages
+from device_ca.store.batches import Batch, BatchItem, Recorded, Reserved
+from device_ca.store.records import AuditEvent, CertificateRecord, Reservation
+
+log = logging.getLogger("device_ca.ra.bulk")
+
+CHUNK = 200
+MAX_INPUT_BYTES = 64 * 1024            # one CSR
+_ITEM_ERRORS = (Kind.MALFORMED, Kind.POLICY_REJECTED, Kind.FORBIDDEN)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+@dataclass(frozen=True)
+class BulkInput:
+    """One line of a batch: a device and its CSR (None when the CA generates the key)."""
+    device_id: str
+    csr: bytes | None
+    error: str | None = None           # the input itself is unusable (unreadable file, bad line)
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    device_id: str
+    state: str                         # issued | failed
+    serial: str | None = None
+    fingerprint: str | None = None
+    not_after: dt.datetime | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    batch_id: str
+    created: bool
+    issued: int                        # by this run
+    already: int                       # issued by an earlier run
+    failed: int
+    total: int
+    seconds: float
+    manifest: Path
+    secret: str | None = None          # keygen batches, first run only: shown once, stored nowhere
+
+    @property
+    def rate(self) -> float:
+        return self.issued / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def read_csr_dir(directory: Path, policy, id_from: str = "filename") -> list[BulkInput]:
+    """One CSR per file (PEM or DER, *.csr / *.pem / *.der); the device id is the file name without
+    its extension, or the CSR subject's device-id attribute (``id_from="subject"``)."""
+    inputs = []
+    for path in sorted(p for p in Path(directory).iterdir() if p.is_file() and not p.name.startswith(".")):
+        if path.stat().st_size > MAX_INPUT_BYTES:
+            inputs.append(BulkInput(path.stem, None, f"{path.name}: larger than {MAX_INPUT_BYTES} bytes"))
+            continue
+        data = path.read_bytes()
+        if id_from == "subject":
+            try:
+                device_id = policies_.device_id_from_subject(policy, csrs.load(data).subject)
+            except DeviceCAError as exc:
+                inputs.append(BulkInput(path.stem, None, f"{path.name}: {exc.detail}"))
+                continue
+            if device_id is None:
+                inputs.append(BulkInput(path.stem, None, f"{path.name}: no device id in the CSR subject"))
+                continue
+        else:
+            device_id = path.stem
+        inputs.append(BulkInput(device_id, data))
+    return inputs
+
+
+def read_jsonl(lines: Iterable[str]) -> list[BulkInput]:
+    """``{"device_id": ..., "csr": base64 DER or PEM}`` per line; blank lines are skipped."""
+    import base64
+    import binascii
+
+    inputs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            device_id, csr = item["device_id"], item["csr"]
+            if not isinstance(device_id, str) or not isinstance(csr, str):
+                raise TypeError("device_id and csr must be strings")
+        except (ValueError, KeyError, TypeError) as exc:
+            inputs.append(BulkInput(f"line-{number}", None, f"line {number}: not a batch item ({exc})"))
+            continue
+        data = csr.encode() if csr.lstrip().startswith("-----BEGIN") else None
+        if data is None:
+            try:
+                data = base64.b64decode(csr, validate=True)
+            except (binascii.Error, ValueError):
+                inputs.append(BulkInput(device_id, None, f"line {number}: csr is not base64"))
+                continue
+        inputs.append(BulkInput(device_id, data))
+    return inputs
+
+
+def read_device_ids(lines: Iterable[str]) -> list[BulkInput]:
+    """One device id per line, for batches whose keys the CA generates."""
+    return [BulkInput(line.strip(), None) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def batch_id_for(policy: str, inputs: list[BulkInput], keygen: bool) -> str:
+    """The same input gives the same id, so rerunning the same command resumes the same batch."""
+    return "b-" + input_digest(policy, inputs, keygen)[:24]
+
+
+def input_digest(policy: str, inputs: list[BulkInput], keygen: bool) -> str:
+    h = hashlib.sha256(f"{policy}\0{int(keygen)}\0".encode())
+    for item in inputs:
+        h.update(item.device_id.encode() + b"\0" + hashlib.sha256(item.csr or b"").digest())
+    return h.hexdigest()
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+class BulkIssuance:
+    """One run of a batch (first or resumed). ``progress(done, total)`` is called after each chunk."""
+
+    def __init__(self, services, policy_name: str, inputs: list[BulkInput], out_dir: Path, *, actor: str,
+                 batch_id: str | None = None, keygen: bool = False, secret: str | None = None,
+                 workers: int | None = None, progress: Callable[[int, int], None] | None = None):
+        self.services = services
+        self.policy = services.policies.get(policy_name)
+        if "admin" not in self.policy.enrollment:
+            raise DeviceCAError(Kind.FORBIDDEN, f"policy {self.policy.name} does not allow issuance by an operator")
+        if not inputs:
+            raise DeviceCAError(Kind.MALFORMED, "the batch is empty")
+        self.inputs = inputs
+        self.out_dir = Path(out_dir)
+        self.actor = actor
+        self.keygen = keygen
+        self.secret = secret
+        self.workers = workers or max(1, os.cpu_count() or 1)
+        self.progress = progress or (lambda done, total: None)
+        self.batch_id = batch_id or batch_id_for(self.policy.name, inputs, keygen)
+        if not _SAFE_NAME.fullmatch(self.batch_id):
+            raise DeviceCAError(Kind.MALFORMED, "a batch id is 1-128 letters, digits, '.', '_' or '-'")
+
+    def run(self) -> Summary:
+        started = time.monotonic()
+        store, clock = self.services.store, self.services.clock
+        by_device, duplicates = {}, []
+        for item in self.inputs:
+            if not _SAFE_NAME.fullmatch(item.device_id) or item.device_id.startswith("."):
+                # it names output files: refused before anything is written
+                item = BulkInput(item.device_id[:128], None,
+                                 "device id is not 1-128 letters, digits, '.', '_' or '-' (not starting with '.')")
+            if item.device_id in by_device:
+                duplicates.append(item.device_id)
+            else:
+                by_device[item.device_id] = item
+        secret, created_secret = self._secret(store.batches.get(self.batch_id))
+        now = clock.now()
+        batch = Batch(id=self.batch_id, policy=self.policy.name,
+                      input_sha256=input_digest(self.policy.name, self.inputs, self.keygen),
+                      items=len(by_device), keygen=self.keygen,
+                      secret_sha256=_secret_digest(secret) if secret else None, state="open", created_at=now,
+                      created_by=self.actor, finished_at=None)
+        batch, created = store.batches.open(
+            batch, [(d, i, hashlib.sha256(item.csr).hexdigest() if item.csr else None)
+                    for i, (d, item) in enumerate(by_device.items())],
+            AuditEvent(action="batch.opened", actor=self.actor, at=now,
+                       details={"batch": self.batch_id, "policy": self.policy.name, "items": len(by_device),
+                                "keygen": self.keygen}))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        items = store.batches.items(batch.id)
+        already = sum(1 for i in items if i.state == "issued")
+        todo = [i for i in items if i.state in ("pending", "reserved")]
+        refused = [(i.device_id, by_device[i.device_id].error) for i in todo if by_device[i.device_id].error]
+        store.batches.fail(batch.id, refused, abandon=[i.serial for i in todo if i.serial and
+                                                      by_device[i.device_id].error])
+        todo = [i for i in todo if not by_device[i.device_id].error]
+        issued = self._issue(todo, by_device, secret)
+        items = store.batches.items(batch.id)
+        manifest = self._write_outputs(items, duplicates)
+        if not any(i.state in ("pending", "reserved") for i in items):
+            counts = {s: sum(1 for i in items if i.state == s) for s in ("issued", "failed")}
+            store.batches.finish(batch.id, clock.now(), AuditEvent(
+                action="batch.finished", actor=self.actor, at=clock.now(),
+                details={"batch": batch.id, **counts, "duplicates": len(duplicates)}))
+        return Summary(batch_id=batch.id, created=created, issued=issued, already=already,
+                       failed=sum(1 for i in items if i.state == "failed") + len(duplicates),
+                       total=len(self.inputs), seconds=time.monotonic() - started, manifest=manifest,
+                       secret=secret if created_secret else None)
+
+    def _secret(self, existing: Batch | None) -> tuple[str | None, bool]:
+        if not self.keygen:
+            return None, False
+        if existing is None:
+            return (self.secret or secrets.token_urlsafe(24)), self.secret is None
+        if self.secret is None:
+            raise DeviceCAError(Kind.UNAUTHORIZED, f"batch {existing.id} exists: give its secret (--secret-file) "
+                                "to resume it")
+        if existing.secret_sha256 != _secret_digest(self.secret):
+            raise DeviceCAError(Kind.UNAUTHORIZED, f"that is not the secret of batch {existing.id}")
+        return self.secret, False
+
+    def _issue(self, todo: list[BatchItem], by_device: dict[str, BulkInput], secret: str | None) -> int:
+        total, done, issued = len(todo), 0, 0
+        if not todo:
+            return 0
+        jobs = [Job(batch_id=self.batch_id, policy=self.policy.name, actor=self.actor, out_dir=str(self.out_dir),
+                    secret=secret, items=[(i.device_id, by_device[i.device_id].csr, i.state, i.serial, i.not_before,
+                                           i.not_after) for i in todo[start:start + CHUNK]])
+                for start in range(0, total, CHUNK)]
+        self.progress(0, total)
+        workers = min(self.workers, len(jobs))
+        if workers == 1:
+            _init_worker(self.services)
+            results = map(_run_job, jobs)
+            pool = None
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+            results = pool.imap_unordered(_run_job, jobs)
+        try:
+            for chunk in results:
+                done += len(chunk)
+                issued += sum(1 for r in chunk if r.state == "issued")
+                self.progress(done, total)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        return issued
+
+    def _write_outputs(self, items: list[BatchItem], duplicates: list[str]) -> Path:
+        """Files an earlier run recorded but did not write, and the manifest of the whole batch."""
+        store = self.services.store
+        issued = store.batches.certificates([i.serial for i in items if i.state == "issued"])
+        for item in items:
+            if item.state == "issued" and not self.keygen:
+                path = self.out_dir / f"{item.device_id}.pem"
+                if not path.exists():
+                    write_atomically(path, _pem(issued[item.serial]))
+        manifest = self.out_dir / "manifest.csv"
+        rows = [["device_id", "serial", "fingerprint_sha256", "not_after", "status", "error"]]
+        for item in items:
+            record = issued.get(item.serial) if item.state == "issued" else None
+            rows.append([item.device_id, item.serial or "", record.fingerprint if record else "",
+                         record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if record else "",
+                         item.state, item.error or ""])
+        rows += [[d, "", "", "", "failed", "device id appears more than once in the input"] for d in duplicates]
+        with tempfile.NamedTemporaryFile("w", newline="", dir=self.out_dir, delete=False, suffix=".tmp") as f:
+            csv.writer(f).writerows(rows)
+        os.replace(f.name, manifest)
+        return manifest
+
+
+@dataclass(frozen=True)
+class Job:
+    batch_id: str
+    policy: str
+    actor: str
+    out_dir: str
+    secret: str | None
+    items: list[tuple[str, bytes | None, str, str | None, dt.datetime | None, dt.datetime | None]]
+
+
+# -- in the worker processes ---------------------------------------------------------------------
+
+_SERVICES = None
+
+
+def _init_worker(services=None) -> None:
+    """A worker's own Services: its own database engine and PKCS#11 session, opened after the spawn."""
+    global _SERVICES
+    if services is None:
+        from device_ca.config import Settings
+        from device_ca.services import Services
+
+        services = Services(Settings.load())
+    _SERVICES = services
+
+
+def _run_job(job: Job) -> list[ItemResult]:
+    return Chunk(_SERVICES, job).run()
+
+
+class Chunk:
+    def __init__(self, services, job: Job):
+        self.services = services
+        self.job = job
+        self.policy = services.policies.get(job.policy)
+        self.issuer = services.issuer
+        self.store = services.store
+        self.out_dir = Path(job.out_dir)
+
+    def run(self) -> list[ItemResult]:
+        failures: list[tuple[str, str]] = []
+        abandon: list[str] = []
+        fresh, resumed = [], []          # (device_id, request, key or None)
+        for device_id, csr_data, state, serial, not_before, not_after in self.job.items:
+            try:
+                key, csr = self._key_and_csr(device_id, csr_data)
+                request = policies_.apply(self.policy, csr, device_id)
+            except DeviceCAError as exc:
+                if exc.kind not in _ITEM_ERRORS:
+                    raise
+                failures.append((device_id, exc.detail))
+                if serial:
+                    abandon.append(serial)
+                continue
+            if state == "reserved" and serial:
+                resumed.append((device_id, request, key, serial, (not_before, not_after)))
+            else:
+                fresh.append((device_id, request, key))
+        self.store.batches.fail(self.job.batch_id, failures, abandon)
+        prepared = self._resume(resumed, fresh)
+        prepared += self._reserve(fresh)
+        recorded, keys = [], {}
+        for device_id, item_prepared, key in prepared:
+            certificate = self.issuer.sign(item_prepared)
+            recorded.append(self._recorded(device_id, certificate))
+            keys[device_id] = (key, certificate)
+        self.store.batches.record(self.job.batch_id, recorded)
+        for r in recorded:
+            key, certificate = keys[r.device_id]
+            if key is None:
+                write_atomically(self.out_dir / f"{r.device_id}.pem", _pem(r.certificate))
+            else:
+                self._write_pkcs12(r.device_id, key, certificate)
+        return [ItemResult(d, "failed", error=e) for d, e in failures] + [
+            ItemResult(r.device_id, "issued", r.certificate.serial, r.certificate.fingerprint, r.certificate.not_after)
+            for r in recorded]
+
+    def _key_and_csr(self, device_id: str, csr_data: bytes | None):
+        if csr_data is not None:
+            return None, csrs.load(csr_data)
+        key = self._load_or_generate_key(device_id)
+        public_key = key.public_key()
+        return key, CsrInfo(der=b"", public_key=public_key, key_type=key_type_of(public_key),
+                            subject=policies_.subject_name(self.policy, device_id),
+                            sans=policies_.subject_alt_names(self.policy, device_id))
+
+    def _resume(self, resumed, fresh) -> list:
+        """Reserved by a run that died: sign the same TBS again, or give the serial up if it differs."""
+        out = []
+        for device_id, request, key, serial, validity in resumed:
+            prepared = self.issuer.prepare(request, int(serial, 16), validity)
+            reservation = self.store.reservation(serial)
+            if reservation is not None and reservation.state == "reserved" \
+                    and reservation.tbs_sha256 == hashlib.sha256(prepared.tbs).hexdigest():
+                out.append((device_id, prepared, key))
+            else:
+                log.warning("batch %s: %s's reservation %s cannot be reproduced; reserving anew",
+                            self.job.batch_id, device_id, serial)
+                self.store.batches.reserve(self.job.batch_id, [], abandon=[serial])
+                fresh.append((device_id, request, key))
+        return out
+
+    def _reserve(self, fresh) -> list:
+        for _ in range(3):
+            prepared, reserved = [], []
+            now = self.services.clock.now()
+            for device_id, request, key in fresh:
+                item = self.issuer.prepare(request, new_serial())
+                serial, tbs_sha256 = to_hex(item.serial), hashlib.sha256(item.tbs).hexdigest()
+                prepared.append((device_id, item, key))
+                reserved.append(Reserved(
+                    device_id=device_id,
+                    reservation=Reservation(serial=serial, issuer=self.issuer.urls.ca_name, device_id=device_id,
+                                            policy=self.policy.name, tbs_sha256=tbs_sha256, state="reserved",
+                                            reserved_at=now),
+                    not_before=item.not_before, not_after=item.not_after,
+                    event=AuditEvent(action="certificate.intent", actor=self.job.actor, at=now, serial=serial,
+                                     device_id=device_id,
+                                     details={"policy": self.policy.name, "method": "bulk", "batch": self.job.batch_id,
+                                              "tbs_sha256": tbs_sha256,
+                                              "subject": item.subject.rfc4514_string()})))
+            try:
+                self.store.batches.reserve(self.job.batch_id, reserved)
+                return prepared
+            except IntegrityError:
+                log.error("batch %s: a drawn serial was already reserved; drawing the chunk again",
+                          self.job.batch_id)
+        raise DeviceCAError(Kind.INTERNAL, "could not reserve unique serial numbers")
+
+    def _recorded(self, device_id: str, certificate: x509.Certificate) -> Recorded:
+        der = certificate.public_bytes(Encoding.DER)
+        now = self.services.clock.now()
+        record = CertificateRecord(
+            serial=to_hex(certificate.serial_number), issuer=self.issuer.urls.ca_name, device_id=device_id,
+            policy=self.policy.name, subject=certificate.subject.rfc4514_string(), status="good",
+            not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
+            fingerprint=hashlib.sha256(der).hexdigest(), der=der, issued_at=now)
+        return Recorded(device_id=device_id, certificate=record, messages=tuple(issued_messages(self.policy, record)),
+                        event=AuditEvent(action="certificate.issued", actor=self.job.actor, at=now,
+                                         serial=record.serial, device_id=device_id,
+                                         details={"policy": self.policy.name, "method": "bulk",
+                                                  "batch": self.job.batch_id, "fingerprint": record.fingerprint,
+                                                  "not_after": record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}))
+
+    # -- keys generated here (no key generator on the device) --
+
+    def _key_path(self, device_id: str) -> Path:
+        return self.out_dir / f".{device_id}.key.p8"
+
+    def _load_or_generate_key(self, device_id: str):
+        """The key of a reserved item survives a crash encrypted with the batch secret; otherwise a new one."""
+        from device_ca.ra.enrollment import generate_key
+
+        path = self._key_path(device_id)
+        if path.exists():
+            try:
+                return serialization.load_der_private_key(path.read_bytes(), self.job.secret.encode())
+            except ValueError:
+                log.warning("batch %s: key file of %s unreadable; generating a new key", self.job.batch_id, device_id)
+        key = generate_key(self.policy.key_types[0])
+        write_atomically(path, key.private_bytes(Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                 serialization.BestAvailableEncryption(self.job.secret.encode())))
+        return key
+
+    def _write_pkcs12(self, device_id: str, key, certificate: x509.Certificate) -> None:
+        chain = [self.issuer.certificate]
+        data = pkcs12.serialize_key_and_certificates(device_id.encode(), key, certificate, chain,
+                                                     serialization.BestAvailableEncryption(self.job.secret.encode()))
+        write_atomically(self.out_dir / f"{device_id}.p12", data)
+        self._key_path(device_id).unlink(missing_ok=True)
+
+
+def _pem(record: CertificateRecord) -> bytes:
+    return x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM)
+
+
+def _secret_digest(secret: str) -> str:
+    return hashlib.sha256(b"device-ca batch secret\0" + secret.encode()).hexdigest()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,216 @@
+"""Bulk batches: each item goes pending -> reserved (serial and dates fixed, committed before
+signing) -> issued, or failed with its reason. Reservation and recording are one transaction per
+chunk of items, with one audit event per certificate, so a chunk costs two commits."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.store import audit
+from device_ca.store.db import Database
+from device_ca.store.records import AuditEvent, CertificateRecord, OutboxMessage, Reservation, utc
+from device_ca.store.tables import (BatchItemRow, BatchRow, CertificateRow, DeviceRow, OutboxRow,
+                                    SerialReservationRow)
+
+_BATCHES = BatchRow.__table__
+_ITEMS = BatchItemRow.__table__
+_RESERVATIONS = SerialReservationRow.__table__
+_CERTIFICATES = CertificateRow.__table__
+_DEVICES = DeviceRow.__table__
+
+_INSERT_RESERVATION = sa.insert(_RESERVATIONS)
+_RESERVE_ITEM = (sa.update(_ITEMS)
+                 .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
+                        sa.or_(_ITEMS.c.state == "pending", _ITEMS.c.state == "reserved"))
+                 .values(state="reserved", serial=sa.bindparam("b_serial"), not_before=sa.bindparam("b_not_before"),
+                         not_after=sa.bindparam("b_not_after")))
+_MARK_ISSUED = (sa.update(_RESERVATIONS)
+                .where(_RESERVATIONS.c.serial == sa.bindparam("b_serial"), _RESERVATIONS.c.state == "reserved")
+                .values(state="issued"))
+_ABANDON = (sa.update(_RESERVATIONS)
+            .where(_RESERVATIONS.c.serial == sa.bindparam("b_serial"), _RESERVATIONS.c.state == "reserved")
+            .values(state="abandoned"))
+_ITEM_ISSUED = (sa.update(_ITEMS)
+                .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
+                       _ITEMS.c.state == "reserved", _ITEMS.c.serial == sa.bindparam("b_serial"))
+                .values(state="issued"))
+_ITEM_FAILED = (sa.update(_ITEMS)
+                .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
+                       sa.or_(_ITEMS.c.state == "pending", _ITEMS.c.state == "reserved"))
+                .values(state="failed", error=sa.bindparam("b_error"), serial=None))
+_INSERT_CERTIFICATE = sa.insert(_CERTIFICATES)
+_INSERT_OUTBOX = sa.insert(OutboxRow.__table__)
+_UPSERT_DEVICE = {
+    name: (lambda insert: insert.on_conflict_do_update(
+        index_elements=["device_id"], set_={"policy": insert.excluded.policy, "status": insert.excluded.status,
+                                            "updated_at": insert.excluded.updated_at}))(dialect.insert(_DEVICES))
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))}
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: str
+    policy: str
+    input_sha256: str
+    items: int
+    keygen: bool
+    secret_sha256: str | None
+    state: str
+    created_at: dt.datetime
+    created_by: str
+    finished_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    device_id: str
+    position: int
+    csr_sha256: str | None
+    state: str                      # pending | reserved | issued | failed
+    serial: str | None
+    not_before: dt.datetime | None
+    not_after: dt.datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """An item's reservation: the serial row, the item's dates and the intent's audit event."""
+    device_id: str
+    reservation: Reservation
+    not_before: dt.datetime
+    not_after: dt.datetime
+    event: AuditEvent
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A signed certificate of an item, with its audit event and relying-party messages."""
+    device_id: str
+    certificate: CertificateRecord
+    event: AuditEvent
+    messages: tuple[OutboxMessage, ...]
+
+
+class BatchRepo:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def open(self, batch: Batch, items: list[tuple[str, int, str | None]], event: AuditEvent) -> tuple[Batch, bool]:
+        """Create the batch with its items (device id, position, CSR digest), or return the existing
+        one if it has this id and the same input; (batch, created)."""
+        existing = self.get(batch.id)
+        if existing is None:
+            try:
+                with self.db.transaction() as c:
+                    c.execute(sa.insert(_BATCHES).values(**batch.__dict__))
+                    if items:
+                        c.execute(sa.insert(_ITEMS), [{"batch_id": batch.id, "device_id": d, "position": p,
+                                                       "csr_sha256": h, "state": "pending"} for d, p, h in items])
+                    audit.append(c, event)
+                return batch, True
+            except IntegrityError:
+                existing = self.get(batch.id)       # a concurrent run created it
+                if existing is None:
+                    raise
+        if existing.policy != batch.policy or existing.input_sha256 != batch.input_sha256 \
+                or existing.keygen != batch.keygen:
+            raise DeviceCAError(Kind.CONFLICT, f"batch {batch.id} exists with another policy or other input; "
+                                "use another --batch-id")
+        return existing, False
+
+    def get(self, batch_id: str) -> Batch | None:
+        with self.db.reading() as c:
+            row = c.execute(sa.select(_BATCHES).where(_BATCHES.c.id == batch_id)).mappings().first()
+        if row is None:
+            return None
+        return Batch(**{**row, "created_at": utc(row["created_at"]), "finished_at": utc(row["finished_at"])})
+
+    def batches(self) -> list[Batch]:
+        with self.db.reading() as c:
+            ids = c.execute(sa.select(_BATCHES.c.id).order_by(_BATCHES.c.created_at)).scalars().all()
+        return [self.get(i) for i in ids]
+
+    def items(self, batch_id: str) -> list[BatchItem]:
+        with self.db.reading() as c:
+            rows = c.execute(sa.select(_ITEMS.c.device_id, _ITEMS.c.position, _ITEMS.c.csr_sha256, _ITEMS.c.state,
+                                       _ITEMS.c.serial, _ITEMS.c.not_before, _ITEMS.c.not_after, _ITEMS.c.error)
+                             .where(_ITEMS.c.batch_id == batch_id).order_by(_ITEMS.c.position)).all()
+        return [BatchItem(r[0], r[1], r[2], r[3], r[4], utc(r[5]), utc(r[6]), r[7]) for r in rows]
+
+    def certificates(self, serials: list[str]) -> dict[str, CertificateRecord]:
+        """The issued certificates of a batch's items, by serial (for the manifest and missing files)."""
+        out: dict[str, CertificateRecord] = {}
+        with self.db.reading() as c:
+            for start in range(0, len(serials), 500):
+                chunk = serials[start:start + 500]
+                for r in c.execute(sa.select(_CERTIFICATES).where(_CERTIFICATES.c.serial.in_(chunk))).mappings():
+                    out[r["serial"]] = CertificateRecord(
+                        serial=r["serial"], issuer=r["issuer"], device_id=r["device_id"], policy=r["policy"],
+                        subject=r["subject"], status=r["status"], not_before=utc(r["not_before"]),
+                        not_after=utc(r["not_after"]), fingerprint=r["fingerprint"], der=bytes(r["der"]),
+                        issued_at=utc(r["issued_at"]), superseded_by=r["superseded_by"])
+        return out
+
+    def reserve(self, batch_id: str, reserved: list[Reserved], abandon: list[str] = ()) -> None:
+        """Serials, item states and intents for a chunk, committed before anything is signed;
+        ``abandon`` marks reservations of an earlier run that can no longer be reproduced."""
+        if not reserved and not abandon:
+            return
+        with self.db.transaction() as c:
+            if abandon:
+                c.execute(_ABANDON, [{"b_serial": s} for s in abandon])
+            if reserved:
+                c.execute(_INSERT_RESERVATION, [r.reservation.__dict__ for r in reserved])
+                done = c.execute(_RESERVE_ITEM, [{"b_batch": batch_id, "b_device": r.device_id,
+                                                  "b_serial": r.reservation.serial, "b_not_before": r.not_before,
+                                                  "b_not_after": r.not_after} for r in reserved])
+                if done.rowcount != len(reserved):
+                    raise DeviceCAError(Kind.CONFLICT, f"batch {batch_id}: items changed state under this run "
+                                        "(is another run of the same batch going on?)")
+                audit.append_many(c, [r.event for r in reserved])
+
+    def record(self, batch_id: str, recorded: list[Recorded]) -> None:
+        """Certificates, devices, reservations, items, audit and outbox of a chunk in one transaction."""
+        if not recorded:
+            return
+        with self.db.transaction() as c:
+            done = c.execute(_MARK_ISSUED, [{"b_serial": r.certificate.serial} for r in recorded])
+            if done.rowcount != len(recorded):
+                raise DeviceCAError(Kind.INTERNAL, f"batch {batch_id}: a serial is no longer reserved for issuance")
+            c.execute(_UPSERT_DEVICE[c.dialect.name], [
+                {"device_id": r.certificate.device_id, "policy": r.certificate.policy, "status": "active",
+                 "created_at": r.certificate.issued_at, "updated_at": r.certificate.issued_at} for r in recorded])
+            c.execute(_INSERT_CERTIFICATE, [
+                {k: v for k, v in r.certificate.__dict__.items()
+                 if k not in ("revoked_at", "revocation_reason", "superseded_by")} for r in recorded])
+            done = c.execute(_ITEM_ISSUED, [{"b_batch": batch_id, "b_device": r.device_id,
+                                             "b_serial": r.certificate.serial} for r in recorded])
+            if done.rowcount != len(recorded):
+                raise DeviceCAError(Kind.INTERNAL, f"batch {batch_id}: an item is no longer reserved")
+            audit.append_many(c, [r.event for r in recorded])
+            messages = [{"created_at": r.certificate.issued_at, "topic": m.topic, "device_id": m.device_id,
+                         "payload": json.dumps(m.payload, sort_keys=True), "state": "pending", "attempts": 0}
+                        for r in recorded for m in r.messages]
+            if messages:
+                c.execute(_INSERT_OUTBOX, messages)
+
+    def fail(self, batch_id: str, failures: list[tuple[str, str]], abandon: list[str] = ()) -> None:
+        """Items refused for a reason of their own (bad CSR, policy); the batch goes on."""
+        if not failures:
+            return
+        with self.db.transaction() as c:
+            if abandon:
+                c.execute(_ABANDON, [{"b_serial": s} for s in abandon])
+            c.execute(_ITEM_FAILED, [{"b_batch": batch_id, "b_device": d, "b_error": e[:500]} for d, e in failures])
+
+    def finish(self, batch_id: str, at: dt.datetime, event: AuditEvent) -> None:
+        with self.db.transaction() as c:
+            c.execute(sa.update(_BATCHES).where(_BATCHES.c.id == batch_id).values(state="done", finished_at=at))
+            audit.append(c, event)
