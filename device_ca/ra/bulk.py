@@ -337,7 +337,7 @@ class Chunk:
     def run(self) -> list[ItemResult]:
         failures: list[tuple[str, str]] = []
         abandon: list[str] = []
-        fresh, resumed = [], []          # (device_id, request, key or None)
+        fresh, resumed = [], []          # (device_id, request, key or None, ...)
         for device_id, csr_data, state, serial, not_before, not_after in self.job.items:
             try:
                 key, csr = self._key_and_csr(device_id, csr_data)
@@ -352,7 +352,7 @@ class Chunk:
             if state == "reserved" and serial:
                 resumed.append((device_id, request, key, serial, (not_before, not_after)))
             else:
-                fresh.append((device_id, request, key))
+                fresh.append((device_id, request, key, None))
         self.store.batches.fail(self.job.batch_id, failures, abandon)
         prepared = self._resume(resumed, fresh)
         prepared += self._reserve(fresh)
@@ -394,14 +394,14 @@ class Chunk:
                 log.warning("batch %s: %s's reservation %s cannot be reproduced; reserving anew",
                             self.job.batch_id, device_id, serial)
                 self.store.batches.reserve(self.job.batch_id, [], abandon=[serial])
-                fresh.append((device_id, request, key))
+                fresh.append((device_id, request, key, serial))
         return out
 
     def _reserve(self, fresh) -> list:
         for _ in range(3):
             prepared, reserved = [], []
             now = self.services.clock.now()
-            for device_id, request, key in fresh:
+            for device_id, request, key, previous in fresh:
                 item = self.issuer.prepare(request, new_serial())
                 serial, tbs_sha256 = to_hex(item.serial), hashlib.sha256(item.tbs).hexdigest()
                 prepared.append((device_id, item, key))
@@ -415,7 +415,8 @@ class Chunk:
                                      device_id=device_id,
                                      details={"policy": self.policy.name, "method": "bulk", "batch": self.job.batch_id,
                                               "tbs_sha256": tbs_sha256,
-                                              "subject": item.subject.rfc4514_string()})))
+                                              "subject": item.subject.rfc4514_string()}),
+                    previous_serial=previous))
             try:
                 self.store.batches.reserve(self.job.batch_id, reserved)
                 return prepared

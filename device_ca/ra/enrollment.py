@@ -88,7 +88,7 @@ class EstService:
     def serverkeygen(self, label: str, csr_der: bytes, caller: Caller) -> tuple[Issued, bytes]:
         """Issue for a key generated here; returns the certificate and the PKCS#8 DER key."""
         policy = self.policies.get(label)
-        if caller.certificate is not None and caller.basic is None and self._is_ours(caller.certificate):
+        if caller.certificate is not None and caller.basic is None and self.is_ours(caller.certificate):
             record = self._current(policy, caller.certificate)
             who = Authenticated(method="reenroll", device_id=record.device_id)
         else:
@@ -105,7 +105,7 @@ class EstService:
         policy = self.policies.get(label)
         if caller.certificate is None:
             raise DeviceCAError(Kind.UNAUTHORIZED, "re-enrollment needs the current certificate as TLS client certificate")
-        if not self._is_ours(caller.certificate):
+        if not self.is_ours(caller.certificate):
             raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate was not issued by this CA")
         record = self._current(policy, caller.certificate)
         csr = csrs.load(csr_der)
@@ -158,7 +158,7 @@ class EstService:
             method = "bootstrap-token"
             who = Authenticated(method=method, device_id=token.device_id, token_id=token.id)
         elif caller.certificate is not None:
-            if self._is_ours(caller.certificate):
+            if self.is_ours(caller.certificate):
                 raise DeviceCAError(Kind.FORBIDDEN, "this device already has a certificate: use simplereenroll")
             if not self._from_manufacturer(policy, caller.certificate):
                 log.warning("EST %s: IDevID %s from %s not trusted", policy.name,
@@ -204,7 +204,7 @@ class EstService:
                     log.warning("could not release token %s: %s", who.token_id, release_error)
             raise
 
-    def _is_ours(self, certificate: x509.Certificate) -> bool:
+    def is_ours(self, certificate: x509.Certificate) -> bool:
         try:
             certificate.verify_directly_issued_by(self._issuing_ca())
             return True

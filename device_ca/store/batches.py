@@ -25,9 +25,12 @@ _CERTIFICATES = CertificateRow.__table__
 _DEVICES = DeviceRow.__table__
 
 _INSERT_RESERVATION = sa.insert(_RESERVATIONS)
+# Only from the state this run read: pending, or reserved under the serial it gave up. Two runs of
+# one batch at once therefore cannot both reserve an item (the second one's chunk is refused).
 _RESERVE_ITEM = (sa.update(_ITEMS)
                  .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
-                        sa.or_(_ITEMS.c.state == "pending", _ITEMS.c.state == "reserved"))
+                        sa.or_(_ITEMS.c.state == "pending",
+                               sa.and_(_ITEMS.c.state == "reserved", _ITEMS.c.serial == sa.bindparam("b_previous"))))
                  .values(state="reserved", serial=sa.bindparam("b_serial"), not_before=sa.bindparam("b_not_before"),
                          not_after=sa.bindparam("b_not_after")))
 _MARK_ISSUED = (sa.update(_RESERVATIONS)
@@ -87,6 +90,7 @@ class Reserved:
     not_before: dt.datetime
     not_after: dt.datetime
     event: AuditEvent
+    previous_serial: str | None = None     # the abandoned reservation this one replaces
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,8 @@ class BatchRepo:
                 c.execute(_INSERT_RESERVATION, [r.reservation.__dict__ for r in reserved])
                 done = c.execute(_RESERVE_ITEM, [{"b_batch": batch_id, "b_device": r.device_id,
                                                   "b_serial": r.reservation.serial, "b_not_before": r.not_before,
-                                                  "b_not_after": r.not_after} for r in reserved])
+                                                  "b_not_after": r.not_after, "b_previous": r.previous_serial}
+                                                 for r in reserved])
                 if done.rowcount != len(reserved):
                     raise DeviceCAError(Kind.CONFLICT, f"batch {batch_id}: items changed state under this run "
                                         "(is another run of the same batch going on?)")

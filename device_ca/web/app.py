@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response, g, request
 
 from device_ca.errors import DeviceCAError
-from device_ca.web import est, ops
+from device_ca.web import batches, est, ops
 from device_ca.web.errors import error_response, text
 from device_ca.web.est_codec import MAX_BODY
 from device_ca.web.ratelimit import RateLimiter
@@ -79,6 +79,7 @@ def create_app(services, *, proxies: ProxySettings = ProxySettings(), rate_limit
     app.config["DEVICE_CA_RATE_LIMITER"] = RateLimiter(rate_limit)
     app.config["DEVICE_CA_DEFAULT_POLICY"] = default_policy
     app.register_blueprint(est.bp)
+    app.register_blueprint(batches.bp)
     return app
 
 

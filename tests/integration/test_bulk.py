@@ -176,3 +176,24 @@ def test_a_batch_id_is_bound_to_its_input(env, tmp_path):
                     "--batch-id", "fixed", check=False)
     assert other.returncode == 6 and b"another policy or other input" in other.stderr
     assert _count(env, "SELECT COUNT(*) FROM certificates WHERE policy = 'env-sensor'") == 1
+
+
+def test_two_runs_of_one_batch_at_once_never_issue_twice(env, tmp_path):
+    batch = tmp_path / "batch.jsonl"
+    devices = [f"env-{i:05x}" for i in range(600)]
+    with batch.open("w") as f:
+        for device in devices:
+            der = make_csr(device, ou="env-sensor", encoding=Encoding.DER)
+            f.write(json.dumps({"device_id": device, "csr": base64.b64encode(der).decode()}) + "\n")
+    args = [sys.executable, "-m", "device_ca.cli.main", "bulk", "issue", "--policy", "env-sensor", "--jsonl",
+            str(batch), "--workers", "1", "--batch-id", "twice"]
+    runs = [subprocess.Popen(args + ["--out", str(tmp_path / f"out{i}")], env=env.env, cwd=env.home,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    for run in runs:
+        run.wait(300)
+    assert _count(env, "SELECT MAX(n) FROM (SELECT device_id, COUNT(*) AS n FROM certificates "
+                       "GROUP BY device_id) AS c") == 1
+    env.run("bulk", "issue", "--policy", "env-sensor", "--jsonl", str(batch), "--out", str(tmp_path / "out2"),
+            "--batch-id", "twice")                            # whatever the race left, a rerun completes it
+    assert _count(env, "SELECT COUNT(*) FROM certificates") == len(devices)
+    assert _count(env, "SELECT COUNT(*) FROM serial_reservations WHERE state = 'reserved'") == 0

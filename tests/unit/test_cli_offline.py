@@ -11,8 +11,8 @@ def test_policy_list_json(monkeypatch, tmp_path):
     result = CliRunner().invoke(cli, ["policy", "list", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert {p["name"]: p["keycloak"]["access_token_lifespan_s"] for p in data} == \
-        {"badge-reader": 300, "door-lock": 300, "env-sensor": 600}
+    assert {p["name"]: p["keycloak"] and p["keycloak"]["access_token_lifespan_s"] for p in data} == \
+        {"badge-reader": 300, "door-lock": 300, "env-sensor": 600, "manufacturing-station": None}
 
 
 def test_policy_check_good_and_bad(tmp_path):

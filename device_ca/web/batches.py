@@ -1,0 +1,197 @@
+"""The bulk API for remote manufacturing stations (HTTPS, under /api/v1/batches).
+
+A station authenticates with its TLS client certificate: one this CA issued under the
+``manufacturing-station`` policy, still good. Anyone else gets 401 (no or unknown certificate) or
+403 (a certificate of another role). A batch is submitted as JSON lines
+(``application/x-ndjson``, read line by line as it streams in) or as one JSON document
+(``application/json``: ``{"items": [...]}``), and is idempotent on the station's batch id: the same
+id with the same input gives the same batch, with other input 409. The batch is issued in the
+background; the station polls its status and downloads each certificate or a tar.gz of all.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import threading
+from pathlib import Path
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from device_ca.ca.serial import to_hex
+from device_ca.errors import DeviceCAError, Kind
+from device_ca.ra.bulk import BulkIssuance, BulkInput, batch_id_for, read_jsonl
+from device_ca.web.tls import client_certificate
+
+log = logging.getLogger("device_ca.web.batches")
+
+bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
+
+STATION_POLICY = "manufacturing-station"
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+MAX_LINE_BYTES = 16 * 1024
+_running: set[str] = set()
+_running_lock = threading.Lock()
+
+
+@bp.before_request
+def _larger_bodies() -> None:
+    request.max_content_length = MAX_BATCH_BYTES          # the app's default is EST's 64 KiB
+
+
+def _services():
+    return current_app.config["DEVICE_CA_SERVICES"]
+
+
+def _station() -> str:
+    certificate = client_certificate(request.environ, current_app.config["DEVICE_CA_PROXIES"])
+    if certificate is None:
+        raise DeviceCAError(Kind.UNAUTHORIZED, "a manufacturing station's client certificate is required")
+    services = _services()
+    if not services.est.is_ours(certificate):
+        raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate was not issued by this CA")
+    record = services.store.certificate(to_hex(certificate.serial_number))
+    if record is None or record.status != "good" or record.not_after <= services.clock.now():
+        raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate is revoked, expired or unknown")
+    if record.policy != STATION_POLICY:
+        raise DeviceCAError(Kind.FORBIDDEN, f"only {STATION_POLICY} certificates may use the batch API")
+    return record.device_id
+
+
+def _out_dir(batch_id: str) -> Path:
+    return _services().settings.home / "batches" / batch_id
+
+
+def _read_items() -> list[BulkInput]:
+    media = (request.mimetype or "").lower()
+    length = request.content_length
+    if length is not None and length > MAX_BATCH_BYTES:
+        raise DeviceCAError(Kind.MALFORMED, f"batch larger than {MAX_BATCH_BYTES} bytes")
+    stream, total = request.stream, 0
+    if media == "application/x-ndjson":
+        def lines():
+            nonlocal total
+            while True:
+                line = stream.readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    return
+                total += len(line)
+                if len(line) > MAX_LINE_BYTES or total > MAX_BATCH_BYTES:
+                    raise DeviceCAError(Kind.MALFORMED, "batch line or batch too large")
+                yield line.decode("utf-8", "replace")
+        return read_jsonl(lines())
+    if media == "application/json":
+        body = stream.read(MAX_BATCH_BYTES + 1)
+        if len(body) > MAX_BATCH_BYTES:
+            raise DeviceCAError(Kind.MALFORMED, f"batch larger than {MAX_BATCH_BYTES} bytes")
+        try:
+            items = json.loads(body)["items"]
+            if not isinstance(items, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise DeviceCAError(Kind.MALFORMED, 'a JSON batch is {"items": [{"device_id": ..., "csr": ...}, ...]}') \
+                from None
+        return read_jsonl(json.dumps(item) for item in items)
+    raise DeviceCAError(Kind.MALFORMED, "Content-Type must be application/x-ndjson or application/json")
+
+
+@bp.post("")
+def submit() -> Response:
+    station = _station()
+    policy = request.args.get("policy", "")
+    services = _services()
+    services.policies.get(policy)                       # 404 for an unknown policy
+    items = _read_items()
+    batch_id = request.args.get("batch_id") or batch_id_for(policy, items, False)
+    run = BulkIssuance(services, policy, items, _out_dir(batch_id), actor=f"station:{station}",
+                       batch_id=batch_id, workers=1)
+    existing = services.store.batches.get(batch_id)
+    if existing is not None:
+        from device_ca.ra.bulk import input_digest
+        if existing.policy != policy or existing.input_sha256 != input_digest(policy, items, False):
+            raise DeviceCAError(Kind.CONFLICT, f"batch {batch_id} exists with another policy or other input")
+    with _running_lock:
+        start = batch_id not in _running and (existing is None or existing.state != "done")
+        if start:
+            _running.add(batch_id)
+    if start:
+        threading.Thread(target=_run, args=(run,), name=f"batch-{batch_id}", daemon=True).start()
+    body = _status(batch_id) if existing is not None else {"batch": batch_id, "state": "open"}
+    response = jsonify(body)
+    response.status_code = 200 if existing is not None else 202
+    response.headers["Location"] = url_for("batches.status", batch_id=batch_id)
+    return response
+
+
+def _run(run: BulkIssuance) -> None:
+    try:
+        summary = run.run()
+        log.info("batch %s: %d issued, %d failed", summary.batch_id, summary.issued, summary.failed)
+    except Exception as exc:  # noqa: BLE001 - the batch stays open; resubmitting resumes it
+        log.error("batch %s stopped: %s", run.batch_id, exc)
+    finally:
+        with _running_lock:
+            _running.discard(run.batch_id)
+
+
+def _status(batch_id: str) -> dict:
+    store = _services().store
+    batch = store.batches.get(batch_id)
+    if batch is None:
+        raise DeviceCAError(Kind.NOT_FOUND, f"no batch {batch_id}")
+    items = store.batches.items(batch_id)
+    counts = {s: sum(1 for i in items if i.state == s) for s in ("issued", "failed", "pending", "reserved")}
+    return {"batch": batch.id, "policy": batch.policy, "state": batch.state, "items": len(items), **counts,
+            "failures": [{"device_id": i.device_id, "error": i.error} for i in items if i.state == "failed"]}
+
+
+@bp.get("/<batch_id>")
+def status(batch_id: str) -> Response:
+    _station()
+    return jsonify(_status(batch_id))
+
+
+@bp.get("/<batch_id>/items/<device_id>.pem")
+def item(batch_id: str, device_id: str) -> Response:
+    _station()
+    store = _services().store
+    found = next((i for i in store.batches.items(batch_id) if i.device_id == device_id), None)
+    if found is None or found.state != "issued":
+        raise DeviceCAError(Kind.NOT_FOUND, f"no issued certificate for {device_id} in batch {batch_id}")
+    record = store.batches.certificates([found.serial])[found.serial]
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    pem = x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM)
+    return Response(pem, mimetype="application/x-pem-file")
+
+
+@bp.get("/<batch_id>/archive")
+def archive(batch_id: str) -> Response:
+    """Every issued certificate of the batch (<device>.pem) and manifest.json, as tar.gz."""
+    _station()
+    status_body = _status(batch_id)
+    store = _services().store
+    items = [i for i in store.batches.items(batch_id) if i.state == "issued"]
+    records = store.batches.certificates([i.serial for i in items])
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(f"{batch_id}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        manifest = []
+        for i in items:
+            record = records[i.serial]
+            add(f"{i.device_id}.pem", x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM))
+            manifest.append({"device_id": i.device_id, "serial": i.serial, "fingerprint_sha256": record.fingerprint,
+                             "not_after": record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), "status": "issued"})
+        manifest += [{"device_id": f["device_id"], "status": "failed", "error": f["error"]}
+                     for f in status_body["failures"]]
+        add("manifest.json", json.dumps(manifest, indent=1).encode())
+    return Response(buffer.getvalue(), mimetype="application/gzip",
+                    headers={"Content-Disposition": f'attachment; filename="{batch_id}.tar.gz"'})

@@ -1,0 +1,115 @@
+"""/api/v1/batches over real mutual TLS (curl) against `device-ca serve`: a station certificate
+issued with the CLI submits, polls and downloads; the same batch id twice is one batch; a device
+certificate or no certificate is refused."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import tarfile
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from helpers import make_csr
+from integration.cli_harness import new_ca_env, openssl_csr
+from integration.server_harness import start_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, module_database_url):
+    tmp = tmp_path_factory.mktemp("bulk-api")
+    env = new_ca_env(tmp, module_database_url)
+    env.run("init", "--organization", "BuildingCo")
+    station = openssl_csr(tmp, "station-line-3", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-3")
+    env.run("issue", "--policy", "manufacturing-station", "--csr", str(station), "--out", str(tmp / "station-line-3.pem"))
+    device = openssl_csr(tmp, "lock-5", "/O=BuildingCo/OU=door-lock/CN=lock-5")
+    env.run("issue", "--policy", "door-lock", "--csr", str(device), "--out", str(tmp / "lock-5.pem"))
+    server = start_server(env, "--rate-limit", "0")
+    yield env, server, tmp
+    server.stop()
+
+
+def _batch(devices) -> bytes:
+    return b"".join(json.dumps({"device_id": d, "csr": base64.b64encode(
+        make_csr(d, ou="env-sensor", encoding=Encoding.DER)).decode()}).encode() + b"\n" for d in devices)
+
+
+def _as(tmp, who):
+    return ["--cert", str(tmp / f"{who}.pem"), "--key", str(tmp / f"{who}.key")]
+
+
+def _api(server, path, *args, body=None):
+    base = server.est.replace("/.well-known/est", "")
+    out = server.env.home / f"api-{time.monotonic_ns()}"
+    cmd = ["curl", "-s", "-o", str(out), "-w", "%{http_code}", "--cacert", str(server.chain), "--max-time", "60",
+           *args, f"{base}{path}"]
+    if body is not None:
+        cmd[1:1] = ["--data-binary", "@-"]
+    proc = subprocess.run(cmd, input=body, capture_output=True, timeout=90)
+    return int(proc.stdout or b"0"), out.read_bytes() if out.exists() else b""
+
+
+def _wait_done(server, tmp, batch_id):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status, body = _api(server, f"/api/v1/batches/{batch_id}", *_as(tmp, "station-line-3"))
+        assert status == 200, body
+        state = json.loads(body)
+        if state["state"] == "done":
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"batch {batch_id} not done: {state}")
+
+
+def test_station_submits_polls_and_downloads(served):
+    env, server, tmp = served
+    devices = [f"env-c{i:03x}" for i in range(40)]
+    body = _batch(devices) + json.dumps({"device_id": "env-cfff", "csr": "bm90IGEgQ1NS"}).encode() + b"\n"
+    status, answer = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=line3-001", *_as(tmp, "station-line-3"),
+                          "-H", "Content-Type: application/x-ndjson", body=body)
+    assert status == 202, answer
+    state = _wait_done(server, tmp, "line3-001")
+    assert (state["issued"], state["failed"]) == (40, 1) and state["failures"][0]["device_id"] == "env-cfff"
+    status, pem = _api(server, f"/api/v1/batches/line3-001/items/{devices[5]}.pem", *_as(tmp, "station-line-3"))
+    assert status == 200
+    assert x509.load_pem_x509_certificate(pem).subject.rfc4514_string() == f"CN={devices[5]},OU=env-sensor,O=BuildingCo"
+    status, archive = _api(server, "/api/v1/batches/line3-001/archive", *_as(tmp, "station-line-3"))
+    assert status == 200
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        names = set(tar.getnames())
+        manifest = json.load(tar.extractfile("line3-001/manifest.json"))
+    assert {f"line3-001/{d}.pem" for d in devices} <= names and len(manifest) == 41
+
+    # the same batch id again: the same batch, nothing issued twice
+    status, again = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=line3-001",
+                         *_as(tmp, "station-line-3"), "-H", "Content-Type: application/x-ndjson", body=body)
+    assert status == 200 and json.loads(again)["issued"] == 40
+    assert len(json.loads(env.run("list", "--policy", "env-sensor", "--json").stdout)) == 40
+    # ... and with other input: refused
+    status, other = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=line3-001",
+                         *_as(tmp, "station-line-3"), "-H", "Content-Type: application/x-ndjson",
+                         body=_batch(["env-d001"]))
+    assert status == 409, other
+
+
+def test_only_stations_may_use_the_api(served):
+    env, server, tmp = served
+    args = ("-H", "Content-Type: application/x-ndjson")
+    status, _ = _api(server, "/api/v1/batches?policy=env-sensor", *args, body=_batch(["env-e001"]))
+    assert status == 401                                      # no client certificate
+    status, _ = _api(server, "/api/v1/batches?policy=env-sensor", *_as(tmp, "lock-5"), *args,
+                     body=_batch(["env-e001"]))
+    assert status == 403                                      # a device, not a station
+    status, _ = _api(server, "/api/v1/batches/line3-001", *_as(tmp, "lock-5"))
+    assert status == 403
+    assert not any(c["device_id"] == "env-e001"
+                   for c in json.loads(env.run("list", "--policy", "env-sensor", "--json").stdout))
+    status, _ = _api(server, "/api/v1/batches?policy=env-sensor", *_as(tmp, "station-line-3"),
+                     "-H", "Content-Type: text/plain", body=b"x")
+    assert status == 400
