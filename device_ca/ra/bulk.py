@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import hmac
 import json
 import logging
 import multiprocessing
@@ -203,8 +204,8 @@ class BulkIssuance:
         batch = Batch(id=self.batch_id, policy=self.policy.name,
                       input_sha256=input_digest(self.policy.name, self.inputs, self.keygen),
                       items=len(by_device), keygen=self.keygen,
-                      secret_sha256=_secret_digest(secret) if secret else None, state="open", created_at=now,
-                      created_by=self.actor, finished_at=None)
+                      secret_sha256=_secret_digest(secret, self.batch_id) if secret else None, state="open",
+                      created_at=now, created_by=self.actor, finished_at=None)
         batch, created = store.batches.open(
             batch, [(d, i, hashlib.sha256(item.csr).hexdigest() if item.csr else None)
                     for i, (d, item) in enumerate(by_device.items())],
@@ -240,7 +241,7 @@ class BulkIssuance:
         if self.secret is None:
             raise DeviceCAError(Kind.UNAUTHORIZED, f"batch {existing.id} exists: give its secret (--secret-file) "
                                 "to resume it")
-        if existing.secret_sha256 != _secret_digest(self.secret):
+        if not hmac.compare_digest(existing.secret_sha256 or "", _secret_digest(self.secret, existing.id)):
             raise DeviceCAError(Kind.UNAUTHORIZED, f"that is not the secret of batch {existing.id}")
         return self.secret, False
 
@@ -472,8 +473,11 @@ def _pem(record: CertificateRecord) -> bytes:
     return x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM)
 
 
-def _secret_digest(secret: str) -> str:
-    return hashlib.sha256(b"device-ca batch secret\0" + secret.encode()).hexdigest()
+def _secret_digest(secret: str, batch_id: str) -> str:
+    """What is stored to recognise the secret when a run is resumed: scrypt, salted with the batch
+    id, so that even an operator-chosen secret (--secret-file on the first run) resists guessing."""
+    return hashlib.scrypt(secret.encode(), salt=f"device-ca batch {batch_id}".encode(), n=2**14, r=8, p=1,
+                          dklen=32).hex()
 
 
 def write_atomically(path: Path, data: bytes) -> None:

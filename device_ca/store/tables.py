@@ -214,7 +214,7 @@ class BatchRow(SQLModel, table=True):
     input_sha256: str = Field(max_length=64)
     items: int
     keygen: bool = False
-    secret_sha256: Optional[str] = Field(default=None, max_length=64)   # for keygen batches; never the secret
+    secret_sha256: Optional[str] = Field(default=None, max_length=64)   # scrypt of the keygen secret; never the secret
     state: str = Field(default="open", max_length=16)                    # open | done
     created_at: dt.datetime = Field(sa_column=_ts())
     created_by: str = Field(max_length=128)
