@@ -40,29 +40,16 @@ _MOVE_HEAD = sa.update(_HEAD).where(_HEAD.c.id == 1).values(seq=sa.bindparam("ne
 
 def append(connection, event: AuditEvent) -> int:
     """Append inside the caller's transaction (a Core connection or an ORM session); the lock on
-    the head row serialises appenders."""
-    head = connection.execute(_LOCK_HEAD).first()
-    if head is None:
-        connection.execute(_INSERT_HEAD, {"id": 1, "seq": 0, "hash": GENESIS})
-        head_seq, head_hash = 0, GENESIS
-    else:
-        head_seq, head_hash = head
-    seq = head_seq + 1
-    details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    at = event.at.astimezone(dt.timezone.utc)
-    digest = event_hash(seq, at, event.action, event.actor, event.serial, event.device_id, details, head_hash)
-    connection.execute(_INSERT_EVENT, {"seq": seq, "at": at, "action": event.action, "actor": event.actor,
-                                       "serial": event.serial, "device_id": event.device_id, "details": details,
-                                       "prev_hash": head_hash, "hash": digest})
-    connection.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": digest})
-    return seq
+    the head row serialises appenders. Returns the event's sequence number."""
+    return append_many(connection, [event])
 
 
-def append_many(connection, events: list[AuditEvent]) -> None:
-    """Append several events in order inside the caller's transaction (one head lock, one INSERT
-    round trip): the bulk path's audit trail costs microseconds per certificate."""
+def append_many(connection, events: list[AuditEvent]) -> int:
+    """Append events in order inside the caller's transaction (one head lock, one INSERT round
+    trip): the bulk path's audit trail costs microseconds per certificate. Returns the last
+    sequence number."""
     if not events:
-        return
+        raise ValueError("no audit events to append")
     head = connection.execute(_LOCK_HEAD).first()
     if head is None:
         connection.execute(_INSERT_HEAD, {"id": 1, "seq": 0, "hash": GENESIS})
@@ -80,6 +67,7 @@ def append_many(connection, events: list[AuditEvent]) -> None:
         prev = digest
     connection.execute(_INSERT_EVENT, rows)
     connection.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+    return seq
 
 
 def verify(session: Session) -> tuple[AuditReport, str]:

@@ -8,23 +8,21 @@ import json
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database
 from device_ca.store.records import AuditEvent, CertificateRecord, OutboxMessage, Reservation, utc
-from device_ca.store.tables import (BatchItemRow, BatchRow, CertificateRow, DeviceRow, OutboxRow,
-                                    SerialReservationRow)
+from device_ca.store.issuance_sql import (INSERT_CERTIFICATE, INSERT_OUTBOX, INSERT_RESERVATION, MARK_ISSUED,
+                                          UPSERT_DEVICE, certificate_row)
+from device_ca.store.tables import BatchItemRow, BatchRow, CertificateRow, SerialReservationRow
 
 _BATCHES = BatchRow.__table__
 _ITEMS = BatchItemRow.__table__
 _RESERVATIONS = SerialReservationRow.__table__
 _CERTIFICATES = CertificateRow.__table__
-_DEVICES = DeviceRow.__table__
 
-_INSERT_RESERVATION = sa.insert(_RESERVATIONS)
 # Only from the state this run read: pending, or reserved under the serial it gave up. Two runs of
 # one batch at once therefore cannot both reserve an item (the second one's chunk is refused).
 _RESERVE_ITEM = (sa.update(_ITEMS)
@@ -33,9 +31,6 @@ _RESERVE_ITEM = (sa.update(_ITEMS)
                                sa.and_(_ITEMS.c.state == "reserved", _ITEMS.c.serial == sa.bindparam("b_previous"))))
                  .values(state="reserved", serial=sa.bindparam("b_serial"), not_before=sa.bindparam("b_not_before"),
                          not_after=sa.bindparam("b_not_after")))
-_MARK_ISSUED = (sa.update(_RESERVATIONS)
-                .where(_RESERVATIONS.c.serial == sa.bindparam("b_serial"), _RESERVATIONS.c.state == "reserved")
-                .values(state="issued"))
 _ABANDON = (sa.update(_RESERVATIONS)
             .where(_RESERVATIONS.c.serial == sa.bindparam("b_serial"), _RESERVATIONS.c.state == "reserved")
             .values(state="abandoned"))
@@ -47,13 +42,7 @@ _ITEM_FAILED = (sa.update(_ITEMS)
                 .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
                        sa.or_(_ITEMS.c.state == "pending", _ITEMS.c.state == "reserved"))
                 .values(state="failed", error=sa.bindparam("b_error"), serial=None))
-_INSERT_CERTIFICATE = sa.insert(_CERTIFICATES)
-_INSERT_OUTBOX = sa.insert(OutboxRow.__table__)
-_UPSERT_DEVICE = {
-    name: (lambda insert: insert.on_conflict_do_update(
-        index_elements=["device_id"], set_={"policy": insert.excluded.policy, "status": insert.excluded.status,
-                                            "updated_at": insert.excluded.updated_at}))(dialect.insert(_DEVICES))
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))}
+
 
 
 @dataclass(frozen=True)
@@ -171,7 +160,7 @@ class BatchRepo:
             if abandon:
                 c.execute(_ABANDON, [{"b_serial": s} for s in abandon])
             if reserved:
-                c.execute(_INSERT_RESERVATION, [r.reservation.__dict__ for r in reserved])
+                c.execute(INSERT_RESERVATION, [r.reservation.__dict__ for r in reserved])
                 done = c.execute(_RESERVE_ITEM, [{"b_batch": batch_id, "b_device": r.device_id,
                                                   "b_serial": r.reservation.serial, "b_not_before": r.not_before,
                                                   "b_not_after": r.not_after, "b_previous": r.previous_serial}
@@ -186,15 +175,13 @@ class BatchRepo:
         if not recorded:
             return
         with self.db.transaction() as c:
-            done = c.execute(_MARK_ISSUED, [{"b_serial": r.certificate.serial} for r in recorded])
+            done = c.execute(MARK_ISSUED, [{"reserved_serial": r.certificate.serial} for r in recorded])
             if done.rowcount != len(recorded):
                 raise DeviceCAError(Kind.INTERNAL, f"batch {batch_id}: a serial is no longer reserved for issuance")
-            c.execute(_UPSERT_DEVICE[c.dialect.name], [
+            c.execute(UPSERT_DEVICE[c.dialect.name], [
                 {"device_id": r.certificate.device_id, "policy": r.certificate.policy, "status": "active",
                  "created_at": r.certificate.issued_at, "updated_at": r.certificate.issued_at} for r in recorded])
-            c.execute(_INSERT_CERTIFICATE, [
-                {k: v for k, v in r.certificate.__dict__.items()
-                 if k not in ("revoked_at", "revocation_reason", "superseded_by")} for r in recorded])
+            c.execute(INSERT_CERTIFICATE, [certificate_row(r.certificate) for r in recorded])
             done = c.execute(_ITEM_ISSUED, [{"b_batch": batch_id, "b_device": r.device_id,
                                              "b_serial": r.certificate.serial} for r in recorded])
             if done.rowcount != len(recorded):
@@ -204,7 +191,7 @@ class BatchRepo:
                          "payload": json.dumps(m.payload, sort_keys=True), "state": "pending", "attempts": 0}
                         for r in recorded for m in r.messages]
             if messages:
-                c.execute(_INSERT_OUTBOX, messages)
+                c.execute(INSERT_OUTBOX, messages)
 
     def fail(self, batch_id: str, failures: list[tuple[str, str]], abandon: list[str] = ()) -> None:
         """Items refused for a reason of their own (bad CSR, policy); the batch goes on."""

@@ -6,7 +6,6 @@ from typing import Callable
 import json
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
@@ -15,6 +14,8 @@ from device_ca.store import audit
 from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo, claim
+from device_ca.store.issuance_sql import (INSERT_CERTIFICATE, INSERT_OUTBOX, INSERT_RESERVATION, MARK_ISSUED,
+                                          UPSERT_DEVICE, certificate_row)
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
 from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, IssuanceLinks,
@@ -28,21 +29,8 @@ _DEVICES = DeviceRow.__table__
 _CERTIFICATES = CertificateRow.__table__
 _TOKENS = BootstrapTokenRow.__table__
 
-# The issuance path's statements, built once (a statement built per call costs SQLAlchemy ~150 µs
-# of cache-key work on every execution; these take ~30 µs).
-_INSERT_RESERVATION = sa.insert(_RESERVATIONS)
-_MARK_ISSUED = (sa.update(_RESERVATIONS)
-                .where(_RESERVATIONS.c.serial == sa.bindparam("reserved_serial"), _RESERVATIONS.c.state == "reserved")
-                .values(state="issued"))
-_UPSERT_DEVICE = {
-    name: (lambda insert: insert.on_conflict_do_update(
-        index_elements=["device_id"], set_={"policy": insert.excluded.policy, "status": insert.excluded.status,
-                                            "updated_at": insert.excluded.updated_at}))(dialect.insert(_DEVICES))
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))}
-_INSERT_CERTIFICATE = sa.insert(_CERTIFICATES)
 _USE_TOKEN = (sa.update(_TOKENS).where(_TOKENS.c.id == sa.bindparam("token_id"), _TOKENS.c.used_at.is_(None))
               .values(used_at=sa.bindparam("used"), serial=sa.bindparam("issued_serial"), claimed_until=None))
-_INSERT_OUTBOX = sa.insert(OutboxRow.__table__)
 
 
 class SerialInUse(Exception):
@@ -90,7 +78,7 @@ class Store:
             with self.db.transaction() as c:
                 if claim_token is not None and not claim(c, claim_token, reservation.reserved_at):
                     raise DeviceCAError(Kind.UNAUTHORIZED, "invalid, expired or already used bootstrap credentials")
-                c.execute(_INSERT_RESERVATION, reservation.__dict__)
+                c.execute(INSERT_RESERVATION, reservation.__dict__)
                 audit.append(c, event)
         except IntegrityError as exc:
             raise SerialInUse(reservation.serial) from exc
@@ -101,14 +89,12 @@ class Store:
         issued, older certificate superseded) in one transaction."""
         at = certificate.issued_at
         with self.db.transaction() as c:
-            done = c.execute(_MARK_ISSUED, {"reserved_serial": certificate.serial})
+            done = c.execute(MARK_ISSUED, {"reserved_serial": certificate.serial})
             if done.rowcount != 1:
                 raise DeviceCAError(Kind.INTERNAL, f"serial {certificate.serial} is not reserved for issuance")
-            c.execute(_UPSERT_DEVICE[c.dialect.name], {"device_id": certificate.device_id, "policy": certificate.policy,
+            c.execute(UPSERT_DEVICE[c.dialect.name], {"device_id": certificate.device_id, "policy": certificate.policy,
                                                        "status": "active", "created_at": at, "updated_at": at})
-            fields = {k: v for k, v in certificate.__dict__.items()
-                      if k not in ("revoked_at", "revocation_reason", "superseded_by")}
-            c.execute(_INSERT_CERTIFICATE, fields)
+            c.execute(INSERT_CERTIFICATE, certificate_row(certificate))
             if links is not None:
                 _settle_links(c, links, certificate)
             audit.append(c, event)
@@ -222,7 +208,7 @@ def _settle_links(session, links: IssuanceLinks, certificate: CertificateRecord)
 
 def _enqueue(connection, messages: list[OutboxMessage], at: dt.datetime) -> None:
     if messages:
-        connection.execute(_INSERT_OUTBOX, [
+        connection.execute(INSERT_OUTBOX, [
             {"created_at": at, "topic": m.topic, "device_id": m.device_id,
              "payload": json.dumps(m.payload, sort_keys=True), "state": "pending", "attempts": 0}
             for m in messages])

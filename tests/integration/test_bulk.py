@@ -44,6 +44,13 @@ def _count(env, sql: str) -> int:
         engine.dispose()
 
 
+def _write_jsonl(path, devices) -> None:
+    with path.open("w") as f:
+        for device in devices:
+            der = make_csr(device, ou="env-sensor", encoding=Encoding.DER)
+            f.write(json.dumps({"device_id": device, "csr": base64.b64encode(der).decode()}) + "\n")
+
+
 def _verify(env, pem) -> subprocess.CompletedProcess:
     return openssl("verify", "-purpose", "sslclient", "-CAfile", str(env.ca_dir / "root.pem"), "-untrusted",
                    str(env.ca_dir / "issuing.pem"), str(pem))
@@ -98,10 +105,7 @@ def test_mixed_batch_issues_the_good_reports_the_bad_and_reruns_to_nothing(env, 
 def test_kill_9_mid_batch_then_rerun_gives_each_device_exactly_one_certificate(env, tmp_path):
     batch = tmp_path / "batch.jsonl"
     devices = [f"env-{i:05x}" for i in range(1600)]
-    with batch.open("w") as f:
-        for device in devices:
-            der = make_csr(device, ou="env-sensor", encoding=Encoding.DER)
-            f.write(json.dumps({"device_id": device, "csr": base64.b64encode(der).decode()}) + "\n")
+    _write_jsonl(batch, devices)
     out = tmp_path / "out"
     args = [sys.executable, "-m", "device_ca.cli.main", "bulk", "issue", "--policy", "env-sensor", "--jsonl",
             str(batch), "--out", str(out), "--workers", "2", "--batch-id", "line-3-shift-2"]
@@ -181,10 +185,7 @@ def test_a_batch_id_is_bound_to_its_input(env, tmp_path):
 def test_two_runs_of_one_batch_at_once_never_issue_twice(env, tmp_path):
     batch = tmp_path / "batch.jsonl"
     devices = [f"env-{i:05x}" for i in range(600)]
-    with batch.open("w") as f:
-        for device in devices:
-            der = make_csr(device, ou="env-sensor", encoding=Encoding.DER)
-            f.write(json.dumps({"device_id": device, "csr": base64.b64encode(der).decode()}) + "\n")
+    _write_jsonl(batch, devices)
     args = [sys.executable, "-m", "device_ca.cli.main", "bulk", "issue", "--policy", "env-sensor", "--jsonl",
             str(batch), "--workers", "1", "--batch-id", "twice"]
     runs = [subprocess.Popen(args + ["--out", str(tmp_path / f"out{i}")], env=env.env, cwd=env.home,
