@@ -266,6 +266,9 @@ def run(options: ServeOptions) -> None:
     finally:
         try:
             os.kill(child, signal.SIGTERM)
+        except ProcessLookupError:           # the HTTP listener already stopped (granian exits on the same signal)
+            pass
+        try:
             os.waitpid(child, 0)
         except ChildProcessError:
             pass

@@ -177,3 +177,13 @@ def test_decommission_revokes_every_certificate(served):
     assert all(c["status"] == "revoked" for c in json.loads(env.run("list", "--device-id", "lock-9", "--json").stdout))
     missing = env.run("device", "decommission", "no-such-device", check=False)
     assert missing.returncode == 5
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path, database_url):
+    """SIGTERM (systemd, the demo) stops both listeners and exits 0, not with an internal error."""
+    env = new_ca_env(tmp_path, database_url)
+    env.run("init", "--organization", "BuildingCo")
+    server = start_server(env)
+    server.stop()
+    assert server.process.returncode == 0, server.log.read_text()[-2000:]
+    assert "internal error" not in server.log.read_text()
