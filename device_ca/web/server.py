@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ log = logging.getLogger("device_ca.serve")
 SERVER_CERT_RENEW_BEFORE = dt.timedelta(days=30)
 JANITOR_SECONDS = 5          # CRL after a revocation within seconds (bursts coalesce into one CRL)
 ROTATION_EVERY = 6           # superseded revocations and responder rotation every 30 s
+HTTP_STOP_GRACE = 10.0       # seconds the HTTP listener gets to stop before it is killed
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,7 @@ def run(options: ServeOptions) -> None:
 
     child = os.fork()
     if child == 0:
+        os.setpgrp()                          # the HTTP listener and its workers: one group to stop
         _die_with_parent()
         http.serve()
         os._exit(0)
@@ -264,14 +267,35 @@ def run(options: ServeOptions) -> None:
     try:
         https.run()
     finally:
+        _stop_group(child)
+
+
+def _stop_group(leader: int, grace: float = HTTP_STOP_GRACE) -> None:
+    """SIGTERM to the HTTP listener's process group, SIGKILL if it has not exited after ``grace``
+    seconds (granian's main process was seen to hang in its shutdown, which left it running)."""
+    try:
+        os.killpg(leader, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
         try:
-            os.kill(child, signal.SIGTERM)
-        except ProcessLookupError:           # the HTTP listener already stopped (granian exits on the same signal)
-            pass
-        try:
-            os.waitpid(child, 0)
+            pid, _ = os.waitpid(leader, os.WNOHANG)
         except ChildProcessError:
-            pass
+            pid = leader
+        if pid == leader:
+            break
+        time.sleep(0.1)
+    else:
+        log.warning("the HTTP listener did not stop within %.0f s; killing it", grace)
+    try:
+        os.killpg(leader, signal.SIGKILL)      # also any worker its main process left behind
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(leader, 0)
+    except ChildProcessError:
+        pass
 
 
 def _die_with_parent() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -184,6 +186,12 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path, database_url):
     env = new_ca_env(tmp_path, database_url)
     env.run("init", "--organization", "BuildingCo")
     server = start_server(env)
+    listeners = subprocess.run(["pgrep", "-g", str(server.process.pid)], capture_output=True, text=True).stdout
     server.stop()
     assert server.process.returncode == 0, server.log.read_text()[-2000:]
     assert "internal error" not in server.log.read_text()
+    for port in (server.port, server.http_port):              # nothing is left listening
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    left = [pid for pid in listeners.split() if os.path.exists(f"/proc/{pid}")]
+    assert not left, f"processes of serve still running: {left}"
