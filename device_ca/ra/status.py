@@ -5,8 +5,10 @@ A revocation is visible on the very next answer: signed answers for nonce-less s
 are cached per process until half their validity has passed, keyed by the status they state, and
 a cached answer is only reused while nothing was written to the database since its status was
 read (SQLite: the change counter every writer moves, store/db.py; on PostgreSQL the status is read
-on every request), so a cached answer can never contradict the database. Requests with a nonce are signed live. The delegated responder
-certificate (7 days, key on the token) is rotated two days before it expires.
+on every request), so a cached answer can never contradict the database. Answers pre-signed by the
+server's janitor are served when they state the current status. Requests with a nonce are signed
+live. The delegated responder certificate (7 days, key on the token) is rotated two days before it
+expires.
 """
 from __future__ import annotations
 
