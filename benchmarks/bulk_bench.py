@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime as dt
 import json
 import resource
 import subprocess
