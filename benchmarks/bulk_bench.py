@@ -50,7 +50,10 @@ def device_ca_rate(work: Path, csrs, workers: int | None, database_url: str | No
         args += ["--workers", str(workers)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    proc = env.run(*args)
+    proc = subprocess.run([sys.executable, "-m", "device_ca.cli.main", *args], env=env.env, cwd=env.home,
+                          capture_output=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"device-ca bulk issue exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")
     wall = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     summary = json.loads(proc.stdout)
