@@ -89,7 +89,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from integration.tls_tools import _name, _write_key, free_port, make_pki, wait_for_port  # noqa: E402
+from integration.tls_tools import _write_key, free_port, leaf_builder, make_pki, wait_for_port  # noqa: E402
 
 OCSP_CONTENT_TYPE = "application/ocsp-request"
 
@@ -114,21 +114,9 @@ def issue_responder(ca_cert: x509.Certificate, ca_key, cn: str = "device-ca test
                     days: int = 2):
     """A delegated OCSP signing certificate (RFC 6960 4.2.2.2): EKU OCSPSigning, ocsp-nocheck."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(_name(cn)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
+    cert = (leaf_builder(ca_cert, ca_key, cn, key, days)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False)
             .add_extension(x509.OCSPNoCheck(), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           critical=False)
             .sign(ca_key, hashes.SHA256()))
     return cert, key
 

@@ -197,23 +197,28 @@ def _write_key(path: Path, key) -> None:
                                   serialization.NoEncryption()))
 
 
+def leaf_builder(ca_cert: x509.Certificate, ca_key, cn: str, key, days: int) -> x509.CertificateBuilder:
+    """What every test leaf has: end entity, digitalSignature, SKI/AKI, valid from 5 minutes ago."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return (x509.CertificateBuilder()
+            .subject_name(_name(cn)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False))
+
+
 def issue_leaf(ca_cert: x509.Certificate, ca_key, cn: str, *, server: bool, key=None,
                days: int = 2) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A leaf certificate for tests: serverAuth with SAN IP:127.0.0.1 + DNS:localhost, or clientAuth."""
     key = key or ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(_name(cn)).issuer_name(ca_cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                            key_encipherment=False, data_encipherment=False,
-                                            key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                            encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                              critical=False))
+    builder = leaf_builder(ca_cert, ca_key, cn, key, days)
     if server:
         builder = (builder
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
