@@ -31,7 +31,7 @@ class EnrollmentRepo:
                                                 "expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}))
 
     def find_token(self, secret_sha256: str) -> BootstrapToken | None:
-        with self.db.reading() as c:
+        with self.db.direct_read() as c:
             row = c.execute(_FIND_TOKEN, {"digest": secret_sha256}).first()
             return _token(row) if row else None
 

@@ -31,6 +31,15 @@ _TOKENS = BootstrapTokenRow.__table__
 
 _USE_TOKEN = (sa.update(_TOKENS).where(_TOKENS.c.id == sa.bindparam("token_id"), _TOKENS.c.used_at.is_(None))
               .values(used_at=sa.bindparam("used"), serial=sa.bindparam("issued_serial"), claimed_until=None))
+_PENDING = PendingRequestRow.__table__
+_ISSUE_PENDING = (sa.update(_PENDING)
+                  .where(_PENDING.c.id == sa.bindparam("pending_id"), _PENDING.c.state == "approved")
+                  .values(state="issued", serial=sa.bindparam("issued_serial")))
+_SUPERSEDE = (sa.update(_CERTIFICATES)
+              .where(_CERTIFICATES.c.serial == sa.bindparam("old_serial"), _CERTIFICATES.c.status == "good")
+              .values(superseded_by=sa.bindparam("new_serial"),
+                      revoke_after=sa.func.coalesce(_CERTIFICATES.c.revoke_after,
+                                                    sa.bindparam("revoke_after", type_=sa.DateTime(timezone=True)))))
 
 
 class SerialInUse(Exception):
@@ -75,7 +84,7 @@ class Store:
         """Record the serial and the intent to sign before any signature (boulder's issuance cycle);
         with ``claim_token``, claim that bootstrap token for this attempt in the same transaction."""
         try:
-            with self.db.transaction() as c:
+            with self.db.direct() as c:
                 if claim_token is not None and not claim(c, claim_token, reservation.reserved_at):
                     raise DeviceCAError(Kind.UNAUTHORIZED, "invalid, expired or already used bootstrap credentials")
                 c.execute(INSERT_RESERVATION, reservation.__dict__)
@@ -88,7 +97,7 @@ class Store:
         """Certificate, status, device, audit, outbox and the links (token used, pending request
         issued, older certificate superseded) in one transaction."""
         at = certificate.issued_at
-        with self.db.transaction() as c:
+        with self.db.direct() as c:
             done = c.execute(MARK_ISSUED, {"reserved_serial": certificate.serial})
             if done.rowcount != 1:
                 raise DeviceCAError(Kind.INTERNAL, f"serial {certificate.serial} is not reserved for issuance")
@@ -194,16 +203,12 @@ def _settle_links(session, links: IssuanceLinks, certificate: CertificateRecord)
         if done.rowcount != 1:
             raise DeviceCAError(Kind.CONFLICT, "bootstrap token was already used")
     if links.pending_id is not None:
-        p = PendingRequestRow.__table__
-        done = session.execute(sa.update(p).where(p.c.id == links.pending_id, p.c.state == "approved")
-                               .values(state="issued", serial=serial))
+        done = session.execute(_ISSUE_PENDING, {"pending_id": links.pending_id, "issued_serial": serial})
         if done.rowcount != 1:
             raise DeviceCAError(Kind.CONFLICT, "pending request is not approved")
     if links.supersedes is not None:
-        c = CertificateRow.__table__
-        session.execute(sa.update(c).where(c.c.serial == links.supersedes, c.c.status == "good")
-                        .values(superseded_by=serial,
-                                revoke_after=sa.func.coalesce(c.c.revoke_after, links.supersede_revoke_after)))
+        session.execute(_SUPERSEDE, {"old_serial": links.supersedes, "new_serial": serial,
+                                     "revoke_after": links.supersede_revoke_after})
 
 
 def _enqueue(connection, messages: list[OutboxMessage], at: dt.datetime) -> None:
