@@ -101,14 +101,14 @@ def csrattrs(label: str | None = None) -> Response:
 @bp.post("/<label>/simpleenroll")
 def simpleenroll(label: str | None = None) -> Response:
     issued = _services().est.enroll(_label(label), _csr_body(), _caller())
-    return _certs_response([_load(issued.pem)])
+    return _certs_response([issued.record.der])
 
 
 @bp.post("/simplereenroll")
 @bp.post("/<label>/simplereenroll")
 def simplereenroll(label: str | None = None) -> Response:
     issued = _services().est.reenroll(_label(label), _csr_body(), _caller())
-    return _certs_response([_load(issued.pem)])
+    return _certs_response([issued.record.der])
 
 
 @bp.post("/serverkeygen")

@@ -154,6 +154,13 @@ def test_certs_only_structure_with_asn1crypto(chain):
     assert [c.chosen.dump() for c in signed["certificates"]] == [_der(c) for c in chain]
 
 
+def test_certs_only_from_der_bytes_equals_from_objects_and_asn1crypto_reencodes_it(chain):
+    message = est_codec.certs_only([_der(c) for c in chain])
+    assert message == est_codec.certs_only(chain)
+    ordered = est_codec.certs_only(sorted(_der(c) for c in chain))          # DER (SET OF sorted): as asn1crypto writes it
+    assert cms.ContentInfo.load(ordered).dump(force=True) == ordered
+
+
 def test_certs_only_keeps_the_given_order_even_when_not_sorted(chain):
     reordered = [chain[2], chain[0], chain[1]]
     info = cms.ContentInfo.load(est_codec.certs_only(reordered))
