@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -236,3 +237,30 @@ def test_concurrent_issuance_keeps_the_chain(ra, store):
     report, _ = store.verify_audit()
     assert report.ok and report.events == 32
     assert counts(store)["certificates"] == 16
+
+
+def test_warm_linter_lints_every_policy_shape_without_the_token(database_url, tmp_path, clock, ca):
+    """What `device-ca serve` does before it forks: each policy x key type linted once, nothing
+    signed, PKCS#11 not opened; a later certificate of such a shape needs no full lint."""
+    from device_ca.ca.template_lint import TemplateLinter
+    from device_ca.config import Settings
+    from device_ca.services import ISSUING, Services
+    from device_ca.store import AuditEvent, CaRecord
+    full = []
+    settings = Settings.load({"DEVICE_CA_HOME": str(tmp_path), "DEVICE_CA_DATABASE_URL": database_url,
+                              "DEVICE_CA_POLICY_DIR": str(Path(__file__).parent.parent / "policies")})
+    services = Services(settings, clock, linter=TemplateLinter(lambda c, i: (full.append(c), pkilint_gate(c, i))))
+    issuing = ca[2]
+    services.store.save_ca([CaRecord(ISSUING, "device-ca-issuing", "ec:P-256", issuing.public_bytes(Encoding.DER),
+                                     to_hex(issuing.serial_number), issuing.not_valid_after_utc, clock.now())],
+                           AuditEvent(action="ca.created", actor="test", at=clock.now()))
+    try:
+        shapes = services.warm_linter()          # policies differing only in values share a shape
+        assert shapes == len(full) and 2 <= shapes <= sum(len(p.key_types) for p in services.policies)
+        assert "token" not in services.__dict__ and counts(services.store)["serial_reservations"] == 0
+        issuer = Issuer(issuing, CountingSigner(ca[3]), clock, PublicUrls("http://127.0.0.1:8080"), services.linter)
+        RegistrationAuthority(services.store, services.policies, lambda: issuer, clock).issue(
+            "door-lock", make_csr("lock-7"), device_id="lock-7", actor="test")
+        assert len(full) == shapes                         # the real certificate's shape was known clean
+    finally:
+        services.store.db.dispose()

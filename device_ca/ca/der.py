@@ -3,9 +3,13 @@ TBSCertificate / TBSCertList signed on the token into the signed structure, and 
 into a TBS that a builder made (RFC 5280 §4.1, §5.1; X.690 DER)."""
 from __future__ import annotations
 
+import datetime as _dt
+
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from device_ca.errors import DeviceCAError, Kind
+
+_UTC = _dt.timezone.utc
 
 
 def tlv(tag: int, content: bytes) -> bytes:
@@ -15,6 +19,15 @@ def tlv(tag: int, content: bytes) -> bytes:
         return bytes((tag, n)) + content
     length = n.to_bytes((n.bit_length() + 7) // 8, "big")
     return bytes((tag, 0x80 | len(length))) + length + content
+
+
+def time(when) -> bytes:
+    """A certificate validity time (RFC 5280 §4.1.2.5): UTCTime through 2049, GeneralizedTime
+    from 2050, in UTC with seconds and no fraction."""
+    when = when.astimezone(_UTC)
+    if when.year < 2050:
+        return tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
+    return tlv(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())
 
 
 def elements(der: bytes) -> list[bytes]:

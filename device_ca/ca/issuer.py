@@ -4,6 +4,14 @@ The cycle follows boulder's: build the TBSCertificate, sign it with a throw-away
 same type, lint that copy, and only then let the real signer (the HSM) sign the linted TBS bytes
 themselves (so what is signed is what was linted, byte for byte); the signature must verify
 against the issuer's public key before the certificate leaves this module.
+
+With a TemplateLinter (the default), the first certificate of each template (key type, EKUs,
+key agreement, subject attribute types, SAN kinds) goes through that cycle and is linted in full
+by pkilint; its TBS is then kept as a template, and later certificates of the same template are
+encoded by putting their values (serial, validity, subject, public key, key identifier,
+subjectAltName) into it as DER, after the value checks pkilint would apply to them. The template
+reproduces the builder's TBS byte for byte (checked when it is made, and by the tests for every
+key type); it saves the builder, the throw-away signature and parsing the copy again.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 from device_ca.ca import der
 from device_ca.ca.clock import Clock
 from device_ca.ca.csr import hash_for_key_type, key_type_of, public_key_der
+from device_ca.ca.template_lint import TemplateLinter, refuse, value_problems
 from device_ca.errors import DeviceCAError, Kind
 
 BACKDATE = dt.timedelta(minutes=5)
@@ -75,7 +84,8 @@ class Prepared:
 
 
 class Issuer:
-    """An issuing CA: its certificate, a signer holding its key, a clock and the public URLs."""
+    """An issuing CA: its certificate, a signer holding its key, a clock and the public URLs.
+    Without a signer it prepares and lints certificates but cannot sign them."""
 
     def __init__(self, certificate: x509.Certificate, signer, clock: Clock, urls: PublicUrls,
                  linter: Linter | None = None):
@@ -87,9 +97,11 @@ class Issuer:
         self.key_type = key_type_of(certificate.public_key())
         self.hash = hash_for_key_type(self.key_type)
         self.der = certificate.public_bytes(Encoding.DER)
-        check_issuer(certificate, signer)
+        if signer is not None:
+            check_issuer(certificate, signer)
         ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+        self._templates: dict[tuple, _TbsTemplate] = {}
 
     def validity(self, request: CertificateRequest) -> tuple[dt.datetime, dt.datetime]:
         """(notBefore, notAfter) for a certificate issued now: backdated a little, cut to the CA's."""
@@ -101,9 +113,27 @@ class Issuer:
 
     def prepare(self, request: CertificateRequest, serial: int,
                 validity: tuple[dt.datetime, dt.datetime] | None = None) -> Prepared:
-        """Build the certificate and lint it (signed with a throw-away key). ``validity`` rebuilds a
-        certificate reserved earlier with the same dates (a resumed bulk batch)."""
+        """Build the certificate and lint it (signed with a throw-away key, or from a linted
+        template). ``validity`` rebuilds a certificate reserved earlier with the same dates (a
+        resumed bulk batch)."""
         not_before, not_after = validity or self.validity(request)
+        not_before, not_after = not_before.replace(microsecond=0), not_after.replace(microsecond=0)
+        if isinstance(self.linter, TemplateLinter):
+            key = _template_key(request)
+            template = self._templates.get(key)
+            if template is not None:
+                refuse(value_problems(serial, not_before, not_after, request.subject, request.sans))
+                spki = public_key_der(request.public_key)
+                return Prepared(serial=serial, subject=request.subject, not_before=not_before, not_after=not_after,
+                                tbs=template.tbs(request, serial, not_before, not_after, spki),
+                                public_key_der=spki, signature_algorithm=template.signature_algorithm)
+            prepared = self._prepare_built(request, serial, not_before, not_after)
+            self._templates[key] = _TbsTemplate.from_prepared(request, prepared)
+            return prepared
+        return self._prepare_built(request, serial, not_before, not_after)
+
+    def _prepare_built(self, request: CertificateRequest, serial: int, not_before: dt.datetime,
+                       not_after: dt.datetime) -> Prepared:
         lint_copy = self._builder(request, serial, not_before, not_after).sign(throwaway_key(self.key_type), self.hash)
         lint_der = lint_copy.public_bytes(Encoding.DER)
         if self.linter is not None:
@@ -114,6 +144,8 @@ class Issuer:
 
     def sign(self, prepared: Prepared) -> x509.Certificate:
         """Sign the linted TBS with the real key; refuse a result that does not verify."""
+        if self.signer is None:
+            raise DeviceCAError(Kind.INTERNAL, "this issuer has no signing key")
         signature = der.sign(self.signer, prepared.tbs, self.hash)
         try:
             certificate = x509.load_der_x509_certificate(der.signed(prepared.tbs, prepared.signature_algorithm,
@@ -154,6 +186,71 @@ class Issuer:
             builder = builder.add_extension(x509.SubjectAlternativeName(list(request.sans)),
                                             critical=len(request.subject) == 0)
         return builder
+
+
+def _template_key(request: CertificateRequest) -> tuple:
+    """What decides every byte of a TBS except the values a template takes (see the module doc)."""
+    return (key_type_of(request.public_key), request.ekus, request.key_agreement,
+            tuple(tuple(a.oid.dotted_string for a in rdn) for rdn in request.subject.rdns),
+            tuple(type(name).__name__ for name in request.sans))
+
+
+_SKI_OID = der.tlv(0x06, bytes.fromhex("551d0e"))
+_SAN_OID = der.tlv(0x06, bytes.fromhex("551d11"))
+_CRITICAL = bytes.fromhex("0101ff")
+
+
+class _TbsTemplate:
+    """A linted TBSCertificate cut into its constant parts, with slots for the values."""
+
+    def __init__(self, head: bytes, signature_algorithm: bytes, issuer: bytes, extensions: list[bytes | str]):
+        self.head = head                                  # [0] EXPLICIT version
+        self.signature_algorithm = signature_algorithm
+        self.issuer = issuer
+        self.extensions = extensions                      # DER of constant extensions, "ski" / "san" slots
+        self.san_critical = False
+
+    @classmethod
+    def from_prepared(cls, request: CertificateRequest, prepared: Prepared) -> "_TbsTemplate":
+        """Cut the builder's TBS; refuse to keep a template that does not give those bytes back."""
+        version, _serial, signature_algorithm, issuer, _validity, _subject, _spki, extensions = \
+            der.elements(prepared.tbs)
+        slots: list[bytes | str] = []
+        template = cls(version, signature_algorithm, issuer, slots)
+        for extension in der.elements(der.elements(extensions)[0]):
+            parts = der.elements(extension)
+            if parts[0] == _SKI_OID:
+                slots.append("ski")
+            elif parts[0] == _SAN_OID:
+                slots.append("san")
+                template.san_critical = parts[1] == _CRITICAL
+            else:
+                slots.append(extension)
+        rebuilt = template.tbs(request, prepared.serial, prepared.not_before, prepared.not_after,
+                               prepared.public_key_der)
+        if rebuilt != prepared.tbs:
+            raise DeviceCAError(Kind.INTERNAL, "certificate template does not reproduce the builder's TBSCertificate")
+        return template
+
+    def tbs(self, request: CertificateRequest, serial: int, not_before: dt.datetime, not_after: dt.datetime,
+            spki: bytes) -> bytes:
+        extensions = []
+        for slot in self.extensions:
+            if slot == "ski":
+                value = x509.SubjectKeyIdentifier.from_public_key(request.public_key).public_bytes()
+                extensions.append(der.tlv(0x30, _SKI_OID + der.tlv(0x04, value)))
+            elif slot == "san":
+                value = x509.SubjectAlternativeName(list(request.sans)).public_bytes()
+                extensions.append(der.tlv(0x30, _SAN_OID + (_CRITICAL if self.san_critical else b"")
+                                          + der.tlv(0x04, value)))
+            else:
+                extensions.append(slot)
+        return der.tlv(0x30, b"".join((
+            self.head, der.tlv(0x02, serial.to_bytes((serial.bit_length() + 8) // 8, "big")),
+            self.signature_algorithm, self.issuer,
+            der.tlv(0x30, der.time(not_before) + der.time(not_after)),
+            request.subject.public_bytes(), spki,
+            der.tlv(0xA3, der.tlv(0x30, b"".join(extensions))))))
 
 
 def _key_usage(request: CertificateRequest) -> x509.KeyUsage:

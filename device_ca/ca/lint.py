@@ -145,6 +145,13 @@ def _findings(results: Iterable[Any], issuer_doc: Any = None) -> list[Finding]:
     return out
 
 
+def preload() -> None:
+    """Import pkilint and build the certificate validators now (about a second of CPU), e.g. in a
+    server's parent process so that every forked worker inherits them."""
+    _cert_validator()
+    _chain_validators()
+
+
 def _is_urn(node: Any) -> bool:
     try:
         return str(node.pdu).lower().startswith("urn:")

@@ -11,9 +11,10 @@ DNS syntax, validity order). A new shape, e.g. after a policy change, is linted 
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 import threading
-from typing import Callable
+from typing import Callable, Iterable
 
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
@@ -49,21 +50,28 @@ def shape(certificate: x509.Certificate) -> tuple:
 
 def check_values(certificate: x509.Certificate) -> list[str]:
     """The value-dependent rules; an empty list means clean."""
+    try:
+        sans = certificate.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    except x509.ExtensionNotFound:
+        sans = []
+    return value_problems(certificate.serial_number, certificate.not_valid_before_utc,
+                          certificate.not_valid_after_utc, certificate.subject, sans)
+
+
+def value_problems(serial: int, not_before: dt.datetime, not_after: dt.datetime, subject: x509.Name,
+                   sans: Iterable[x509.GeneralName]) -> list[str]:
+    """``check_values`` on the values a certificate is made of (before it is encoded)."""
     problems = []
-    if not 0 < certificate.serial_number < 1 << 159:
+    if not 0 < serial < 1 << 159:
         problems.append("serial number out of range")
-    if certificate.not_valid_before_utc >= certificate.not_valid_after_utc:
+    if not_before >= not_after:
         problems.append("notBefore is not before notAfter")
-    for attribute in certificate.subject:
+    for attribute in subject:
         value = attribute.value if isinstance(attribute.value, str) else ""
         bound = _UPPER_BOUNDS.get(attribute.oid.dotted_string, 64)
         if not value or len(value) > bound or _CONTROL.search(value):
             problems.append(f"subject attribute {attribute.oid.dotted_string} is empty, longer than {bound} "
                             "or has control characters")
-    try:
-        sans = certificate.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
-    except x509.ExtensionNotFound:
-        sans = []
     for name in sans:
         if isinstance(name, x509.UniformResourceIdentifier) and not _URI.fullmatch(name.value):
             problems.append(f"invalid URI in subjectAltName: {name.value!r}")
@@ -72,6 +80,11 @@ def check_values(certificate: x509.Certificate) -> list[str]:
             if len(name.value) > 253 or len(labels) < 2 or not all(_DNS_LABEL.fullmatch(lbl) for lbl in labels):
                 problems.append(f"invalid DNS name in subjectAltName: {name.value!r}")
     return problems
+
+
+def refuse(problems: list[str]) -> None:
+    if problems:
+        raise DeviceCAError(Kind.POLICY_REJECTED, "pre-issuance lint failed: " + "; ".join(problems))
 
 
 class TemplateLinter:
@@ -85,9 +98,7 @@ class TemplateLinter:
 
     def __call__(self, cert_der: bytes, issuer_der: bytes) -> None:
         certificate = x509.load_der_x509_certificate(cert_der)
-        problems = check_values(certificate)
-        if problems:
-            raise DeviceCAError(Kind.POLICY_REJECTED, "pre-issuance lint failed: " + "; ".join(problems))
+        refuse(check_values(certificate))
         key = shape(certificate)
         if key in self._clean:
             return

@@ -17,7 +17,7 @@ from device_ca.ca.issuer import CertificateRequest
 from device_ca.errors import rejected
 from device_ca.policy.model import Policy
 
-_EKU = {"clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH, "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH}
+EKUS = {"clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH, "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH}
 _RFC4514_SPECIAL = re.compile(r'([,+"\\<>;=])')
 
 
@@ -118,7 +118,7 @@ def apply(policy: Policy, csr: CsrInfo, device_id: str) -> CertificateRequest:
         public_key=csr.public_key,
         validity=policy.validity,
         sans=subject_alt_names(policy, device_id),
-        ekus=tuple(_EKU[e] for e in policy.eku),
+        ekus=tuple(EKUS[e] for e in policy.eku),
         key_agreement=policy.key_agreement,
     )
 
