@@ -78,6 +78,7 @@ class RegistrationAuthority:
                       links: IssuanceLinks | None = None) -> Issued:
         """Reserve, lint, sign, verify and record a certificate that has passed its checks."""
         issuer = self._issuer()
+        subject = request.subject.rfc4514_string()          # the certificate's subject, by construction
         for _ in range(SERIAL_ATTEMPTS):
             serial = self._draw_serial(actor, device_id)
             prepared = issuer.prepare(request, serial)
@@ -91,20 +92,20 @@ class RegistrationAuthority:
                     AuditEvent(action="certificate.intent", actor=actor, at=now, serial=serial_hex,
                                device_id=device_id,
                                details={"policy": policy_name, "method": method, "tbs_sha256": tbs_sha256,
-                                        "subject": prepared.subject.rfc4514_string()}),
+                                        "subject": subject}),
                     claim_token=links.token_id if links else None)
                 break
             except SerialInUse:
                 log.error("serial %s already reserved; drawing another", serial_hex)
         else:
             raise DeviceCAError(Kind.INTERNAL, "could not reserve a unique serial number")
-        certificate = self._sign(issuer, prepared, serial_hex)
+        certificate = self._sign(issuer, prepared, serial_hex, subject)
+        der = certificate.public_bytes(Encoding.DER)
         record = CertificateRecord(
             serial=serial_hex, issuer=issuer.urls.ca_name, device_id=device_id, policy=policy_name,
-            subject=certificate.subject.rfc4514_string(), status="good",
-            not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
-            fingerprint=hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest(),
-            der=certificate.public_bytes(Encoding.DER), issued_at=self.clock.now())
+            subject=subject, status="good", not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+            fingerprint=hashlib.sha256(der).hexdigest(), der=der, issued_at=self.clock.now())
         try:
             self.store.record_issued(
                 record,
@@ -136,8 +137,8 @@ class RegistrationAuthority:
             raise DeviceCAError(Kind.INTERNAL, "serial randomness failed; nothing was signed", cause=exc) from None
 
     @staticmethod
-    def _sign(issuer: Issuer, prepared, serial_hex: str):
-        log.info("signing certificate %s for %s", serial_hex, prepared.subject.rfc4514_string())
+    def _sign(issuer: Issuer, prepared, serial_hex: str, subject: str):
+        log.info("signing certificate %s for %s", serial_hex, subject)
         try:
             return issuer.sign(prepared)
         except DeviceCAError:
