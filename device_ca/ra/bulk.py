@@ -10,7 +10,7 @@ reserved one, so a device never gets a second certificate in the same batch and 
 token may have signed is recorded. Output files are written after the recording transaction, and
 a rerun rewrites any that are missing.
 
-Signing runs in worker processes (spawned, each opens its own PKCS#11 session); the parent only
+Signing runs in worker processes (forked, each opens its own PKCS#11 session); the parent only
 reads inputs, opens the batch, hands out chunks and writes the manifest. The policy's template
 is linted in full by pkilint once per certificate shape (TemplateLinter), every certificate is
 checked in process against it.
@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +261,7 @@ class BulkIssuance:
             results = map(_run_job, jobs)
             pool = None
         else:
-            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+            pool = self._pool(workers)
             results = pool.imap_unordered(_run_job, jobs)
         try:
             for chunk in results:
@@ -272,6 +273,21 @@ class BulkIssuance:
                 pool.terminate()
                 pool.join()
         return issued
+
+    def _pool(self, workers: int):
+        """Forked workers (a spawned one spends ~2 s importing): the parent lints this policy's
+        shapes first and closes its database connections, so each worker starts with pkilint's
+        validators and the clean shapes, opens its own database connections and its own PKCS#11
+        session (the parent never opened one). Spawned where fork is not available."""
+        from device_ca.ca import lint
+
+        if "fork" not in multiprocessing.get_all_start_methods():
+            return multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+        lint.preload()
+        self.services.warm_linter([self.policy.name])
+        self.services.store.db.dispose()
+        return multiprocessing.get_context("fork").Pool(
+            workers, initializer=_init_worker, initargs=(None, self.services.settings, self.services.linter))
 
     def _write_outputs(self, items: list[BatchItem], duplicates: list[str]) -> Path:
         """Files an earlier run recorded but did not write, and the manifest of the whole batch."""
@@ -311,14 +327,15 @@ class Job:
 _SERVICES = None
 
 
-def _init_worker(services=None) -> None:
-    """A worker's own Services: its own database engine and PKCS#11 session, opened after the spawn."""
+def _init_worker(services=None, settings=None, linter=None) -> None:
+    """A worker's own Services: its own database engine and PKCS#11 session, opened after the
+    fork or spawn (``linter``: the parent's, with the shapes it linted)."""
     global _SERVICES
     if services is None:
         from device_ca.config import Settings
         from device_ca.services import Services
 
-        services = Services(Settings.load())
+        services = Services(settings or Settings.load(), **({} if linter is None else {"linter": linter}))
     _SERVICES = services
 
 
@@ -358,15 +375,15 @@ class Chunk:
         prepared = self._resume(resumed, fresh)
         prepared += self._reserve(fresh)
         recorded, keys = [], {}
-        for device_id, item_prepared, key in prepared:
+        for device_id, item_prepared, key, subject in prepared:
             certificate = self.issuer.sign(item_prepared)
-            recorded.append(self._recorded(device_id, certificate))
+            recorded.append(self._recorded(device_id, certificate, subject))
             keys[device_id] = (key, certificate)
         self.store.batches.record(self.job.batch_id, recorded)
         for r in recorded:
             key, certificate = keys[r.device_id]
             if key is None:
-                write_atomically(self.out_dir / f"{r.device_id}.pem", _pem(r.certificate))
+                write_atomically(self.out_dir / f"{r.device_id}.pem", certificate.public_bytes(Encoding.PEM))
             else:
                 self._write_pkcs12(r.device_id, key, certificate)
         return [ItemResult(d, "failed", error=e) for d, e in failures] + [
@@ -390,7 +407,7 @@ class Chunk:
             reservation = self.store.reservation(serial)
             if reservation is not None and reservation.state == "reserved" \
                     and reservation.tbs_sha256 == hashlib.sha256(prepared.tbs).hexdigest():
-                out.append((device_id, prepared, key))
+                out.append((device_id, prepared, key, prepared.subject.rfc4514_string()))
             else:
                 log.warning("batch %s: %s's reservation %s cannot be reproduced; reserving anew",
                             self.job.batch_id, device_id, serial)
@@ -405,7 +422,8 @@ class Chunk:
             for device_id, request, key, previous in fresh:
                 item = self.issuer.prepare(request, new_serial())
                 serial, tbs_sha256 = to_hex(item.serial), hashlib.sha256(item.tbs).hexdigest()
-                prepared.append((device_id, item, key))
+                subject = item.subject.rfc4514_string()
+                prepared.append((device_id, item, key, subject))
                 reserved.append(Reserved(
                     device_id=device_id,
                     reservation=Reservation(serial=serial, issuer=self.issuer.urls.ca_name, device_id=device_id,
@@ -416,7 +434,7 @@ class Chunk:
                                      device_id=device_id,
                                      details={"policy": self.policy.name, "method": "bulk", "batch": self.job.batch_id,
                                               "tbs_sha256": tbs_sha256,
-                                              "subject": item.subject.rfc4514_string()}),
+                                              "subject": subject}),
                     previous_serial=previous))
             try:
                 self.store.batches.reserve(self.job.batch_id, reserved)
@@ -426,12 +444,12 @@ class Chunk:
                           self.job.batch_id)
         raise DeviceCAError(Kind.INTERNAL, "could not reserve unique serial numbers")
 
-    def _recorded(self, device_id: str, certificate: x509.Certificate) -> Recorded:
+    def _recorded(self, device_id: str, certificate: x509.Certificate, subject: str) -> Recorded:
         der = certificate.public_bytes(Encoding.DER)
         now = self.services.clock.now()
         record = CertificateRecord(
             serial=to_hex(certificate.serial_number), issuer=self.issuer.urls.ca_name, device_id=device_id,
-            policy=self.policy.name, subject=certificate.subject.rfc4514_string(), status="good",
+            policy=self.policy.name, subject=subject, status="good",
             not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
             fingerprint=hashlib.sha256(der).hexdigest(), der=der, issued_at=now)
         return Recorded(device_id=device_id, certificate=record, messages=tuple(issued_messages(self.policy, record)),
@@ -481,11 +499,14 @@ def _secret_digest(secret: str, batch_id: str) -> str:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """``data`` under ``path`` whole or not at all: written to a temporary name of this process and
+    thread in the same directory (never followed if it is a link), then renamed over ``path``."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
