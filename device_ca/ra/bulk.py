@@ -45,6 +45,7 @@ from device_ca.ca.serial import new_serial, to_hex
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import checks as policies_
 from device_ca.ra.authority import issued_messages
+from device_ca.runtime import quiet_gc
 from device_ca.store.batches import Batch, BatchItem, Recorded, Reserved
 from device_ca.store.records import AuditEvent, CertificateRecord, Reservation
 
@@ -286,6 +287,7 @@ class BulkIssuance:
         lint.preload()
         self.services.warm_linter([self.policy.name])
         self.services.store.db.dispose()
+        quiet_gc()
         return multiprocessing.get_context("fork").Pool(
             workers, initializer=_init_worker, initargs=(None, self.services.settings, self.services.linter))
 

@@ -27,6 +27,7 @@ from cryptography import x509
 
 from device_ca.config import Settings
 from device_ca.errors import DeviceCAError, Kind
+from device_ca.runtime import quiet_gc
 
 log = logging.getLogger("device_ca.serve")
 
@@ -92,9 +93,11 @@ def _https_factory(options: ServeOptions, linter):
 
         services = Services(Settings.load(), linter=linter)
         _start_janitor(services)
-        return create_app(services, proxies=ProxySettings(frozenset(options.trusted_proxies),
-                                                          options.client_cert_header),
-                          rate_limit=options.rate_limit, default_policy=options.default_policy)
+        app = create_app(services, proxies=ProxySettings(frozenset(options.trusted_proxies),
+                                                         options.client_cert_header),
+                         rate_limit=options.rate_limit, default_policy=options.default_policy)
+        quiet_gc()
+        return app
     return build
 
 
@@ -286,6 +289,7 @@ def _preload(settings: Settings):
         services.warm_linter()
     finally:
         services.store.db.dispose()
+    quiet_gc()
     return services.linter
 
 
