@@ -10,7 +10,11 @@ check, policy, pre-issuance lint, SoftHSM signature and database commits include
 Peer: nginx on the same machine, client certificates verified (`ssl_verify_client on`), a fixed
 answer to the same POST, same load generator (benchmarks/loadgen.py), same concurrency.
 
-    python3 benchmarks/est_bench.py [--seconds 10] [--concurrency 16] [--database-url URL]
+The two are measured in interleaved rounds (device-ca, nginx, device-ca, nginx, ...) and the best
+round of each is compared, because the load of this shared machine moves by +-15% from one
+10-second window to the next; every round is printed.
+
+    python3 benchmarks/est_bench.py [--seconds 10] [--rounds 3] [--concurrency 16] [--database-url URL]
 """
 from __future__ import annotations
 
@@ -37,7 +41,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--database-url", help="an EMPTY database (default: SQLite in the temporary directory)")
-    parser.add_argument("--tokens", type=int, default=6000, help="bootstrap tokens prepared (upper bound of requests)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=3500,
+                        help="bootstrap tokens prepared per round (upper bound of its requests)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="device-ca-est-bench-"))
@@ -60,32 +66,41 @@ def main() -> int:
     server = start_server(env, "--rate-limit", "0", "--workers", str(args.workers), "--threads", str(args.threads),
                           policy_dir=policies)
     try:
-        devices = [f"s-{i}" for i in range(args.tokens)]
+        devices = [f"s-{i}" for i in range(args.tokens * args.rounds)]
         tokens = make_tokens(env, "bench-sensor", devices)
         csrs = {d: base64.b64encode(make_csr(d, ou="bench-sensor", encoding=Encoding.DER)) for d in devices}
         requests = [({"Content-Type": "application/pkcs10",
                       "Authorization": "Basic " + base64.b64encode(f"{d}:{tokens[d]}".encode()).decode()}, csrs[d])
                     for d in devices]
-        ours = run_load(f"{server.est}/bench-sensor/simpleenroll", cert=idevid_cert, key=idevid_key,
-                        cacert=server.chain, concurrency=args.concurrency, seconds=args.seconds, requests=requests)
-
         pki = make_pki(work / "nginx")
         port = free_port()
+        rounds = []
         with Nginx(nginx_conf(pki, port, "on"), worker_processes=2, access_log=False, error_log_level="error") as nginx:
-            with Measure(nginx):
-                peer = run_load(f"https://127.0.0.1:{port}/", csrs[devices[0]], {"Content-Type": "application/pkcs10"},
-                                pki.client_cert, pki.client_key, pki.ca_cert, concurrency=args.concurrency,
-                                seconds=args.seconds)
+            for r in range(args.rounds):
+                ours = run_load(f"{server.est}/bench-sensor/simpleenroll", cert=idevid_cert, key=idevid_key,
+                                cacert=server.chain, concurrency=args.concurrency, seconds=args.seconds,
+                                requests=requests[r * args.tokens:(r + 1) * args.tokens])
+                with Measure(nginx):
+                    peer = run_load(f"https://127.0.0.1:{port}/", csrs[devices[0]],
+                                    {"Content-Type": "application/pkcs10"}, pki.client_cert, pki.client_key,
+                                    pki.ca_cert, concurrency=args.concurrency, seconds=args.seconds)
+                rounds.append((ours, peer))
+                print(f"round {r + 1}: device-ca {ours['ok_rps']:.1f} enrollments/s (statuses {ours['statuses']}, "
+                      f"errors {ours['errors']}{', tokens used up' if ours['exhausted'] else ''}), "
+                      f"nginx {peer['rps']:.1f} requests/s, ratio {ours['ok_rps'] / peer['rps']:.3f}", flush=True)
     finally:
         server.stop()
     db = (args.database_url or "sqlite").split(":", 1)[0]
-    print(f"device-ca EST simpleenroll ({db}, {args.workers} workers x {args.threads} threads, mTLS, new connection each, "
-          f"{args.concurrency} clients, {args.seconds:.0f} s): {ours['ok_rps']:.1f} enrollments/s  "
-          f"p50 {ours['p50_ms']:.0f} ms  p99 {ours['p99_ms']:.0f} ms  statuses {ours['statuses']}  "
-          f"errors {ours['errors']}{' (tokens used up)' if ours['exhausted'] else ''}")
-    print(f"nginx mTLS, new connection each (peer, same run): {peer['rps']:.1f} requests/s  "
+    ours = max((o for o, _ in rounds), key=lambda o: o["ok_rps"])
+    peer = max((p for _, p in rounds), key=lambda p: p["rps"])
+    print(f"device-ca EST simpleenroll ({db}, {args.workers} workers x {args.threads} threads, mTLS, new connection "
+          f"each, {args.concurrency} clients, best of {args.rounds} x {args.seconds:.0f} s): "
+          f"{ours['ok_rps']:.1f} enrollments/s  p50 {ours['p50_ms']:.0f} ms  p99 {ours['p99_ms']:.0f} ms")
+    print(f"nginx mTLS, new connection each (peer, same run, best round): {peer['rps']:.1f} requests/s  "
           f"p50 {peer['p50_ms']:.0f} ms  p99 {peer['p99_ms']:.0f} ms")
-    print(f"ratio device-ca / nginx: {ours['ok_rps'] / peer['rps']:.3f}  (goal: at least 0.5)")
+    ratios = sorted(o["ok_rps"] / p["rps"] for o, p in rounds)
+    print(f"ratio device-ca / nginx: {ours['ok_rps'] / peer['rps']:.3f} best vs best; per round "
+          f"{', '.join(f'{x:.3f}' for x in ratios)} (median {ratios[len(ratios) // 2]:.3f})  (goal: at least 0.5)")
     return 0
 
 
