@@ -30,6 +30,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -57,7 +58,7 @@ _ITEM_ERRORS = (Kind.MALFORMED, Kind.POLICY_REJECTED, Kind.FORBIDDEN)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BulkInput:
     """One line of a batch: a device and its CSR (None when the CA generates the key)."""
     device_id: str
@@ -209,29 +210,30 @@ class BulkIssuance:
                       secret_sha256=_secret_digest(secret, self.batch_id) if secret else None, state="open",
                       created_at=now, created_by=self.actor, finished_at=None)
         batch, created = store.batches.open(
-            batch, [(d, i, hashlib.sha256(item.csr).hexdigest() if item.csr else None)
-                    for i, (d, item) in enumerate(by_device.items())],
+            batch, ((d, i, hashlib.sha256(item.csr).hexdigest() if item.csr else None)
+                    for i, (d, item) in enumerate(by_device.items())),
             AuditEvent(action="batch.opened", actor=self.actor, at=now,
                        details={"batch": self.batch_id, "policy": self.policy.name, "items": len(by_device),
                                 "keygen": self.keygen}))
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        items = store.batches.items(batch.id)
-        already = sum(1 for i in items if i.state == "issued")
-        todo = [i for i in items if i.state in ("pending", "reserved")]
+        already, todo = 0, []
+        for page in store.batches.pages(batch.id):
+            already += sum(1 for i in page if i.state == "issued")
+            todo += [i for i in page if i.state in ("pending", "reserved")]
         refused = [(i.device_id, by_device[i.device_id].error) for i in todo if by_device[i.device_id].error]
         store.batches.fail(batch.id, refused, abandon=[i.serial for i in todo if i.serial and
                                                       by_device[i.device_id].error])
         todo = [i for i in todo if not by_device[i.device_id].error]
         issued = self._issue(todo, by_device, secret)
-        items = store.batches.items(batch.id)
-        manifest = self._write_outputs(items, duplicates)
-        if not any(i.state in ("pending", "reserved") for i in items):
-            counts = {s: sum(1 for i in items if i.state == s) for s in ("issued", "failed")}
+        del todo
+        manifest, counts = self._write_outputs(batch.id, duplicates)
+        if not counts["pending"] and not counts["reserved"]:
             store.batches.finish(batch.id, clock.now(), AuditEvent(
                 action="batch.finished", actor=self.actor, at=clock.now(),
-                details={"batch": batch.id, **counts, "duplicates": len(duplicates)}))
+                details={"batch": batch.id, "issued": counts["issued"], "failed": counts["failed"],
+                         "duplicates": len(duplicates)}))
         return Summary(batch_id=batch.id, created=created, issued=issued, already=already,
-                       failed=sum(1 for i in items if i.state == "failed") + len(duplicates),
+                       failed=counts["failed"] + len(duplicates),
                        total=len(self.inputs), seconds=time.monotonic() - started, manifest=manifest,
                        secret=secret if created_secret else None)
 
@@ -251,12 +253,12 @@ class BulkIssuance:
         total, done, issued = len(todo), 0, 0
         if not todo:
             return 0
-        jobs = [Job(batch_id=self.batch_id, policy=self.policy.name, actor=self.actor, out_dir=str(self.out_dir),
+        jobs = (Job(batch_id=self.batch_id, policy=self.policy.name, actor=self.actor, out_dir=str(self.out_dir),
                     secret=secret, items=[(i.device_id, by_device[i.device_id].csr, i.state, i.serial, i.not_before,
                                            i.not_after) for i in todo[start:start + CHUNK]])
-                for start in range(0, total, CHUNK)]
+                for start in range(0, total, CHUNK))       # made as the workers take them
         self.progress(0, total)
-        workers = min(self.workers, len(jobs))
+        workers = min(self.workers, -(-total // CHUNK))
         if workers == 1:
             _init_worker(self.services)
             results = map(_run_job, jobs)
@@ -291,27 +293,31 @@ class BulkIssuance:
         return multiprocessing.get_context("fork").Pool(
             workers, initializer=_init_worker, initargs=(None, self.services.settings, self.services.linter))
 
-    def _write_outputs(self, items: list[BatchItem], duplicates: list[str]) -> Path:
-        """Files an earlier run recorded but did not write, and the manifest of the whole batch."""
+    def _write_outputs(self, batch_id: str, duplicates: list[str]) -> tuple[Path, Counter]:
+        """Files an earlier run recorded but did not write, and the manifest of the whole batch, a
+        page of items at a time (memory does not grow with the batch); the items' states counted."""
         store = self.services.store
-        issued = store.batches.certificates([i.serial for i in items if i.state == "issued"])
-        for item in items:
-            if item.state == "issued" and not self.keygen:
-                path = self.out_dir / f"{item.device_id}.pem"
-                if not path.exists():
-                    write_atomically(path, _pem(issued[item.serial]))
+        counts: Counter = Counter()
         manifest = self.out_dir / "manifest.csv"
-        rows = [["device_id", "serial", "fingerprint_sha256", "not_after", "status", "error"]]
-        for item in items:
-            record = issued.get(item.serial) if item.state == "issued" else None
-            rows.append([item.device_id, item.serial or "", record.fingerprint if record else "",
-                         record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if record else "",
-                         item.state, item.error or ""])
-        rows += [[d, "", "", "", "failed", "device id appears more than once in the input"] for d in duplicates]
         with tempfile.NamedTemporaryFile("w", newline="", dir=self.out_dir, delete=False, suffix=".tmp") as f:
-            csv.writer(f).writerows(rows)
+            writer = csv.writer(f)
+            writer.writerow(["device_id", "serial", "fingerprint_sha256", "not_after", "status", "error"])
+            for page in store.batches.pages(batch_id):
+                issued = store.batches.certificates([i.serial for i in page if i.state == "issued"])
+                for item in page:
+                    counts[item.state] += 1
+                    record = issued.get(item.serial) if item.state == "issued" else None
+                    if record is not None and not self.keygen:
+                        path = self.out_dir / f"{item.device_id}.pem"
+                        if not path.exists():
+                            write_atomically(path, _pem(record))
+                    writer.writerow([item.device_id, item.serial or "", record.fingerprint if record else "",
+                                     record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if record else "",
+                                     item.state, item.error or ""])
+            writer.writerows([d, "", "", "", "failed", "device id appears more than once in the input"]
+                             for d in duplicates)
         os.replace(f.name, manifest)
-        return manifest
+        return manifest, counts
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ the DBAPI connection (``Database.direct``) with the statements below, built once
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -39,6 +41,11 @@ _ITEM_ISSUED = (sa.update(_ITEMS)
                 .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
                        _ITEMS.c.state == "reserved", _ITEMS.c.serial == sa.bindparam("b_serial"))
                 .values(state="issued"))
+_INSERT_ITEM = sa.insert(_ITEMS)
+_PAGE = (sa.select(_ITEMS.c.device_id, _ITEMS.c.position, _ITEMS.c.csr_sha256, _ITEMS.c.state, _ITEMS.c.serial,
+                   _ITEMS.c.not_before, _ITEMS.c.not_after, _ITEMS.c.error)
+         .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.position > sa.bindparam("b_after"))
+         .order_by(_ITEMS.c.position).limit(sa.bindparam("b_size")))
 _ITEM_FAILED = (sa.update(_ITEMS)
                 .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
                        sa.or_(_ITEMS.c.state == "pending", _ITEMS.c.state == "reserved"))
@@ -60,7 +67,7 @@ class Batch:
     finished_at: dt.datetime | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BatchItem:
     device_id: str
     position: int
@@ -96,17 +103,20 @@ class BatchRepo:
     def __init__(self, db: Database):
         self.db = db
 
-    def open(self, batch: Batch, items: list[tuple[str, int, str | None]], event: AuditEvent) -> tuple[Batch, bool]:
-        """Create the batch with its items (device id, position, CSR digest), or return the existing
-        one if it has this id and the same input; (batch, created)."""
+    def open(self, batch: Batch, items: Iterable[tuple[str, int, str | None]],
+             event: AuditEvent) -> tuple[Batch, bool]:
+        """Create the batch with its items (device id, position, CSR digest; inserted a thousand at a
+        time in the one transaction), or return the existing one if it has this id and the same
+        input; (batch, created)."""
         existing = self.get(batch.id)
         if existing is None:
             try:
                 with self.db.transaction() as c:
                     c.execute(sa.insert(_BATCHES).values(**batch.__dict__))
-                    if items:
-                        c.execute(sa.insert(_ITEMS), [{"batch_id": batch.id, "device_id": d, "position": p,
-                                                       "csr_sha256": h, "state": "pending"} for d, p, h in items])
+                    rows = ({"batch_id": batch.id, "device_id": d, "position": p, "csr_sha256": h, "state": "pending"}
+                            for d, p, h in items)
+                    while chunk := list(itertools.islice(rows, 1000)):
+                        c.execute(_INSERT_ITEM, chunk)
                     audit.append(c, event)
                 return batch, True
             except IntegrityError:
@@ -132,11 +142,19 @@ class BatchRepo:
         return [self.get(i) for i in ids]
 
     def items(self, batch_id: str) -> list[BatchItem]:
-        with self.db.reading() as c:
-            rows = c.execute(sa.select(_ITEMS.c.device_id, _ITEMS.c.position, _ITEMS.c.csr_sha256, _ITEMS.c.state,
-                                       _ITEMS.c.serial, _ITEMS.c.not_before, _ITEMS.c.not_after, _ITEMS.c.error)
-                             .where(_ITEMS.c.batch_id == batch_id).order_by(_ITEMS.c.position)).all()
-        return [BatchItem(r[0], r[1], r[2], r[3], r[4], utc(r[5]), utc(r[6]), r[7]) for r in rows]
+        return [item for page in self.pages(batch_id) for item in page]
+
+    def pages(self, batch_id: str, size: int = 1000) -> Iterator[list[BatchItem]]:
+        """The batch's items in position order, ``size`` at a time (one short read each), so a
+        caller going through a batch of any size holds one page."""
+        after = -1
+        while True:
+            with self.db.reading() as c:
+                rows = c.execute(_PAGE, {"b_batch": batch_id, "b_after": after, "b_size": size}).all()
+            if not rows:
+                return
+            yield [BatchItem(r[0], r[1], r[2], r[3], r[4], utc(r[5]), utc(r[6]), r[7]) for r in rows]
+            after = rows[-1][1]
 
     def certificates(self, serials: list[str]) -> dict[str, CertificateRecord]:
         """The issued certificates of a batch's items, by serial (for the manifest and missing files)."""

@@ -225,6 +225,7 @@ class BatchItemRow(SQLModel, table=True):
     """One device of a batch: pending -> reserved (serial and dates fixed) -> issued, or failed."""
 
     __tablename__ = "batch_items"
+    __table_args__ = (sa.Index("ix_batch_items_batch_position", "batch_id", "position"),)
     batch_id: str = Field(primary_key=True, max_length=64, foreign_key="batches.id")
     device_id: str = Field(primary_key=True, max_length=128)
     position: int
