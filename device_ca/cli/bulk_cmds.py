@@ -36,18 +36,18 @@ def register(cli: click.Group, services, actor, iso) -> None:
                    as_json) -> None:
         """Issue a whole batch. Rerunning the same command, also after a crash or kill -9, issues only
         what is missing: never a second certificate for a device in the same batch."""
-        from device_ca.ra.bulk import BulkIssuance, read_csr_dir, read_device_ids, read_jsonl
+        from device_ca.ra.bulk import BulkIssuance, csr_dir_source, file_source, iter_device_ids, iter_jsonl
 
         sources = [s for s in (csr_dir, jsonl, generate_keys) if s is not None]
         if len(sources) != 1:
             raise DeviceCAError(Kind.MALFORMED, "give exactly one of --csr-dir, --jsonl, --generate-keys")
         svc = services(ctx)
         if csr_dir is not None:
-            inputs = read_csr_dir(csr_dir, svc.policies.get(policy), id_from)
+            inputs = csr_dir_source(csr_dir, svc.policies.get(policy), id_from)
         elif jsonl is not None:
-            inputs = read_jsonl(jsonl)
+            inputs = file_source(jsonl, iter_jsonl)
         else:
-            inputs = read_device_ids(generate_keys)
+            inputs = file_source(generate_keys, iter_device_ids)
         secret = secret_file.readline().strip() if secret_file else None
         run = BulkIssuance(svc, policy, inputs, out_dir, actor=actor(), batch_id=batch_id,
                            keygen=generate_keys is not None, secret=secret, workers=workers,
@@ -77,8 +77,8 @@ def register(cli: click.Group, services, actor, iso) -> None:
         """Batches with their state and item counts."""
         store = services(ctx).store
         for batch in store.batches.batches():
-            items = store.batches.items(batch.id)
-            counts = {s: sum(1 for i in items if i.state == s) for s in ("issued", "failed", "pending", "reserved")}
+            found = store.batches.counts(batch.id)
+            counts = {s: found[s] for s in ("issued", "failed", "pending", "reserved")}
             click.echo(f"{batch.id}  {batch.policy}  {batch.state}  created {iso(batch.created_at)} by "
                        f"{batch.created_by}  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
 

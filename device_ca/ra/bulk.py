@@ -17,6 +17,7 @@ checked in process against it.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import datetime as dt
 import hashlib
@@ -33,7 +34,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -47,7 +48,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import checks as policies_
 from device_ca.ra.authority import issued_messages
 from device_ca.runtime import quiet_gc
-from device_ca.store.batches import Batch, BatchItem, Recorded, Reserved
+from device_ca.store.batches import Batch, NewItem, Recorded, Reserved
 from device_ca.store.records import AuditEvent, CertificateRecord, Reservation
 
 log = logging.getLogger("device_ca.ra.bulk")
@@ -95,36 +96,63 @@ class Summary:
 
 # -- inputs ------------------------------------------------------------------------------------
 
-def read_csr_dir(directory: Path, policy, id_from: str = "filename") -> list[BulkInput]:
+class Source:
+    """Batch items that can be gone through more than once without all being held in memory:
+    ``read`` is called for each pass."""
+
+    def __init__(self, read: Callable[[], Iterable[BulkInput]]):
+        self._read = read
+
+    def __iter__(self) -> Iterator[BulkInput]:
+        return iter(self._read())
+
+
+def csr_dir_source(directory: Path, policy, id_from: str = "filename") -> Source:
+    return Source(lambda: _csr_files(directory, policy, id_from))
+
+
+def file_source(file, read: Callable[[Iterable[str]], Iterable[BulkInput]]) -> Iterable[BulkInput]:
+    """``read`` over an open text file, rewound for each pass; a pipe is read into memory once."""
+    if not file.seekable():
+        return list(read(file))
+
+    def again() -> Iterable[BulkInput]:
+        file.seek(0)
+        return read(file)
+    return Source(again)
+
+
+def _csr_files(directory: Path, policy, id_from: str) -> Iterator[BulkInput]:
     """One CSR per file (PEM or DER, *.csr / *.pem / *.der); the device id is the file name without
     its extension, or the CSR subject's device-id attribute (``id_from="subject"``)."""
-    inputs = []
     for path in sorted(p for p in Path(directory).iterdir() if p.is_file() and not p.name.startswith(".")):
         if path.stat().st_size > MAX_INPUT_BYTES:
-            inputs.append(BulkInput(path.stem, None, f"{path.name}: larger than {MAX_INPUT_BYTES} bytes"))
+            yield BulkInput(path.stem, None, f"{path.name}: larger than {MAX_INPUT_BYTES} bytes")
             continue
         data = path.read_bytes()
         if id_from == "subject":
             try:
                 device_id = policies_.device_id_from_subject(policy, csrs.load(data).subject)
             except DeviceCAError as exc:
-                inputs.append(BulkInput(path.stem, None, f"{path.name}: {exc.detail}"))
+                yield BulkInput(path.stem, None, f"{path.name}: {exc.detail}")
                 continue
             if device_id is None:
-                inputs.append(BulkInput(path.stem, None, f"{path.name}: no device id in the CSR subject"))
+                yield BulkInput(path.stem, None, f"{path.name}: no device id in the CSR subject")
                 continue
         else:
             device_id = path.stem
-        inputs.append(BulkInput(device_id, data))
-    return inputs
+        yield BulkInput(device_id, data)
 
 
 def read_jsonl(lines: Iterable[str]) -> list[BulkInput]:
+    return list(iter_jsonl(lines))
+
+
+def iter_jsonl(lines: Iterable[str]) -> Iterator[BulkInput]:
     """``{"device_id": ..., "csr": base64 DER or PEM}`` per line; blank lines are skipped."""
     import base64
     import binascii
 
-    inputs = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -134,107 +162,138 @@ def read_jsonl(lines: Iterable[str]) -> list[BulkInput]:
             if not isinstance(device_id, str) or not isinstance(csr, str):
                 raise TypeError("device_id and csr must be strings")
         except (ValueError, KeyError, TypeError) as exc:
-            inputs.append(BulkInput(f"line-{number}", None, f"line {number}: not a batch item ({exc})"))
+            yield BulkInput(f"line-{number}", None, f"line {number}: not a batch item ({exc})")
             continue
         data = csr.encode() if csr.lstrip().startswith("-----BEGIN") else None
         if data is None:
             try:
                 data = base64.b64decode(csr, validate=True)
             except (binascii.Error, ValueError):
-                inputs.append(BulkInput(device_id, None, f"line {number}: csr is not base64"))
+                yield BulkInput(device_id, None, f"line {number}: csr is not base64")
                 continue
-        inputs.append(BulkInput(device_id, data))
-    return inputs
+        yield BulkInput(device_id, data)
 
 
-def read_device_ids(lines: Iterable[str]) -> list[BulkInput]:
+def iter_device_ids(lines: Iterable[str]) -> Iterator[BulkInput]:
     """One device id per line, for batches whose keys the CA generates."""
-    return [BulkInput(line.strip(), None) for line in lines if line.strip() and not line.startswith("#")]
+    return (BulkInput(line.strip(), None) for line in lines if line.strip() and not line.startswith("#"))
 
 
-def batch_id_for(policy: str, inputs: list[BulkInput], keygen: bool) -> str:
+def batch_id_for(policy: str, inputs: Iterable[BulkInput], keygen: bool) -> str:
     """The same input gives the same id, so rerunning the same command resumes the same batch."""
-    return "b-" + input_digest(policy, inputs, keygen)[:24]
+    return _id_from_digest(input_digest(policy, inputs, keygen))
 
 
-def input_digest(policy: str, inputs: list[BulkInput], keygen: bool) -> str:
+def input_digest(policy: str, inputs: Iterable[BulkInput], keygen: bool) -> str:
+    return _scan(policy, inputs, keygen).digest
+
+
+def _id_from_digest(digest: str) -> str:
+    return "b-" + digest[:24]
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one pass over the input tells before anything is stored."""
+    digest: str
+    total: int
+    unique: int
+    duplicates: list[str]
+
+
+def _checked(item: BulkInput) -> BulkInput:
+    if not _SAFE_NAME.fullmatch(item.device_id) or item.device_id.startswith("."):
+        # it names output files: refused before anything is written
+        return BulkInput(item.device_id[:128], None,
+                         "device id is not 1-128 letters, digits, '.', '_' or '-' (not starting with '.')")
+    return item
+
+
+def _scan(policy: str, inputs: Iterable[BulkInput], keygen: bool) -> _Scan:
     h = hashlib.sha256(f"{policy}\0{int(keygen)}\0".encode())
+    seen: set[str] = set()
+    duplicates: list[str] = []
+    total = 0
     for item in inputs:
         h.update(item.device_id.encode() + b"\0" + hashlib.sha256(item.csr or b"").digest())
-    return h.hexdigest()
+        total += 1
+        device_id = _checked(item).device_id
+        if device_id in seen:
+            duplicates.append(device_id)
+        else:
+            seen.add(device_id)
+    return _Scan(h.hexdigest(), total, len(seen), duplicates)
+
+
+def _unique(inputs: Iterable[BulkInput]) -> Iterator[NewItem]:
+    """The batch's items in input order, the first of each device id, numbered."""
+    seen: set[str] = set()
+    for item in inputs:
+        item = _checked(item)
+        if item.device_id not in seen:
+            seen.add(item.device_id)
+            yield NewItem(item.device_id, len(seen) - 1, item.csr, item.error)
 
 
 # -- the run -------------------------------------------------------------------------------------
 
 class BulkIssuance:
-    """One run of a batch (first or resumed). ``progress(done, total)`` is called after each chunk."""
+    """One run of a batch (first or resumed). ``progress(done, total)`` is called after each chunk.
 
-    def __init__(self, services, policy_name: str, inputs: list[BulkInput], out_dir: Path, *, actor: str,
+    ``inputs`` is gone through twice, and only twice: once here to identify the batch, once more
+    when the batch is new (or was opened before items kept their CSRs) to store its items. The run
+    itself reads the items from the database a page at a time, so memory does not grow with the
+    batch; a list, or a re-readable source such as ``JsonLines``, will do."""
+
+    def __init__(self, services, policy_name: str, inputs: Iterable[BulkInput], out_dir: Path, *, actor: str,
                  batch_id: str | None = None, keygen: bool = False, secret: str | None = None,
                  workers: int | None = None, progress: Callable[[int, int], None] | None = None):
         self.services = services
         self.policy = services.policies.get(policy_name)
         if "admin" not in self.policy.enrollment:
             raise DeviceCAError(Kind.FORBIDDEN, f"policy {self.policy.name} does not allow issuance by an operator")
-        if not inputs:
-            raise DeviceCAError(Kind.MALFORMED, "the batch is empty")
         self.inputs = inputs
+        self.scan = _scan(self.policy.name, inputs, keygen)
+        if not self.scan.total:
+            raise DeviceCAError(Kind.MALFORMED, "the batch is empty")
         self.out_dir = Path(out_dir)
         self.actor = actor
         self.keygen = keygen
         self.secret = secret
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.progress = progress or (lambda done, total: None)
-        self.batch_id = batch_id or batch_id_for(self.policy.name, inputs, keygen)
+        self.batch_id = batch_id or _id_from_digest(self.scan.digest)
         if not _SAFE_NAME.fullmatch(self.batch_id):
             raise DeviceCAError(Kind.MALFORMED, "a batch id is 1-128 letters, digits, '.', '_' or '-'")
 
     def run(self) -> Summary:
         started = time.monotonic()
         store, clock = self.services.store, self.services.clock
-        by_device, duplicates = {}, []
-        for item in self.inputs:
-            if not _SAFE_NAME.fullmatch(item.device_id) or item.device_id.startswith("."):
-                # it names output files: refused before anything is written
-                item = BulkInput(item.device_id[:128], None,
-                                 "device id is not 1-128 letters, digits, '.', '_' or '-' (not starting with '.')")
-            if item.device_id in by_device:
-                duplicates.append(item.device_id)
-            else:
-                by_device[item.device_id] = item
         secret, created_secret = self._secret(store.batches.get(self.batch_id))
         now = clock.now()
-        batch = Batch(id=self.batch_id, policy=self.policy.name,
-                      input_sha256=input_digest(self.policy.name, self.inputs, self.keygen),
-                      items=len(by_device), keygen=self.keygen,
+        batch = Batch(id=self.batch_id, policy=self.policy.name, input_sha256=self.scan.digest,
+                      items=self.scan.unique, keygen=self.keygen,
                       secret_sha256=_secret_digest(secret, self.batch_id) if secret else None, state="open",
                       created_at=now, created_by=self.actor, finished_at=None)
         batch, created = store.batches.open(
-            batch, ((d, i, hashlib.sha256(item.csr).hexdigest() if item.csr else None)
-                    for i, (d, item) in enumerate(by_device.items())),
+            batch, lambda: _unique(self.inputs),
             AuditEvent(action="batch.opened", actor=self.actor, at=now,
-                       details={"batch": self.batch_id, "policy": self.policy.name, "items": len(by_device),
+                       details={"batch": self.batch_id, "policy": self.policy.name, "items": self.scan.unique,
                                 "keygen": self.keygen}))
+        if not created and not self.keygen:
+            store.batches.fill_csrs(batch.id, _unique(self.inputs))
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        already, todo = 0, []
-        for page in store.batches.pages(batch.id):
-            already += sum(1 for i in page if i.state == "issued")
-            todo += [i for i in page if i.state in ("pending", "reserved")]
-        refused = [(i.device_id, by_device[i.device_id].error) for i in todo if by_device[i.device_id].error]
-        store.batches.fail(batch.id, refused, abandon=[i.serial for i in todo if i.serial and
-                                                      by_device[i.device_id].error])
-        todo = [i for i in todo if not by_device[i.device_id].error]
-        issued = self._issue(todo, by_device, secret)
-        del todo
-        manifest, counts = self._write_outputs(batch.id, duplicates)
-        if not counts["pending"] and not counts["reserved"]:
+        counts = store.batches.counts(batch.id)
+        issued = self._issue(secret, counts["pending"] + counts["reserved"])
+        manifest, counts_after = self._write_outputs(batch.id, self.scan.duplicates)
+        if not counts_after["pending"] and not counts_after["reserved"]:
             store.batches.finish(batch.id, clock.now(), AuditEvent(
                 action="batch.finished", actor=self.actor, at=clock.now(),
-                details={"batch": batch.id, "issued": counts["issued"], "failed": counts["failed"],
-                         "duplicates": len(duplicates)}))
-        return Summary(batch_id=batch.id, created=created, issued=issued, already=already,
-                       failed=counts["failed"] + len(duplicates),
-                       total=len(self.inputs), seconds=time.monotonic() - started, manifest=manifest,
+                details={"batch": batch.id, "issued": counts_after["issued"], "failed": counts_after["failed"],
+                         "duplicates": len(self.scan.duplicates)}))
+        return Summary(batch_id=batch.id, created=created, issued=issued, already=counts["issued"],
+                       failed=counts_after["failed"] + len(self.scan.duplicates),
+                       total=self.scan.total, seconds=time.monotonic() - started, manifest=manifest,
                        secret=secret if created_secret else None)
 
     def _secret(self, existing: Batch | None) -> tuple[str | None, bool]:
@@ -249,14 +308,15 @@ class BulkIssuance:
             raise DeviceCAError(Kind.UNAUTHORIZED, f"that is not the secret of batch {existing.id}")
         return self.secret, False
 
-    def _issue(self, todo: list[BatchItem], by_device: dict[str, BulkInput], secret: str | None) -> int:
-        total, done, issued = len(todo), 0, 0
-        if not todo:
+    def _issue(self, secret: str | None, total: int) -> int:
+        """Sign what is still to do, in chunks handed to the workers as they are read."""
+        done, issued = 0, 0
+        if not total:
             return 0
         jobs = (Job(batch_id=self.batch_id, policy=self.policy.name, actor=self.actor, out_dir=str(self.out_dir),
-                    secret=secret, items=[(i.device_id, by_device[i.device_id].csr, i.state, i.serial, i.not_before,
-                                           i.not_after) for i in todo[start:start + CHUNK]])
-                for start in range(0, total, CHUNK))       # made as the workers take them
+                    secret=secret, items=page[start:start + CHUNK])
+                for page in self.services.store.batches.to_do(self.batch_id, size=5 * CHUNK)
+                for start in range(0, len(page), CHUNK))
         self.progress(0, total)
         workers = min(self.workers, -(-total // CHUNK))
         if workers == 1:
@@ -265,7 +325,7 @@ class BulkIssuance:
             pool = None
         else:
             pool = self._pool(workers)
-            results = pool.imap_unordered(_run_job, jobs)
+            results = _in_order(pool, jobs, window=2 * workers)
         try:
             for chunk in results:
                 done += len(chunk)
@@ -318,6 +378,18 @@ class BulkIssuance:
                              for d in duplicates)
         os.replace(f.name, manifest)
         return manifest, counts
+
+
+def _in_order(pool, jobs: Iterable["Job"], window: int) -> Iterator[list[ItemResult]]:
+    """Each job's results, with at most ``window`` jobs handed out and not yet answered (jobs
+    are read from the database as they are handed out)."""
+    waiting: collections.deque = collections.deque()
+    for job in jobs:
+        waiting.append(pool.apply_async(_run_job, (job,)))
+        if len(waiting) >= window:
+            yield waiting.popleft().get()
+    while waiting:
+        yield waiting.popleft().get()
 
 
 @dataclass(frozen=True)
@@ -401,6 +473,8 @@ class Chunk:
     def _key_and_csr(self, device_id: str, csr_data: bytes | None):
         if csr_data is not None:
             return None, csrs.load(csr_data)
+        if self.job.secret is None:            # not a key-generating batch: never make a key up
+            raise DeviceCAError(Kind.MALFORMED, "no CSR for this item in the input")
         key = self._load_or_generate_key(device_id)
         public_key = key.public_key()
         return key, CsrInfo(der=b"", public_key=public_key, key_type=key_type_of(public_key),

@@ -5,10 +5,12 @@ the DBAPI connection (``Database.direct``) with the statements below, built once
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import json
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +44,17 @@ _ITEM_ISSUED = (sa.update(_ITEMS)
                        _ITEMS.c.state == "reserved", _ITEMS.c.serial == sa.bindparam("b_serial"))
                 .values(state="issued"))
 _INSERT_ITEM = sa.insert(_ITEMS)
+_TO_DO = (sa.select(_ITEMS.c.device_id, _ITEMS.c.position, _ITEMS.c.csr, _ITEMS.c.state, _ITEMS.c.serial,
+                    _ITEMS.c.not_before, _ITEMS.c.not_after)
+          .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.position > sa.bindparam("b_after"),
+                 sa.or_(_ITEMS.c.state == "pending", _ITEMS.c.state == "reserved"))
+          .order_by(_ITEMS.c.position).limit(sa.bindparam("b_size")))
+_FILL_CSR = (sa.update(_ITEMS)
+             .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
+                    _ITEMS.c.csr.is_(None), sa.or_(_ITEMS.c.state == "pending", _ITEMS.c.state == "reserved"))
+             .values(csr=sa.bindparam("b_csr")))
+_COUNTS = (sa.select(_ITEMS.c.state, sa.func.count()).where(_ITEMS.c.batch_id == sa.bindparam("b_batch"))
+           .group_by(_ITEMS.c.state))
 _PAGE = (sa.select(_ITEMS.c.device_id, _ITEMS.c.position, _ITEMS.c.csr_sha256, _ITEMS.c.state, _ITEMS.c.serial,
                    _ITEMS.c.not_before, _ITEMS.c.not_after, _ITEMS.c.error)
          .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.position > sa.bindparam("b_after"))
@@ -79,6 +92,16 @@ class BatchItem:
     error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """An item of a batch being opened: its input CSR (None when the CA makes the key), or why the
+    input itself is unusable (the item is stored as failed with that reason)."""
+    device_id: str
+    position: int
+    csr: bytes | None
+    error: str | None = None
+
+
 @dataclass(frozen=True)
 class Reserved:
     """An item's reservation: the serial row, the item's dates and the intent's audit event."""
@@ -103,18 +126,19 @@ class BatchRepo:
     def __init__(self, db: Database):
         self.db = db
 
-    def open(self, batch: Batch, items: Iterable[tuple[str, int, str | None]],
-             event: AuditEvent) -> tuple[Batch, bool]:
-        """Create the batch with its items (device id, position, CSR digest; inserted a thousand at a
-        time in the one transaction), or return the existing one if it has this id and the same
+    def open(self, batch: Batch, items: Callable[[], Iterable[NewItem]], event: AuditEvent) -> tuple[Batch, bool]:
+        """Create the batch with its items (``items()`` is called only then; inserted a thousand at
+        a time in the one transaction), or return the existing one if it has this id and the same
         input; (batch, created)."""
         existing = self.get(batch.id)
         if existing is None:
             try:
                 with self.db.transaction() as c:
                     c.execute(sa.insert(_BATCHES).values(**batch.__dict__))
-                    rows = ({"batch_id": batch.id, "device_id": d, "position": p, "csr_sha256": h, "state": "pending"}
-                            for d, p, h in items)
+                    rows = ({"batch_id": batch.id, "device_id": i.device_id, "position": i.position,
+                             "csr_sha256": hashlib.sha256(i.csr).hexdigest() if i.csr else None, "csr": i.csr,
+                             "state": "failed" if i.error else "pending", "error": i.error and i.error[:500]}
+                            for i in items())
                     while chunk := list(itertools.islice(rows, 1000)):
                         c.execute(_INSERT_ITEM, chunk)
                     audit.append(c, event)
@@ -155,6 +179,31 @@ class BatchRepo:
                 return
             yield [BatchItem(r[0], r[1], r[2], r[3], r[4], utc(r[5]), utc(r[6]), r[7]) for r in rows]
             after = rows[-1][1]
+
+    def to_do(self, batch_id: str, size: int = 1000) -> Iterator[list[tuple]]:
+        """Pending and reserved items with their CSRs, in position order, ``size`` at a time:
+        (device id, CSR, state, serial, notBefore, notAfter)."""
+        after = -1
+        while True:
+            with self.db.reading() as c:
+                rows = c.execute(_TO_DO, {"b_batch": batch_id, "b_after": after, "b_size": size}).all()
+            if not rows:
+                return
+            yield [(r[0], None if r[2] is None else bytes(r[2]), r[3], r[4], utc(r[5]), utc(r[6])) for r in rows]
+            after = rows[-1][1]
+
+    def fill_csrs(self, batch_id: str, items: Iterable[NewItem]) -> None:
+        """Put the input's CSRs into items still to do that have none (batches opened before items
+        kept their CSR)."""
+        rows = ({"b_batch": batch_id, "b_device": i.device_id, "b_csr": i.csr} for i in items if i.csr)
+        while chunk := list(itertools.islice(rows, 1000)):
+            with self.db.direct() as c:
+                c.execute(_FILL_CSR, chunk)
+
+    def counts(self, batch_id: str) -> Counter:
+        """Items by state."""
+        with self.db.reading() as c:
+            return Counter(dict(c.execute(_COUNTS, {"b_batch": batch_id}).all()))
 
     def certificates(self, serials: list[str]) -> dict[str, CertificateRecord]:
         """The issued certificates of a batch's items, by serial (for the manifest and missing files)."""

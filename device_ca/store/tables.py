@@ -235,3 +235,4 @@ class BatchItemRow(SQLModel, table=True):
     not_before: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
     not_after: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
     error: Optional[str] = Field(default=None, max_length=512)
+    csr: Optional[bytes] = Field(default=None, sa_column=sa.Column(sa.LargeBinary, nullable=True))

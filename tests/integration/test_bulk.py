@@ -198,3 +198,49 @@ def test_two_runs_of_one_batch_at_once_never_issue_twice(env, tmp_path):
             "--batch-id", "twice")                            # whatever the race left, a rerun completes it
     assert _count(env, "SELECT COUNT(*) FROM certificates") == len(devices)
     assert _count(env, "SELECT COUNT(*) FROM serial_reservations WHERE state = 'reserved'") == 0
+
+
+def test_a_batch_opened_before_items_kept_their_csr_is_completed_from_the_input(env, tmp_path):
+    """Batches opened by an earlier device-ca have no CSR on their items: a rerun takes them from the
+    same input, and an item whose CSR cannot be found fails instead of getting a generated key."""
+    batch = tmp_path / "batch.jsonl"
+    devices = [f"env-{i:04x}" for i in range(6)]
+    _write_jsonl(batch, devices)
+    out = tmp_path / "out"
+    args = ["bulk", "issue", "--policy", "env-sensor", "--jsonl", str(batch), "--out", str(out), "--batch-id", "old"]
+    env.run(*args[:-2], "--batch-id", "old", "--workers", "1", "--json")
+    assert _count(env, "SELECT COUNT(*) FROM certificates") == 6
+    # the same input as a new batch, its items made to look like an old device-ca's
+    engine = sa.create_engine(env.database_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.begin() as c:
+            c.exec_driver_sql("INSERT INTO batches (id, policy, input_sha256, items, keygen, state, created_at, "
+                              "created_by) SELECT 'older', policy, input_sha256, items, keygen, 'open', created_at, "
+                              "created_by FROM batches WHERE id = 'old'")
+            c.exec_driver_sql("INSERT INTO batch_items (batch_id, device_id, position, csr_sha256, state) "
+                              "SELECT 'older', device_id, position, csr_sha256, 'pending' FROM batch_items "
+                              "WHERE batch_id = 'old'")
+            c.exec_driver_sql("INSERT INTO batch_items (batch_id, device_id, position, state) "
+                              "VALUES ('older', 'env-ffff', 99, 'pending')")        # not in the input
+    finally:
+        engine.dispose()
+    rerun = env.run(*args[:-1], "older", "--workers", "1", "--json", check=False)
+    assert rerun.returncode == 4, rerun.stderr
+    assert (json.loads(rerun.stdout)["issued"], json.loads(rerun.stdout)["failed"]) == (6, 1)
+    assert "no CSR" in _manifest(out)["env-ffff"]["error"] and not (out / "env-ffff.p12").exists()
+    assert _count(env, "SELECT COUNT(*) FROM certificates") == 12
+
+
+def test_input_from_a_pipe_with_duplicates(env, tmp_path):
+    batch = tmp_path / "batch.jsonl"
+    _write_jsonl(batch, ["env-0a01", "env-0a02", "env-0a01"])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "device_ca.cli.main", "bulk", "issue", "--policy", "env-sensor",
+                           "--jsonl", "-", "--out", str(out), "--json"], env=env.env, cwd=env.home,
+                          stdin=batch.open("rb"), capture_output=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert (summary["issued"], summary["failed"], summary["items"]) == (2, 1, 3)
+    rows = list(csv.DictReader((out / "manifest.csv").open(newline="")))
+    assert [(r["device_id"], r["status"]) for r in rows] == [("env-0a01", "issued"), ("env-0a02", "issued"),
+                                                             ("env-0a01", "failed")]
