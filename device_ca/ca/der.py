@@ -23,8 +23,9 @@ def tlv(tag: int, content: bytes) -> bytes:
 
 def time(when) -> bytes:
     """A certificate validity time (RFC 5280 §4.1.2.5): UTCTime through 2049, GeneralizedTime
-    from 2050, in UTC with seconds and no fraction."""
-    when = when.astimezone(_UTC)
+    from 2050, in UTC with seconds and no fraction (a naive time is taken as UTC, as cryptography's
+    builders do)."""
+    when = when.replace(tzinfo=_UTC) if when.tzinfo is None else when.astimezone(_UTC)
     if when.year < 2050:
         return tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
     return tlv(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())

@@ -243,7 +243,7 @@ class BulkIssuance:
     ``inputs`` is gone through twice, and only twice: once here to identify the batch, once more
     when the batch is new (or was opened before items kept their CSRs) to store its items. The run
     itself reads the items from the database a page at a time, so memory does not grow with the
-    batch; a list, or a re-readable source such as ``JsonLines``, will do."""
+    batch; a list, or a re-readable ``Source`` (``csr_dir_source``, ``file_source``), will do."""
 
     def __init__(self, services, policy_name: str, inputs: Iterable[BulkInput], out_dir: Path, *, actor: str,
                  batch_id: str | None = None, keygen: bool = False, secret: str | None = None,
@@ -280,7 +280,7 @@ class BulkIssuance:
             AuditEvent(action="batch.opened", actor=self.actor, at=now,
                        details={"batch": self.batch_id, "policy": self.policy.name, "items": self.scan.unique,
                                 "keygen": self.keygen}))
-        if not created and not self.keygen:
+        if not created and not self.keygen and store.batches.counts(batch.id, without_csr=True):
             store.batches.fill_csrs(batch.id, _unique(self.inputs))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         counts = store.batches.counts(batch.id)

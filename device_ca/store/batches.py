@@ -55,6 +55,8 @@ _FILL_CSR = (sa.update(_ITEMS)
              .values(csr=sa.bindparam("b_csr")))
 _COUNTS = (sa.select(_ITEMS.c.state, sa.func.count()).where(_ITEMS.c.batch_id == sa.bindparam("b_batch"))
            .group_by(_ITEMS.c.state))
+_COUNTS_WITHOUT_CSR = _COUNTS.where(_ITEMS.c.csr.is_(None),
+                                    sa.or_(_ITEMS.c.state == "pending", _ITEMS.c.state == "reserved"))
 _PAGE = (sa.select(_ITEMS.c.device_id, _ITEMS.c.position, _ITEMS.c.csr_sha256, _ITEMS.c.state, _ITEMS.c.serial,
                    _ITEMS.c.not_before, _ITEMS.c.not_after, _ITEMS.c.error)
          .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.position > sa.bindparam("b_after"))
@@ -200,10 +202,11 @@ class BatchRepo:
             with self.db.direct() as c:
                 c.execute(_FILL_CSR, chunk)
 
-    def counts(self, batch_id: str) -> Counter:
-        """Items by state."""
+    def counts(self, batch_id: str, without_csr: bool = False) -> Counter:
+        """Items by state (``without_csr``: only those to do that have no CSR)."""
         with self.db.reading() as c:
-            return Counter(dict(c.execute(_COUNTS, {"b_batch": batch_id}).all()))
+            return Counter(dict(c.execute(_COUNTS_WITHOUT_CSR if without_csr else _COUNTS,
+                                          {"b_batch": batch_id}).all()))
 
     def certificates(self, serials: list[str]) -> dict[str, CertificateRecord]:
         """The issued certificates of a batch's items, by serial (for the manifest and missing files)."""
