@@ -11,7 +11,7 @@ import pytest
 from integration.cli_harness import new_ca_env
 from integration.est_pki import device_csr, pkcs7_certificates
 from integration.server_harness import free_port, start_server
-from integration.tls_tools import Nginx
+from integration.tls_tools import Nginx, mtls_server_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,21 +25,13 @@ def proxied(tmp_path, database_url):
     server = start_server(env, "--rate-limit", "0", "--trusted-proxy", "127.0.0.1", "--client-cert-header", HEADER)
     tls = env.home / "tls"
     port = free_port()
-    config = f"""
-        server {{
-            listen 127.0.0.1:{port} ssl;
-            ssl_certificate {tls / 'server.pem'};
-            ssl_certificate_key {tls / 'server.key'};
-            ssl_client_certificate {tls / 'client-ca.pem'};
-            ssl_verify_client optional;
-            ssl_verify_depth 2;
+    config = mtls_server_block(port, tls / "server.pem", tls / "server.key", tls / "client-ca.pem", "optional", f"""
             location /.well-known/est/ {{
                 proxy_pass https://127.0.0.1:{server.port};
                 proxy_bind 127.0.0.1;
                 proxy_set_header {HEADER} $ssl_client_escaped_cert;
                 proxy_set_header X-Forwarded-For $remote_addr;
-            }}
-        }}"""
+            }}""")
     with Nginx(config) as nginx:
         yield env, server, nginx
     server.stop()

@@ -9,7 +9,7 @@ import pytest
 from integration.cli_harness import new_ca_env, openssl, openssl_csr
 from integration.mosquitto import Mosquitto, publish, refused
 from integration.server_harness import free_port, start_server
-from integration.tls_tools import Nginx
+from integration.tls_tools import Nginx, mtls_server_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,19 +25,11 @@ def test_nginx_ssl_ocsp_lets_good_devices_in_and_refuses_revoked(tmp_path, datab
         serial = issued.split("issued serial ")[1].split()[0]
         tls = env.home / "tls"
         port = free_port()
-        config = f"""
-            server {{
-                listen 127.0.0.1:{port} ssl;
-                ssl_certificate {tls / 'server.pem'};
-                ssl_certificate_key {tls / 'server.key'};
-                ssl_client_certificate {env.ca_dir / 'chain.pem'};
-                ssl_verify_client on;
-                ssl_verify_depth 2;
+        config = mtls_server_block(port, tls / "server.pem", tls / "server.key", env.ca_dir / "chain.pem", "on", f"""
                 ssl_ocsp leaf;
                 ssl_ocsp_responder {server.http}/ocsp;
                 ssl_ocsp_cache off;
-                location / {{ return 200 "door open\\n"; }}
-            }}"""
+                location / {{ return 200 "door open\\n"; }}""")
 
         def knock():
             return subprocess.run(["curl", "-s", "-w", "\\n%{http_code}", "--cacert", str(env.ca_dir / "chain.pem"),

@@ -305,6 +305,21 @@ def _listen_ports(servers: str) -> list[int]:
     return ports
 
 
+def mtls_server_block(port: int, cert, key, client_ca, verify: str, body: str) -> str:
+    """An nginx ``server`` on 127.0.0.1:``port`` with TLS and client certificates checked against
+    ``client_ca`` (``verify``: ``on`` or ``optional``, two levels deep); ``body``: its other lines."""
+    return f"""
+        server {{
+            listen 127.0.0.1:{port} ssl;
+            ssl_certificate {cert};
+            ssl_certificate_key {key};
+            ssl_client_certificate {client_ca};
+            ssl_verify_client {verify};
+            ssl_verify_depth 2;
+            {body.strip()}
+        }}"""
+
+
 class Nginx:
     """An nginx master with its own prefix in a temp dir, running in the foreground (`daemon off`).
 
