@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -19,14 +18,13 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database
 from device_ca.store.records import AuditEvent, CertificateRecord, OutboxMessage, Reservation, utc
-from device_ca.store.issuance_sql import (INSERT_CERTIFICATE, INSERT_OUTBOX, INSERT_RESERVATION, MARK_ISSUED,
-                                          UPSERT_DEVICE, certificate_row)
-from device_ca.store.tables import BatchItemRow, BatchRow, CertificateRow, SerialReservationRow
+from device_ca.store.issuance_sql import (CERTIFICATES, INSERT_CERTIFICATE, INSERT_OUTBOX, INSERT_RESERVATION,
+                                          MARK_ISSUED, RESERVATIONS, UPSERT_DEVICE, certificate_row, device_row,
+                                          outbox_row)
+from device_ca.store.tables import BatchItemRow, BatchRow
 
 _BATCHES = BatchRow.__table__
 _ITEMS = BatchItemRow.__table__
-_RESERVATIONS = SerialReservationRow.__table__
-_CERTIFICATES = CertificateRow.__table__
 
 # Only from the state this run read: pending, or reserved under the serial it gave up. Two runs of
 # one batch at once therefore cannot both reserve an item (the second one's chunk is refused).
@@ -36,8 +34,8 @@ _RESERVE_ITEM = (sa.update(_ITEMS)
                                sa.and_(_ITEMS.c.state == "reserved", _ITEMS.c.serial == sa.bindparam("b_previous"))))
                  .values(state="reserved", serial=sa.bindparam("b_serial"), not_before=sa.bindparam("b_not_before"),
                          not_after=sa.bindparam("b_not_after")))
-_ABANDON = (sa.update(_RESERVATIONS)
-            .where(_RESERVATIONS.c.serial == sa.bindparam("b_serial"), _RESERVATIONS.c.state == "reserved")
+_ABANDON = (sa.update(RESERVATIONS)
+            .where(RESERVATIONS.c.serial == sa.bindparam("b_serial"), RESERVATIONS.c.state == "reserved")
             .values(state="abandoned"))
 _ITEM_ISSUED = (sa.update(_ITEMS)
                 .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
@@ -173,25 +171,24 @@ class BatchRepo:
     def pages(self, batch_id: str, size: int = 1000) -> Iterator[list[BatchItem]]:
         """The batch's items in position order, ``size`` at a time (one short read each), so a
         caller going through a batch of any size holds one page."""
-        after = -1
-        while True:
-            with self.db.reading() as c:
-                rows = c.execute(_PAGE, {"b_batch": batch_id, "b_after": after, "b_size": size}).all()
-            if not rows:
-                return
-            yield [BatchItem(r[0], r[1], r[2], r[3], r[4], utc(r[5]), utc(r[6]), r[7]) for r in rows]
-            after = rows[-1][1]
+        return self._paged(_PAGE, batch_id, size, lambda r: BatchItem(r[0], r[1], r[2], r[3], r[4], utc(r[5]),
+                                                                      utc(r[6]), r[7]))
 
     def to_do(self, batch_id: str, size: int = 1000) -> Iterator[list[tuple]]:
         """Pending and reserved items with their CSRs, in position order, ``size`` at a time:
         (device id, CSR, state, serial, notBefore, notAfter)."""
+        return self._paged(_TO_DO, batch_id, size, lambda r: (r[0], None if r[2] is None else bytes(r[2]), r[3],
+                                                              r[4], utc(r[5]), utc(r[6])))
+
+    def _paged(self, statement, batch_id: str, size: int, make: Callable) -> Iterator[list]:
+        """Keyset pages of ``statement`` (its second column is the position it is ordered by)."""
         after = -1
         while True:
             with self.db.reading() as c:
-                rows = c.execute(_TO_DO, {"b_batch": batch_id, "b_after": after, "b_size": size}).all()
+                rows = c.execute(statement, {"b_batch": batch_id, "b_after": after, "b_size": size}).all()
             if not rows:
                 return
-            yield [(r[0], None if r[2] is None else bytes(r[2]), r[3], r[4], utc(r[5]), utc(r[6])) for r in rows]
+            yield [make(r) for r in rows]
             after = rows[-1][1]
 
     def fill_csrs(self, batch_id: str, items: Iterable[NewItem]) -> None:
@@ -214,7 +211,7 @@ class BatchRepo:
         with self.db.reading() as c:
             for start in range(0, len(serials), 500):
                 chunk = serials[start:start + 500]
-                for r in c.execute(sa.select(_CERTIFICATES).where(_CERTIFICATES.c.serial.in_(chunk))).mappings():
+                for r in c.execute(sa.select(CERTIFICATES).where(CERTIFICATES.c.serial.in_(chunk))).mappings():
                     out[r["serial"]] = CertificateRecord(
                         serial=r["serial"], issuer=r["issuer"], device_id=r["device_id"], policy=r["policy"],
                         subject=r["subject"], status=r["status"], not_before=utc(r["not_before"]),
@@ -249,18 +246,14 @@ class BatchRepo:
             done = c.execute(MARK_ISSUED, [{"reserved_serial": r.certificate.serial} for r in recorded])
             if done.rowcount != len(recorded):
                 raise DeviceCAError(Kind.INTERNAL, f"batch {batch_id}: a serial is no longer reserved for issuance")
-            c.execute(UPSERT_DEVICE[c.dialect.name], [
-                {"device_id": r.certificate.device_id, "policy": r.certificate.policy, "status": "active",
-                 "created_at": r.certificate.issued_at, "updated_at": r.certificate.issued_at} for r in recorded])
+            c.execute(UPSERT_DEVICE[c.dialect.name], [device_row(r.certificate) for r in recorded])
             c.execute(INSERT_CERTIFICATE, [certificate_row(r.certificate) for r in recorded])
             done = c.execute(_ITEM_ISSUED, [{"b_batch": batch_id, "b_device": r.device_id,
                                              "b_serial": r.certificate.serial} for r in recorded])
             if done.rowcount != len(recorded):
                 raise DeviceCAError(Kind.INTERNAL, f"batch {batch_id}: an item is no longer reserved")
             audit.append_many(c, [r.event for r in recorded])
-            messages = [{"created_at": r.certificate.issued_at, "topic": m.topic, "device_id": m.device_id,
-                         "payload": json.dumps(m.payload, sort_keys=True), "state": "pending", "attempts": 0}
-                        for r in recorded for m in r.messages]
+            messages = [outbox_row(m, r.certificate.issued_at) for r in recorded for m in r.messages]
             if messages:
                 c.execute(INSERT_OUTBOX, messages)
 

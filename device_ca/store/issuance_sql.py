@@ -5,6 +5,8 @@ execution; these take ~30 µs.
 """
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -30,3 +32,15 @@ INSERT_OUTBOX = sa.insert(OutboxRow.__table__)
 def certificate_row(record) -> dict:
     """A CertificateRecord as the certificates row it is stored as."""
     return {k: v for k, v in record.__dict__.items() if k not in ("revoked_at", "revocation_reason", "superseded_by")}
+
+
+def device_row(record) -> dict:
+    """The devices row (for UPSERT_DEVICE) of the device a CertificateRecord was issued to."""
+    return {"device_id": record.device_id, "policy": record.policy, "status": "active",
+            "created_at": record.issued_at, "updated_at": record.issued_at}
+
+
+def outbox_row(message, at) -> dict:
+    """An OutboxMessage as the pending outbox row it is stored as."""
+    return {"created_at": at, "topic": message.topic, "device_id": message.device_id,
+            "payload": json.dumps(message.payload, sort_keys=True), "state": "pending", "attempts": 0}

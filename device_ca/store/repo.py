@@ -14,19 +14,17 @@ from device_ca.store import audit
 from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo, claim
-from device_ca.store.issuance_sql import (INSERT_CERTIFICATE, INSERT_OUTBOX, INSERT_RESERVATION, MARK_ISSUED,
-                                          UPSERT_DEVICE, certificate_row)
+from device_ca.store.issuance_sql import (CERTIFICATES, DEVICES, INSERT_CERTIFICATE, INSERT_OUTBOX,
+                                          INSERT_RESERVATION, MARK_ISSUED, UPSERT_DEVICE, certificate_row, device_row,
+                                          outbox_row)
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
 from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, IssuanceLinks,
                                      OutboxMessage, Reservation, utc)
-from device_ca.store.tables import (BootstrapTokenRow, CaCertificateRow, CertificateRow, DeviceRow, OutboxRow,
+from device_ca.store.tables import (BootstrapTokenRow, CaCertificateRow, CertificateRow, OutboxRow,
                                     PendingRequestRow, RevocationRow, SerialReservationRow)
 
 
-_RESERVATIONS = SerialReservationRow.__table__
-_DEVICES = DeviceRow.__table__
-_CERTIFICATES = CertificateRow.__table__
 _TOKENS = BootstrapTokenRow.__table__
 
 _USE_TOKEN = (sa.update(_TOKENS).where(_TOKENS.c.id == sa.bindparam("token_id"), _TOKENS.c.used_at.is_(None))
@@ -35,10 +33,10 @@ _PENDING = PendingRequestRow.__table__
 _ISSUE_PENDING = (sa.update(_PENDING)
                   .where(_PENDING.c.id == sa.bindparam("pending_id"), _PENDING.c.state == "approved")
                   .values(state="issued", serial=sa.bindparam("issued_serial")))
-_SUPERSEDE = (sa.update(_CERTIFICATES)
-              .where(_CERTIFICATES.c.serial == sa.bindparam("old_serial"), _CERTIFICATES.c.status == "good")
+_SUPERSEDE = (sa.update(CERTIFICATES)
+              .where(CERTIFICATES.c.serial == sa.bindparam("old_serial"), CERTIFICATES.c.status == "good")
               .values(superseded_by=sa.bindparam("new_serial"),
-                      revoke_after=sa.func.coalesce(_CERTIFICATES.c.revoke_after,
+                      revoke_after=sa.func.coalesce(CERTIFICATES.c.revoke_after,
                                                     sa.bindparam("revoke_after", type_=sa.DateTime(timezone=True)))))
 
 
@@ -101,8 +99,7 @@ class Store:
             done = c.execute(MARK_ISSUED, {"reserved_serial": certificate.serial})
             if done.rowcount != 1:
                 raise DeviceCAError(Kind.INTERNAL, f"serial {certificate.serial} is not reserved for issuance")
-            c.execute(UPSERT_DEVICE[c.dialect.name], {"device_id": certificate.device_id, "policy": certificate.policy,
-                                                       "status": "active", "created_at": at, "updated_at": at})
+            c.execute(UPSERT_DEVICE[c.dialect.name], device_row(certificate))
             c.execute(INSERT_CERTIFICATE, certificate_row(certificate))
             if links is not None:
                 _settle_links(c, links, certificate)
@@ -166,7 +163,7 @@ class Store:
 
     def retire_device(self, device_id: str, at: dt.datetime, actor: str, revoked: int) -> None:
         with self.db.transaction() as c:
-            done = c.execute(sa.update(_DEVICES).where(_DEVICES.c.device_id == device_id)
+            done = c.execute(sa.update(DEVICES).where(DEVICES.c.device_id == device_id)
                              .values(status="decommissioned", updated_at=at))
             if done.rowcount != 1:
                 raise DeviceCAError(Kind.NOT_FOUND, f"no device {device_id!r}")
@@ -175,9 +172,9 @@ class Store:
 
     def retired_devices(self, device_id: str | None = None) -> frozenset[str]:
         """Device ids that were decommissioned (and not enrolled again since)."""
-        query = sa.select(_DEVICES.c.device_id).where(_DEVICES.c.status == "decommissioned")
+        query = sa.select(DEVICES.c.device_id).where(DEVICES.c.status == "decommissioned")
         if device_id is not None:
-            query = query.where(_DEVICES.c.device_id == device_id)
+            query = query.where(DEVICES.c.device_id == device_id)
         with self.db.reading() as c:
             return frozenset(c.execute(query).scalars())
 
@@ -213,10 +210,7 @@ def _settle_links(session, links: IssuanceLinks, certificate: CertificateRecord)
 
 def _enqueue(connection, messages: list[OutboxMessage], at: dt.datetime) -> None:
     if messages:
-        connection.execute(INSERT_OUTBOX, [
-            {"created_at": at, "topic": m.topic, "device_id": m.device_id,
-             "payload": json.dumps(m.payload, sort_keys=True), "state": "pending", "attempts": 0}
-            for m in messages])
+        connection.execute(INSERT_OUTBOX, [outbox_row(m, at) for m in messages])
 
 
 
