@@ -126,8 +126,8 @@ class Services:
         it forks, so each worker starts with the shapes known clean instead of spending half a
         second in pkilint on its first certificate. ``names``: only these policies. Returns how many
         shapes were linted in full."""
-        from device_ca.ca.issuer import CertificateRequest, throwaway_key
-        from device_ca.policy.checks import EKUS, subject_alt_names, subject_name
+        from device_ca.ca.issuer import throwaway_key
+        from device_ca.policy.checks import certificate_request
 
         records = self.store.ca_certificates()
         if ISSUING not in records or self.linter is None:
@@ -139,10 +139,7 @@ class Services:
             if names is not None and policy.name not in names:
                 continue
             for key_type in policy.key_types:
-                request = CertificateRequest(
-                    subject=subject_name(policy, "warm-up"), public_key=throwaway_key(key_type).public_key(),
-                    validity=policy.validity, sans=subject_alt_names(policy, "warm-up"),
-                    ekus=tuple(EKUS[e] for e in policy.eku), key_agreement=policy.key_agreement)
+                request = certificate_request(policy, "warm-up", throwaway_key(key_type).public_key())
                 try:
                     issuer.prepare(request, new_serial())
                 except DeviceCAError as exc:        # the first real certificate of this shape says why

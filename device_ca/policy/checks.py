@@ -17,7 +17,7 @@ from device_ca.ca.issuer import CertificateRequest
 from device_ca.errors import rejected
 from device_ca.policy.model import Policy
 
-EKUS = {"clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH, "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH}
+_EKU = {"clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH, "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH}
 _RFC4514_SPECIAL = re.compile(r'([,+"\\<>;=])')
 
 
@@ -118,12 +118,17 @@ def apply(policy: Policy, csr: CsrInfo, device_id: str) -> CertificateRequest:
     subject = Subject(csr=csr, device_id=device_id)
     for check in CHECKS:
         check(policy, subject)
+    return certificate_request(policy, device_id, csr.public_key)
+
+
+def certificate_request(policy: Policy, device_id: str, public_key) -> CertificateRequest:
+    """The certificate the policy gives ``device_id`` for ``public_key`` (no checks: ``apply``)."""
     return CertificateRequest(
         subject=subject_name(policy, device_id),
-        public_key=csr.public_key,
+        public_key=public_key,
         validity=policy.validity,
         sans=subject_alt_names(policy, device_id),
-        ekus=tuple(EKUS[e] for e in policy.eku),
+        ekus=tuple(_EKU[e] for e in policy.eku),
         key_agreement=policy.key_agreement,
     )
 
