@@ -211,26 +211,30 @@ def _checked(item: BulkInput) -> BulkInput:
 
 def _scan(policy: str, inputs: Iterable[BulkInput], keygen: bool) -> _Scan:
     h = hashlib.sha256(f"{policy}\0{int(keygen)}\0".encode())
-    seen: set[str] = set()
-    duplicates: list[str] = []
     total = 0
-    for item in inputs:
-        h.update(item.device_id.encode() + b"\0" + hashlib.sha256(item.csr or b"").digest())
-        total += 1
-        device_id = _checked(item).device_id
-        if device_id in seen:
-            duplicates.append(device_id)
-        else:
-            seen.add(device_id)
-    return _Scan(h.hexdigest(), total, len(seen), duplicates)
+
+    def hashed() -> Iterator[BulkInput]:
+        nonlocal total
+        for item in inputs:
+            h.update(item.device_id.encode() + b"\0" + hashlib.sha256(item.csr or b"").digest())
+            total += 1
+            yield item
+
+    duplicates: list[str] = []
+    unique = sum(1 for _ in _unique(hashed(), duplicates))
+    return _Scan(h.hexdigest(), total, unique, duplicates)
 
 
-def _unique(inputs: Iterable[BulkInput]) -> Iterator[NewItem]:
-    """The batch's items in input order, the first of each device id, numbered."""
+def _unique(inputs: Iterable[BulkInput], duplicates: list[str] | None = None) -> Iterator[NewItem]:
+    """The batch's items in input order, the first of each device id, numbered; the ids seen again
+    go to ``duplicates``."""
     seen: set[str] = set()
     for item in inputs:
         item = _checked(item)
-        if item.device_id not in seen:
+        if item.device_id in seen:
+            if duplicates is not None:
+                duplicates.append(item.device_id)
+        else:
             seen.add(item.device_id)
             yield NewItem(item.device_id, len(seen) - 1, item.csr, item.error)
 
