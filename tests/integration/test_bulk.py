@@ -207,8 +207,9 @@ def test_a_batch_opened_before_items_kept_their_csr_is_completed_from_the_input(
     devices = [f"env-{i:04x}" for i in range(6)]
     _write_jsonl(batch, devices)
     out = tmp_path / "out"
-    args = ["bulk", "issue", "--policy", "env-sensor", "--jsonl", str(batch), "--out", str(out), "--batch-id", "old"]
-    env.run(*args[:-2], "--batch-id", "old", "--workers", "1", "--json")
+    args = ["bulk", "issue", "--policy", "env-sensor", "--jsonl", str(batch), "--out", str(out), "--workers", "1",
+            "--json"]
+    env.run(*args, "--batch-id", "old")
     assert _count(env, "SELECT COUNT(*) FROM certificates") == 6
     # the same input as a new batch, its items made to look like an old device-ca's
     engine = sa.create_engine(env.database_url.replace("postgresql://", "postgresql+psycopg://"))
@@ -224,7 +225,7 @@ def test_a_batch_opened_before_items_kept_their_csr_is_completed_from_the_input(
                               "VALUES ('older', 'env-ffff', 99, 'pending')")        # not in the input
     finally:
         engine.dispose()
-    rerun = env.run(*args[:-1], "older", "--workers", "1", "--json", check=False)
+    rerun = env.run(*args, "--batch-id", "older", check=False)
     assert rerun.returncode == 4, rerun.stderr
     assert (json.loads(rerun.stdout)["issued"], json.loads(rerun.stdout)["failed"]) == (6, 1)
     assert "no CSR" in _manifest(out)["env-ffff"]["error"] and not (out / "env-ffff.p12").exists()
