@@ -142,7 +142,7 @@ def certs_only(certificates: Iterable[x509.Certificate | bytes]) -> bytes:
     return tlv(0x30, _SIGNED_DATA_OID + tlv(0xA0, signed_data))
 
 
-def certs_only_base64(certificates: Iterable[x509.Certificate]) -> bytes:
+def certs_only_base64(certificates: Iterable[x509.Certificate | bytes]) -> bytes:
     """``certs_only`` as base64 in lines of 64 characters ending in LF: RFC 8951 receivers, Go's
     decoder, ``openssl base64 -d``, Python and GNU ``base64 -d`` (which refuses CR) all read it."""
     return _wrap_base64(certs_only(certificates))
