@@ -92,6 +92,7 @@ def _https_factory(options: ServeOptions, linter):
         from device_ca.web.tls import ProxySettings
 
         services = Services(Settings.load(), linter=linter)
+        _open_token(services)
         _start_janitor(services)
         app = create_app(services, proxies=ProxySettings(frozenset(options.trusted_proxies),
                                                          options.client_cert_header),
@@ -99,6 +100,16 @@ def _https_factory(options: ServeOptions, linter):
         quiet_gc()
         return app
     return build
+
+
+def _open_token(services) -> None:
+    """Log in to the token and find the signing key while the worker starts, not on its first
+    request (which would wait for it). A token that is not there yet is not fatal: requests
+    answer 503 until it is."""
+    try:
+        services.issuer
+    except DeviceCAError as exc:
+        log.warning("worker %d: signing key not available yet: %s", os.getpid(), exc)
 
 
 def http_app():
@@ -280,6 +291,7 @@ def _preload(settings: Settings):
     instead of spending a second of CPU on its first certificate. Returns the linter the workers
     use. The parent never opens PKCS#11; its database connections are closed before the fork."""
     import device_ca.web.app  # noqa: F401
+    import hsm  # noqa: F401 - python-pkcs11 imported once here; its library is loaded after the fork
     from device_ca.ca import lint
     from device_ca.services import Services
 
