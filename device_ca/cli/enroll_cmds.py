@@ -24,15 +24,20 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.option("--trusted-proxy", multiple=True, help="Address allowed to pass the client certificate in a header.")
     @click.option("--client-cert-header", help="Header carrying the proxy-verified client certificate (URL-encoded PEM).")
     @click.option("--default-policy", help="Policy for EST paths without a label.")
+    @click.option("--handshake-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+                  help="Seconds a client has to finish its TLS handshake (HTTPS).")
+    @click.option("--idle-timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1),
+                  help="Seconds of silence after which an HTTPS connection is closed.")
     def serve(host, port, http_port, tls_cert, tls_key, workers, threads, http_workers, rate_limit, trusted_proxy,
-              client_cert_header, default_policy) -> None:
+              client_cert_header, default_policy, handshake_timeout, idle_timeout) -> None:
         """Serve EST over HTTPS (gunicorn) and OCSP, CRLs, CA files, health and metrics over HTTP (granian)."""
         from device_ca.web.server import ServeOptions, run
 
         run(ServeOptions(host=host, port=port, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
                          workers=workers, threads=threads, http_workers=http_workers, rate_limit=rate_limit,
                          trusted_proxies=tuple(trusted_proxy), client_cert_header=client_cert_header,
-                         default_policy=default_policy))
+                         default_policy=default_policy, handshake_timeout=handshake_timeout,
+                         idle_timeout=idle_timeout))
 
     @cli.group()
     def tls() -> None:

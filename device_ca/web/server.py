@@ -52,23 +52,30 @@ class ServeOptions:
     client_cert_header: str | None = None
     default_policy: str | None = None
     timeout: int = 30
+    handshake_timeout: float = 10.0   # seconds a client has for its whole TLS handshake
+    idle_timeout: float = 15.0        # seconds of silence after which a connection is closed
 
 
-_CONTEXTS: dict[int, ssl.SSLContext] = {}
+def _ssl_context(options: ServeOptions):
+    """gunicorn's ``ssl_context`` hook: the context is built once per worker (gunicorn calls the
+    hook for every connection, and building a context, CA bundle, key and chain parsed again,
+    cost more than the handshake) and hands out ``TimedSocket``s (handshake deadline, idle limit).
+    No TLS 1.3 session tickets: devices enroll on fresh connections and never resume, and issuing
+    tickets costs about a third of each mutual-TLS handshake."""
+    from device_ca.web.tls_timeouts import TimedSocket
 
+    contexts: dict[int, ssl.SSLContext] = {}
 
-def _ssl_context(config, default_ssl_context_factory):
-    """gunicorn's context, built once per worker: gunicorn calls this for every connection, and
-    building a context (CA bundle, key and chain parsed again) cost more than the handshake.
-    No TLS 1.3 session tickets: devices enroll on fresh connections and never resume, and
-    issuing tickets costs about a third of each mutual-TLS handshake."""
-    context = _CONTEXTS.get(os.getpid())
-    if context is None:
-        context = default_ssl_context_factory()
-        context.num_tickets = 0
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        _CONTEXTS[os.getpid()] = context
-    return context
+    def context_for(config, default_ssl_context_factory):
+        context = contexts.get(os.getpid())
+        if context is None:
+            context = default_ssl_context_factory()
+            context.num_tickets = 0
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            TimedSocket.configure(context, options.handshake_timeout, options.idle_timeout)
+            contexts[os.getpid()] = context
+        return context
+    return context_for
 
 
 def _gunicorn(factory, options: dict):
@@ -268,7 +275,7 @@ def run(options: ServeOptions) -> None:
         **common, "bind": f"{options.host}:{options.port}", "workers": options.workers,
         "worker_class": "gthread", "threads": options.threads, "keepalive": 5,
         "certfile": str(cert), "keyfile": str(key), "ca_certs": str(bundle), "cert_reqs": ssl.CERT_OPTIONAL,
-        "ssl_context": _ssl_context,
+        "ssl_context": _ssl_context(options),
         "proc_name": "device-ca-https"})
 
     child = os.fork()

@@ -5,6 +5,8 @@ import concurrent.futures
 import json
 import os
 import signal
+import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -167,3 +169,54 @@ def test_rate_limit_per_client(tmp_path, database_url):
         assert other[0] == 200
     finally:
         server.stop()
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> float:
+    """Seconds until the server closes ``sock`` (EOF or reset); fails after ``within``."""
+    start = time.monotonic()
+    sock.settimeout(within)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        pytest.fail(f"the server kept a silent connection open for {within} s")
+    return time.monotonic() - start
+
+
+def test_stalled_clients_are_cut_off(tmp_path):
+    """Half a ClientHello, half a request after the handshake, half a second request on a kept-alive
+    connection: each holds one of the server's threads until its limit, then is closed, and the
+    server answers others again (two such clients used to stop a 1x2 server for good)."""
+    env = new_ca_env(tmp_path, f"sqlite:///{tmp_path / 'ca.db'}")
+    env.run("init", "--organization", "BuildingCo")
+    server = start_server(env, "--workers", "1", "--threads", "2", "--handshake-timeout", "1.5",
+                          "--idle-timeout", "2.5", "--rate-limit", "0")
+    tls = ssl.create_default_context(cafile=str(server.chain))
+    try:
+        half_hello = socket.create_connection(("127.0.0.1", server.port))
+        half_hello.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")     # a ClientHello's first bytes
+        half_request = tls.wrap_socket(socket.create_connection(("127.0.0.1", server.port)),
+                                       server_hostname="127.0.0.1")
+        half_request.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        handshake_cut = _closed_by_server(half_hello, within=8)
+        request_cut = _closed_by_server(half_request, within=8)
+        assert 1.0 <= handshake_cut <= 4, handshake_cut
+        assert 2.0 <= handshake_cut + request_cut <= 6, request_cut       # its limit started with the handshake
+        status, _, _ = server.curl("/cacerts", "--max-time", "5")
+        assert status == 200
+
+        kept = tls.wrap_socket(socket.create_connection(("127.0.0.1", server.port)), server_hostname="127.0.0.1")
+        kept.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        kept.settimeout(5)
+        assert kept.recv(12) == b"HTTP/1.1 200"
+        time.sleep(0.5)                                  # the rest of the answer; then half a second request
+        kept.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\n")
+        cut = _closed_by_server(kept, within=10)
+        assert cut <= 6, cut
+        assert server.curl("/cacerts", "--max-time", "5")[0] == 200
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
