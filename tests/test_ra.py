@@ -264,3 +264,36 @@ def test_warm_linter_lints_every_policy_shape_without_the_token(database_url, tm
         assert len(full) == shapes                         # the real certificate's shape was known clean
     finally:
         services.store.db.dispose()
+
+
+@pytest.mark.parametrize("state", ["expired", "not yet valid", "revoked", "renewed and revoked after grace"])
+def test_reenroll_needs_a_current_good_certificate(ra, store, signer, policies, clock, ca, state):
+    """RFC 7030 §4.2.2 re-enrollment with a certificate that is ours and of the right device, but
+    expired, not yet valid or revoked: 403 (FORBIDDEN), nothing signed, nothing stored."""
+    from device_ca.ra.enrollment import Caller, EstService
+
+    est = EstService(ra, store, policies, clock, lambda: ca[2])
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = ra.issue("door-lock", make_csr("lock-5", key=key), device_id="lock-5", actor="test")
+    current = x509.load_pem_x509_certificate(issued.pem)
+    sans = list(current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+
+    def renewal() -> bytes:                                  # what the device sends: same subject, SANs, key
+        return make_csr("lock-5", key=key, sans=sans, encoding=Encoding.DER)
+
+    if state == "expired":
+        clock.advance(current.not_valid_after_utc - clock.now() + dt.timedelta(seconds=1))
+    elif state == "not yet valid":
+        clock.advance(current.not_valid_before_utc - clock.now() - dt.timedelta(seconds=1))
+    elif state == "revoked":
+        ra.revoke(issued.record.serial, "keyCompromise", actor="test")
+    else:
+        est.reenroll("door-lock", renewal(), Caller("127.0.0.1", certificate=current))
+        clock.advance(dt.timedelta(days=1, seconds=1))           # door-lock's rotation_grace
+        assert est.revoke_superseded() == [issued.record.serial]
+    before, signatures = counts(store), signer.calls
+    with pytest.raises(DeviceCAError) as refused:
+        est.reenroll("door-lock", renewal(), Caller("127.0.0.1", certificate=current))
+    assert refused.value.kind is Kind.FORBIDDEN
+    assert ("revoked" if "revoked" in state else "expired or not yet valid") in refused.value.detail
+    assert counts(store) == before and signer.calls == signatures
