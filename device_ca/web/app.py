@@ -45,7 +45,7 @@ def _base(services, name: str) -> Flask:
 
     @app.errorhandler(413)
     def _too_large(exc) -> Response:
-        return text(413, f"request body larger than {MAX_BODY} bytes")
+        return text(413, f"request body larger than {request.max_content_length or MAX_BODY} bytes")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

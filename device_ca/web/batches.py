@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from device_ca.ca.serial import to_hex
 from device_ca.errors import DeviceCAError, Kind
@@ -64,10 +65,12 @@ def _out_dir(batch_id: str) -> Path:
 
 
 def _read_items() -> list[BulkInput]:
+    """The submitted items; 413 for a batch over MAX_BATCH_BYTES (refused before it is read when
+    its Content-Length says so), 400 for a line over MAX_LINE_BYTES or a body that is no batch."""
     media = (request.mimetype or "").lower()
     length = request.content_length
     if length is not None and length > MAX_BATCH_BYTES:
-        raise DeviceCAError(Kind.MALFORMED, f"batch larger than {MAX_BATCH_BYTES} bytes")
+        raise RequestEntityTooLarge()
     stream, total = request.stream, 0
     if media == "application/x-ndjson":
         def lines():
@@ -77,14 +80,16 @@ def _read_items() -> list[BulkInput]:
                 if not line:
                     return
                 total += len(line)
-                if len(line) > MAX_LINE_BYTES or total > MAX_BATCH_BYTES:
-                    raise DeviceCAError(Kind.MALFORMED, "batch line or batch too large")
+                if total > MAX_BATCH_BYTES:
+                    raise RequestEntityTooLarge()
+                if len(line) > MAX_LINE_BYTES:
+                    raise DeviceCAError(Kind.MALFORMED, f"batch line longer than {MAX_LINE_BYTES} bytes")
                 yield line.decode("utf-8", "replace")
         return read_jsonl(lines())
     if media == "application/json":
         body = stream.read(MAX_BATCH_BYTES + 1)
         if len(body) > MAX_BATCH_BYTES:
-            raise DeviceCAError(Kind.MALFORMED, f"batch larger than {MAX_BATCH_BYTES} bytes")
+            raise RequestEntityTooLarge()
         try:
             items = json.loads(body)["items"]
             if not isinstance(items, list):

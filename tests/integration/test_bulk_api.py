@@ -113,3 +113,36 @@ def test_only_stations_may_use_the_api(served):
     status, _ = _api(server, "/api/v1/batches?policy=env-sensor", *_as(tmp, "station-line-3"),
                      "-H", "Content-Type: text/plain", body=b"x")
     assert status == 400
+
+
+def test_json_batches_and_refused_bodies(served):
+    """A batch as one JSON document; bodies that are too large or no batch are refused with
+    nothing recorded (a declared size over the limit before the body is read)."""
+    env, server, tmp = served
+    station = (*_as(tmp, "station-line-3"),)
+    items = [json.loads(line) for line in _batch([f"env-f{i:03x}" for i in range(3)]).splitlines()]
+    status, answer = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=line3-json", *station,
+                          "-H", "Content-Type: application/json", body=json.dumps({"items": items}).encode())
+    assert status == 202, answer
+    assert _wait_done(server, tmp, "line3-json")["issued"] == 3
+
+    def batches() -> int:
+        return len(env.run("bulk", "list").stdout.splitlines())
+
+    before = batches()
+    refused = {
+        "JSON without items": ("application/json", json.dumps({"devices": items}).encode(), 400),
+        "a line over 16 KiB": ("application/x-ndjson",
+                               json.dumps({"device_id": "env-f100", "csr": "A" * 17000}).encode() + b"\n", 400),
+        "declared 70 MB": ("application/x-ndjson", _batch(["env-f101"]), 413),
+    }
+    for case, (media, body, expected) in refused.items():
+        extra = ("-H", "Content-Length: 70000000") if case == "declared 70 MB" else ()
+        status, answer = _api(server, "/api/v1/batches?policy=env-sensor", *station, "-H", f"Content-Type: {media}",
+                              *extra, body=body)
+        assert status == expected, (case, status, answer)
+        if expected == 413:
+            assert answer == f"request body larger than {64 * 1024 * 1024} bytes\n".encode()
+    assert batches() == before
+    devices = {c["device_id"] for c in json.loads(env.run("list", "--policy", "env-sensor", "--json").stdout)}
+    assert not devices & {"env-f100", "env-f101"}
