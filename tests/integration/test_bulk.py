@@ -51,9 +51,13 @@ def _write_jsonl(path, devices) -> None:
             f.write(json.dumps({"device_id": device, "csr": base64.b64encode(der).decode()}) + "\n")
 
 
-def _verify(env, pem) -> subprocess.CompletedProcess:
-    return openssl("verify", "-purpose", "sslclient", "-CAfile", str(env.ca_dir / "root.pem"), "-untrusted",
-                   str(env.ca_dir / "issuing.pem"), str(pem))
+def _verify_all(env, pems) -> None:
+    """openssl verify (client purpose) of every file, in one run: each must be OK."""
+    pems = [str(p) for p in pems]
+    proc = openssl("verify", "-purpose", "sslclient", "-CAfile", str(env.ca_dir / "root.pem"), "-untrusted",
+                   str(env.ca_dir / "issuing.pem"), *pems)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [f"{p}: OK" for p in pems]
 
 
 def test_mixed_batch_issues_the_good_reports_the_bad_and_reruns_to_nothing(env, tmp_path):
@@ -84,8 +88,7 @@ def test_mixed_batch_issues_the_good_reports_the_bad_and_reruns_to_nothing(env, 
         cert = x509.load_pem_x509_certificate(pem.read_bytes())
         assert format(cert.serial_number, "036x") == manifest[device]["serial"]
         assert cert.subject.rfc4514_string() == f"CN={device},OU=env-sensor,O=BuildingCo"
-    assert _verify(env, out / f"{good[0]}.pem").returncode == 0
-    assert all(_verify(env, out / f"{d}.pem").stdout.strip().endswith("OK") for d in good[:5])
+    _verify_all(env, [out / f"{d}.pem" for d in good])
     assert _lint("lint_pkix_cert", out / f"{good[7]}.pem") == []
     assert _count(env, "SELECT COUNT(*) FROM certificates WHERE policy = 'env-sensor'") == 30
     assert _count(env, "SELECT COUNT(*) FROM serial_reservations WHERE state <> 'issued'") == 0
@@ -137,7 +140,8 @@ def test_kill_9_mid_batch_then_rerun_gives_each_device_exactly_one_certificate(e
     assert _count(env, "SELECT COUNT(*) FROM batch_items WHERE state <> 'issued'") == 0
     manifest = _manifest(out)
     assert len(manifest) == len(devices) and all(r["status"] == "issued" for r in manifest.values())
-    assert all((out / f"{d}.pem").exists() for d in devices)
+    _verify_all(env, [out / f"{d}.pem" for d in devices])     # also those written before the kill
+    assert _lint("lint_pkix_cert", out / f"{devices[-1]}.pem") == []
     assert "audit log OK" in env.run("audit", "verify").stdout.decode()
 
 
