@@ -72,11 +72,12 @@ def _base(services, name: str) -> Flask:
 
 
 def create_app(services, *, proxies: ProxySettings = ProxySettings(), rate_limit: float = 20.0,
-               default_policy: str | None = None) -> Flask:
-    """The HTTPS application: EST under /.well-known/est."""
+               default_policy: str | None = None, limiter: RateLimiter | None = None) -> Flask:
+    """The HTTPS application: EST under /.well-known/est. ``limiter``: one shared with other
+    workers (see ``RateLimiter``); otherwise this app gets its own at ``rate_limit``."""
     app = _base(services, "device_ca.https")
     app.config["DEVICE_CA_PROXIES"] = proxies
-    app.config["DEVICE_CA_RATE_LIMITER"] = RateLimiter(rate_limit)
+    app.config["DEVICE_CA_RATE_LIMITER"] = limiter or RateLimiter(rate_limit)
     app.config["DEVICE_CA_DEFAULT_POLICY"] = default_policy
     app.register_blueprint(est.bp)
     app.register_blueprint(batches.bp)

@@ -1,34 +1,56 @@
-"""Per-client token buckets (research L6: globalsign/est uses burst = 2 x rate)."""
+"""Per-client token buckets, one set for the whole HTTPS listener (research L6: globalsign/est
+uses burst = 2 x rate).
+
+The buckets live in shared memory that ``device-ca serve`` makes before gunicorn forks its
+workers: a client's limit is the server's, not once per worker process (with the buckets in each
+worker, four workers let a client through at up to four times ``--rate-limit``). A slot per
+client address hash, 65,536 slots (1.5 MiB); a client whose hash lands on a slot that another
+holds starts with a full bucket there. Threads of a worker take turns on a lock; workers do not
+lock each other out (a worker killed while holding a lock would stop every other one): two
+workers updating the same client's bucket in the same microsecond may let one extra request
+through, never refuse one wrongly.
+"""
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import multiprocessing
 import threading
 import time
 
 
 class RateLimiter:
-    """``rate`` requests per second per key with a burst of ``burst``; rate 0 turns it off."""
+    """``rate`` requests per second per key with a burst of ``burst``; rate 0 turns it off.
+    Make it before the workers fork to share it between them."""
 
-    MAX_KEYS = 100_000
+    SLOTS = 1 << 16
 
-    def __init__(self, rate: float, burst: int | None = None, clock=time.monotonic):
+    def __init__(self, rate: float, burst: int | None = None, clock=time.monotonic, slots: int = SLOTS):
         self.rate = rate
         self.burst = burst if burst is not None else max(1, int(rate * 2))
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._slots = slots
+        self._owners = multiprocessing.RawArray(ctypes.c_uint64, slots) if rate > 0 else None
+        self._buckets = multiprocessing.RawArray(ctypes.c_double, 2 * slots) if rate > 0 else None  # tokens, last
         self._lock = threading.Lock()
 
     def check(self, key: str) -> float:
         """0 if the request may go ahead, else the seconds until it may."""
         if self.rate <= 0:
             return 0.0
+        owner = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
+        slot = owner % self._slots
         now = self._clock()
         with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if self._owners[slot] != owner:
+                self._owners[slot] = owner
+                tokens = float(self.burst)
+            else:
+                tokens = min(float(self.burst),
+                             self._buckets[2 * slot] + max(0.0, now - self._buckets[2 * slot + 1]) * self.rate)
+            self._buckets[2 * slot + 1] = now
             if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
+                self._buckets[2 * slot] = tokens - 1
                 return 0.0
-            self._buckets[key] = (tokens, now)
-            if len(self._buckets) > self.MAX_KEYS:
-                self._buckets.clear()
-            return (1 - tokens) / self.rate
+            self._buckets[2 * slot] = tokens
+        return (1 - tokens) / self.rate

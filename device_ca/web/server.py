@@ -92,7 +92,7 @@ def _gunicorn(factory, options: dict):
     return _App()
 
 
-def _https_factory(options: ServeOptions, linter):
+def _https_factory(options: ServeOptions, linter, limiter):
     def build():
         from device_ca.services import Services
         from device_ca.web.app import create_app
@@ -103,7 +103,7 @@ def _https_factory(options: ServeOptions, linter):
         _start_janitor(services)
         app = create_app(services, proxies=ProxySettings(frozenset(options.trusted_proxies),
                                                          options.client_cert_header),
-                         rate_limit=options.rate_limit, default_policy=options.default_policy)
+                         default_policy=options.default_policy, limiter=limiter)
         quiet_gc()
         return app
     return build
@@ -271,7 +271,10 @@ def run(options: ServeOptions) -> None:
               "accesslog": None, "preload_app": False, "limit_request_line": 4094, "limit_request_fields": 50,
               "limit_request_field_size": 16384}
     http = _granian(options)
-    https = _gunicorn(_https_factory(options, linter), {
+    from device_ca.web.ratelimit import RateLimiter
+
+    limiter = RateLimiter(options.rate_limit)     # before the fork: one set of buckets for every worker
+    https = _gunicorn(_https_factory(options, linter, limiter), {
         **common, "bind": f"{options.host}:{options.port}", "workers": options.workers,
         "worker_class": "gthread", "threads": options.threads, "keepalive": 5,
         "certfile": str(cert), "keyfile": str(key), "ca_certs": str(bundle), "cert_reqs": ssl.CERT_OPTIONAL,
