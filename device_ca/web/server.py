@@ -28,6 +28,7 @@ from cryptography import x509
 from device_ca.config import Settings
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.runtime import quiet_gc
+from device_ca.web.ratelimit import RateLimiter
 
 log = logging.getLogger("device_ca.serve")
 
@@ -271,8 +272,6 @@ def run(options: ServeOptions) -> None:
               "accesslog": None, "preload_app": False, "limit_request_line": 4094, "limit_request_fields": 50,
               "limit_request_field_size": 16384}
     http = _granian(options)
-    from device_ca.web.ratelimit import RateLimiter
-
     limiter = RateLimiter(options.rate_limit)     # before the fork: one set of buckets for every worker
     https = _gunicorn(_https_factory(options, linter, limiter), {
         **common, "bind": f"{options.host}:{options.port}", "workers": options.workers,
