@@ -59,6 +59,8 @@ _PAGE = (sa.select(_ITEMS.c.device_id, _ITEMS.c.position, _ITEMS.c.csr_sha256, _
                    _ITEMS.c.not_before, _ITEMS.c.not_after, _ITEMS.c.error)
          .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.position > sa.bindparam("b_after"))
          .order_by(_ITEMS.c.position).limit(sa.bindparam("b_size")))
+_ONE = (sa.select(*_PAGE.selected_columns)
+        .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device")))
 _ITEM_FAILED = (sa.update(_ITEMS)
                 .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
                        sa.or_(_ITEMS.c.state == "pending", _ITEMS.c.state == "reserved"))
@@ -168,11 +170,15 @@ class BatchRepo:
     def items(self, batch_id: str) -> list[BatchItem]:
         return [item for page in self.pages(batch_id) for item in page]
 
+    def item(self, batch_id: str, device_id: str) -> BatchItem | None:
+        with self.db.reading() as c:
+            row = c.execute(_ONE, {"b_batch": batch_id, "b_device": device_id}).first()
+        return None if row is None else _item(row)
+
     def pages(self, batch_id: str, size: int = 1000) -> Iterator[list[BatchItem]]:
         """The batch's items in position order, ``size`` at a time (one short read each), so a
         caller going through a batch of any size holds one page."""
-        return self._paged(_PAGE, batch_id, size, lambda r: BatchItem(r[0], r[1], r[2], r[3], r[4], utc(r[5]),
-                                                                      utc(r[6]), r[7]))
+        return self._paged(_PAGE, batch_id, size, _item)
 
     def to_do(self, batch_id: str, size: int = 1000) -> Iterator[list[tuple]]:
         """Pending and reserved items with their CSRs, in position order, ``size`` at a time:
@@ -270,3 +276,7 @@ class BatchRepo:
         with self.db.transaction() as c:
             c.execute(sa.update(_BATCHES).where(_BATCHES.c.id == batch_id).values(state="done", finished_at=at))
             audit.append(c, event)
+
+
+def _item(row) -> BatchItem:
+    return BatchItem(row[0], row[1], row[2], row[3], row[4], utc(row[5]), utc(row[6]), row[7])

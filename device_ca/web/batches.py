@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import tarfile
+import tempfile
 import threading
 from pathlib import Path
 
@@ -141,14 +142,18 @@ def _run(run: BulkIssuance) -> None:
 
 
 def _status(batch_id: str) -> dict:
+    """Counts from the database; the failures read a page of items at a time."""
     store = _services().store
     batch = store.batches.get(batch_id)
     if batch is None:
         raise DeviceCAError(Kind.NOT_FOUND, f"no batch {batch_id}")
-    items = store.batches.items(batch_id)
-    counts = {s: sum(1 for i in items if i.state == s) for s in ("issued", "failed", "pending", "reserved")}
-    return {"batch": batch.id, "policy": batch.policy, "state": batch.state, "items": len(items), **counts,
-            "failures": [{"device_id": i.device_id, "error": i.error} for i in items if i.state == "failed"]}
+    found = store.batches.counts(batch_id)
+    counts = {s: found[s] for s in ("issued", "failed", "pending", "reserved")}
+    failures = [{"device_id": i.device_id, "error": i.error}
+                for page in (store.batches.pages(batch_id) if counts["failed"] else ()) for i in page
+                if i.state == "failed"]
+    return {"batch": batch.id, "policy": batch.policy, "state": batch.state, "items": sum(found.values()),
+            **counts, "failures": failures}
 
 
 @bp.get("/<batch_id>")
@@ -161,42 +166,81 @@ def status(batch_id: str) -> Response:
 def item(batch_id: str, device_id: str) -> Response:
     _station()
     store = _services().store
-    found = next((i for i in store.batches.items(batch_id) if i.device_id == device_id), None)
+    found = store.batches.item(batch_id, device_id)
     if found is None or found.state != "issued":
         raise DeviceCAError(Kind.NOT_FOUND, f"no issued certificate for {device_id} in batch {batch_id}")
     record = store.batches.certificates([found.serial])[found.serial]
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    pem = x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM)
-    return Response(pem, mimetype="application/x-pem-file")
+    return Response(_pem(record.der), mimetype="application/x-pem-file")
 
 
 @bp.get("/<batch_id>/archive")
 def archive(batch_id: str) -> Response:
-    """Every issued certificate of the batch (<device>.pem) and manifest.json, as tar.gz."""
+    """Every issued certificate of the batch (<device>.pem) and manifest.json (issued and failed
+    items in input order), as tar.gz streamed a page of items at a time: memory does not grow with
+    the batch (the manifest collects in a temporary file until it is added last)."""
     _station()
-    status_body = _status(batch_id)
     store = _services().store
-    items = [i for i in store.batches.items(batch_id) if i.state == "issued"]
-    records = store.batches.certificates([i.serial for i in items])
+    if store.batches.get(batch_id) is None:
+        raise DeviceCAError(Kind.NOT_FOUND, f"no batch {batch_id}")
+
+    def generate():
+        out = _Chunks()
+        with tempfile.SpooledTemporaryFile(max_size=1 << 20) as manifest, \
+                tarfile.open(fileobj=out, mode="w|gz") as tar:
+            def add(name: str, data, size: int) -> None:
+                info = tarfile.TarInfo(f"{batch_id}/{name}")
+                info.size = size
+                tar.addfile(info, data)
+
+            separator = b"[\n"
+            for page in store.batches.pages(batch_id):
+                records = store.batches.certificates([i.serial for i in page if i.state == "issued"])
+                for i in page:
+                    if i.state == "issued":
+                        record = records[i.serial]
+                        pem = _pem(record.der)
+                        add(f"{i.device_id}.pem", io.BytesIO(pem), len(pem))
+                        entry = {"device_id": i.device_id, "serial": i.serial,
+                                 "fingerprint_sha256": record.fingerprint,
+                                 "not_after": record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), "status": "issued"}
+                    elif i.state == "failed":
+                        entry = {"device_id": i.device_id, "status": "failed", "error": i.error}
+                    else:
+                        continue
+                    manifest.write(separator + json.dumps(entry).encode())
+                    separator = b",\n"
+                yield out.take()
+            manifest.write(b"[]\n" if separator == b"[\n" else b"\n]\n")
+            size = manifest.tell()
+            manifest.seek(0)
+            add("manifest.json", manifest, size)
+        yield out.take()
+
+    return Response(generate(), mimetype="application/gzip",
+                    headers={"Content-Disposition": f'attachment; filename="{batch_id}.tar.gz"'})
+
+
+class _Chunks(io.RawIOBase):
+    """Where the streaming tar.gz writes; ``take`` hands over what was written since."""
+
+    def __init__(self):
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+def _pem(der: bytes) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(f"{batch_id}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        manifest = []
-        for i in items:
-            record = records[i.serial]
-            add(f"{i.device_id}.pem", x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM))
-            manifest.append({"device_id": i.device_id, "serial": i.serial, "fingerprint_sha256": record.fingerprint,
-                             "not_after": record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), "status": "issued"})
-        manifest += [{"device_id": f["device_id"], "status": "failed", "error": f["error"]}
-                     for f in status_body["failures"]]
-        add("manifest.json", json.dumps(manifest, indent=1).encode())
-    return Response(buffer.getvalue(), mimetype="application/gzip",
-                    headers={"Content-Disposition": f'attachment; filename="{batch_id}.tar.gz"'})
+    return x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)

@@ -85,6 +85,12 @@ def test_station_submits_polls_and_downloads(served):
         names = set(tar.getnames())
         manifest = json.load(tar.extractfile("line3-001/manifest.json"))
     assert {f"line3-001/{d}.pem" for d in devices} <= names and len(manifest) == 41
+    assert [m["device_id"] for m in manifest] == devices + ["env-cfff"]          # input order
+    assert manifest[-1]["status"] == "failed" and manifest[-1]["error"]
+    assert manifest[5]["serial"] == format(x509.load_pem_x509_certificate(pem).serial_number, "036x")
+    for missing in ("env-cfff", "env-nobody"):                                     # failed, not in the batch
+        assert _api(server, f"/api/v1/batches/line3-001/items/{missing}.pem", *_as(tmp, "station-line-3"))[0] == 404
+    assert _api(server, "/api/v1/batches/line3-999/archive", *_as(tmp, "station-line-3"))[0] == 404
 
     # the same batch id again: the same batch, nothing issued twice
     status, again = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=line3-001",
