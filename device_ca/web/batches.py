@@ -209,19 +209,21 @@ def archive(batch_id: str) -> Response:
                         continue
                     manifest.write(separator + json.dumps(entry).encode())
                     separator = b",\n"
-                yield out.take()
+                tar.members.clear()          # TarFile lists every member written; a stream needs none back
+                yield from out.take()
             manifest.write(b"[]\n" if separator == b"[\n" else b"\n]\n")
             size = manifest.tell()
             manifest.seek(0)
             add("manifest.json", manifest, size)
-        yield out.take()
+        yield from out.take()
 
     return Response(generate(), mimetype="application/gzip",
                     headers={"Content-Disposition": f'attachment; filename="{batch_id}.tar.gz"'})
 
 
 class _Chunks(io.RawIOBase):
-    """Where the streaming tar.gz writes; ``take`` hands over what was written since."""
+    """Where the streaming tar.gz writes (in pieces of at most 10 KiB); ``take`` hands over the
+    pieces written since."""
 
     def __init__(self):
         self._parts: list[bytes] = []
@@ -233,10 +235,9 @@ class _Chunks(io.RawIOBase):
         self._parts.append(bytes(data))
         return len(data)
 
-    def take(self) -> bytes:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        return data
+    def take(self) -> list[bytes]:
+        parts, self._parts = self._parts, []
+        return parts
 
 
 def _pem(der: bytes) -> bytes:
