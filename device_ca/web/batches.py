@@ -176,8 +176,9 @@ def item(batch_id: str, device_id: str) -> Response:
 @bp.get("/<batch_id>/archive")
 def archive(batch_id: str) -> Response:
     """Every issued certificate of the batch (<device>.pem) and manifest.json (issued and failed
-    items in input order), as tar.gz streamed a page of items at a time: memory does not grow with
-    the batch (the manifest collects in a temporary file until it is added last)."""
+    items in input order), as tar.gz streamed a page of items at a time. The manifest collects in a
+    temporary file and is added last; its compressed form (~60 bytes an item) is all that is held
+    in memory at once at the end."""
     _station()
     store = _services().store
     if store.batches.get(batch_id) is None:
