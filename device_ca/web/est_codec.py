@@ -21,7 +21,7 @@ import re
 import secrets
 from collections.abc import Iterable
 
-from asn1crypto import cms, core
+from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
