@@ -68,14 +68,7 @@ class TimedSocket(ssl.SSLSocket):
                 self._drop(f"nothing received for {self.idle_timeout:g} s")
             return b""
 
-    def sendall(self, data, flags: int = 0) -> None:
-        try:
-            super().sendall(data, flags)
-        except TimeoutError:
-            self._drop(f"response not taken for {self.idle_timeout:g} s")
-            raise BrokenPipeError(errno.EPIPE, "client stopped reading") from None
-
-    def send(self, data, flags: int = 0) -> int:
+    def send(self, data, flags: int = 0) -> int:          # ssl.SSLSocket.sendall sends through here
         try:
             return super().send(data, flags)
         except TimeoutError:
