@@ -366,15 +366,14 @@ class BulkIssuance:
         with tempfile.NamedTemporaryFile("w", newline="", dir=self.out_dir, delete=False, suffix=".tmp") as f:
             writer = csv.writer(f)
             writer.writerow(["device_id", "serial", "fingerprint_sha256", "not_after", "status", "error"])
-            for page in store.batches.pages(batch_id):
-                issued = store.batches.certificates([i.serial for i in page if i.state == "issued"])
+            for page, issued in store.batches.pages_with_certificates(batch_id):
                 for item in page:
                     counts[item.state] += 1
                     record = issued.get(item.serial) if item.state == "issued" else None
                     if record is not None and not self.keygen:
                         path = self.out_dir / f"{item.device_id}.pem"
                         if not path.exists():
-                            write_atomically(path, _pem(record))
+                            write_atomically(path, certificate_pem(record))
                     writer.writerow([item.device_id, item.serial or "", record.fingerprint if record else "",
                                      record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ") if record else "",
                                      item.state, item.error or ""])
@@ -573,7 +572,7 @@ class Chunk:
         self._key_path(device_id).unlink(missing_ok=True)
 
 
-def _pem(record: CertificateRecord) -> bytes:
+def certificate_pem(record: CertificateRecord) -> bytes:
     return x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM)
 
 

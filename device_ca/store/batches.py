@@ -180,6 +180,12 @@ class BatchRepo:
         caller going through a batch of any size holds one page."""
         return self._paged(_PAGE, batch_id, size, _item)
 
+    def pages_with_certificates(self, batch_id: str, size: int = 1000) \
+            -> Iterator[tuple[list[BatchItem], dict[str, CertificateRecord]]]:
+        """``pages`` with the certificates of each page's issued items, by serial."""
+        for page in self.pages(batch_id, size):
+            yield page, self.certificates([i.serial for i in page if i.state == "issued"])
+
     def to_do(self, batch_id: str, size: int = 1000) -> Iterator[list[tuple]]:
         """Pending and reserved items with their CSRs, in position order, ``size`` at a time:
         (device id, CSR, state, serial, notBefore, notAfter)."""

@@ -23,7 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from device_ca.ca.serial import to_hex
 from device_ca.errors import DeviceCAError, Kind
-from device_ca.ra.bulk import BulkIssuance, BulkInput, batch_id_for, read_jsonl
+from device_ca.ra.bulk import BulkIssuance, BulkInput, batch_id_for, certificate_pem, read_jsonl
 from device_ca.web.tls import client_certificate
 
 log = logging.getLogger("device_ca.web.batches")
@@ -170,7 +170,7 @@ def item(batch_id: str, device_id: str) -> Response:
     if found is None or found.state != "issued":
         raise DeviceCAError(Kind.NOT_FOUND, f"no issued certificate for {device_id} in batch {batch_id}")
     record = store.batches.certificates([found.serial])[found.serial]
-    return Response(_pem(record.der), mimetype="application/x-pem-file")
+    return Response(certificate_pem(record), mimetype="application/x-pem-file")
 
 
 @bp.get("/<batch_id>/archive")
@@ -194,12 +194,11 @@ def archive(batch_id: str) -> Response:
                 tar.addfile(info, data)
 
             separator = b"[\n"
-            for page in store.batches.pages(batch_id):
-                records = store.batches.certificates([i.serial for i in page if i.state == "issued"])
+            for page, records in store.batches.pages_with_certificates(batch_id):
                 for i in page:
                     if i.state == "issued":
                         record = records[i.serial]
-                        pem = _pem(record.der)
+                        pem = certificate_pem(record)
                         add(f"{i.device_id}.pem", io.BytesIO(pem), len(pem))
                         entry = {"device_id": i.device_id, "serial": i.serial,
                                  "fingerprint_sha256": record.fingerprint,
@@ -240,9 +239,3 @@ class _Chunks(io.RawIOBase):
         parts, self._parts = self._parts, []
         return parts
 
-
-def _pem(der: bytes) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
