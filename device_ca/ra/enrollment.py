@@ -7,6 +7,7 @@ operator approval for policies that require it.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -24,9 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from device_ca import policy as policies_
 from device_ca.ca import csr as csrs
 from device_ca.ca.clock import Clock
+from device_ca.ca.issuer import CertificateRequest
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policies, Policy
-from device_ca.ra.authority import Issued, RegistrationAuthority
+from device_ca.ra.authority import Issued, RegistrationAuthority, issued_messages
 from device_ca.store import IssuanceLinks, PendingRequest, Store
 
 log = logging.getLogger("device_ca.ra.enrollment")
@@ -82,8 +84,8 @@ class EstService:
     def enroll(self, label: str, csr_der: bytes, caller: Caller) -> Issued:
         policy = self.policies.get(label)
         who = self._authenticate(policy, caller)
-        csr, device_id, pending_id = self._decide(policy, csr_der, who, caller)
-        return self._issue(policy, csr, device_id, who, pending_id)
+        request, device_id, pending_id = self._decide(policy, csr_der, who, caller)
+        return self._issue(policy, request, device_id, who, pending_id)
 
     def serverkeygen(self, label: str, csr_der: bytes, caller: Caller) -> tuple[Issued, bytes]:
         """Issue for a key generated here; returns the certificate and the PKCS#8 DER key."""
@@ -93,9 +95,10 @@ class EstService:
             who = Authenticated(method="reenroll", device_id=record.device_id)
         else:
             who = self._authenticate(policy, caller)
-        csr, device_id, pending_id = self._decide(policy, csr_der, who, caller)
+        request, device_id, pending_id = self._decide(policy, csr_der, who, caller)
         key = generate_key(policy.key_types[0])
-        issued = self._issue(policy, csr, device_id, who, pending_id, public_key=key.public_key())
+        issued = self._issue(policy, dataclasses.replace(request, public_key=key.public_key()), device_id, who,
+                             pending_id)
         pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
         return issued, pkcs8
@@ -133,17 +136,18 @@ class EstService:
     # -- steps -----------------------------------------------------------------------------
 
     def _decide(self, policy: Policy, csr_der: bytes, who: Authenticated,
-                caller: Caller) -> tuple[csrs.CsrInfo, str, str | None]:
-        """Check the CSR and the device it names before anything is stored; approval if the policy wants it."""
+                caller: Caller) -> tuple[CertificateRequest, str, str | None]:
+        """Check the CSR and the device it names before anything is stored; approval if the policy
+        wants it. Returns the certificate the policy gives the device, its id and the approved request."""
         csr = csrs.load(csr_der)
         device_id = who.device_id or policies_.device_id_from_subject(policy, csr.subject)
         if device_id is None:
             raise DeviceCAError(Kind.POLICY_REJECTED, "the CSR subject carries no device id for this policy")
         if who.method == "idevid":
             _check_idevid_identity(caller.certificate, device_id)
-        policies_.apply(policy, csr, device_id)
+        request = policies_.apply(policy, csr, device_id)
         pending_id = self._approval(policy, device_id, csr, who) if policy.require_approval else None
-        return csr, device_id, pending_id
+        return request, device_id, pending_id
 
     def _authenticate(self, policy: Policy, caller: Caller) -> Authenticated:
         if caller.basic is not None:
@@ -188,12 +192,14 @@ class EstService:
             raise DeviceCAError(Kind.CONFLICT, f"enrollment request {request.id} was already issued")
         return request.id
 
-    def _issue(self, policy: Policy, csr: csrs.CsrInfo, device_id: str, who: Authenticated, pending_id: str | None,
-               public_key=None) -> Issued:
+    def _issue(self, policy: Policy, request: CertificateRequest, device_id: str, who: Authenticated,
+               pending_id: str | None) -> Issued:
+        """Sign what ``_decide`` checked (the policy's checks are not run a second time)."""
         links = IssuanceLinks(token_id=who.token_id, pending_id=pending_id)
         try:
-            return self.ra.issue(policy.name, csr, device_id=device_id, actor=f"device:{device_id}",
-                                 method=who.method, links=links, public_key=public_key)
+            return self.ra.issue_request(request, device_id=device_id, policy_name=policy.name, method=who.method,
+                                         actor=f"device:{device_id}", links=links,
+                                         messages=lambda record: issued_messages(policy, record))
         except Exception as exc:
             # The token is claimed with the serial reservation; give it back unless another
             # request holds it (then this one never claimed it) or it was used meanwhile.
