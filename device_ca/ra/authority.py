@@ -8,7 +8,6 @@ certificate, which ``reconcile`` reports; a serial once reserved is never used a
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -51,9 +50,8 @@ class RegistrationAuthority:
     # -- issue -----------------------------------------------------------------------------
 
     def issue(self, policy_name: str, csr_data: bytes | csrs.CsrInfo, *, device_id: str | None = None, actor: str,
-              method: str = "admin", links: IssuanceLinks | None = None, public_key=None) -> Issued:
-        """Check the CSR against the policy and issue. ``public_key`` replaces the CSR's key
-        (server-side key generation); ``links`` are settled in the recording transaction."""
+              method: str = "admin", links: IssuanceLinks | None = None) -> Issued:
+        """Check the CSR against the policy and issue; ``links`` are settled in the recording transaction."""
         try:
             policy = self.policies.get(policy_name)
             if method not in policy.enrollment and method != "reenroll":
@@ -67,8 +65,6 @@ class RegistrationAuthority:
         except DeviceCAError as exc:
             log.warning("issuance refused: policy=%s device=%s actor=%s: %s", policy_name, device_id, actor, exc)
             raise
-        if public_key is not None:
-            request = dataclasses.replace(request, public_key=public_key)
         return self.issue_request(request, device_id=device_id, policy_name=policy.name, method=method,
                                   actor=actor, messages=lambda record: issued_messages(policy, record),
                                   links=links)
