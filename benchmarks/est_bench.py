@@ -36,7 +36,20 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_env import temp_softhsm  # noqa: E402
 from loadgen import run_load  # noqa: E402
-from tls_ceiling import nginx_conf  # noqa: E402
+from tls_ceiling import Measure, nginx_conf, process_cpu  # noqa: E402
+
+
+def session_pids(session: int) -> list[int]:
+    """The processes of one session: `device-ca serve`, its gunicorn workers and HTTP listener."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return pids
 
 
 def main() -> int:
@@ -87,12 +100,17 @@ def main() -> int:
         with Nginx(nginx_conf(pki, port, "on") + same, worker_processes=2, access_log=False,
                    error_log_level="error") as nginx:
             for r in range(args.rounds):
+                pids = session_pids(server.process.pid)
+                cpu0 = process_cpu(pids)
                 ours = run_load(f"{server.est}/bench-sensor/simpleenroll", cert=idevid_cert, key=idevid_key,
                                 cacert=server.chain, concurrency=args.concurrency, seconds=args.seconds,
                                 requests=requests[r * args.tokens:(r + 1) * args.tokens])
-                peer = run_load(f"https://127.0.0.1:{same_port}/", csrs[devices[0]],
-                                {"Content-Type": "application/pkcs10"}, idevid_cert, idevid_key,
-                                server.chain, concurrency=args.concurrency, seconds=args.seconds)
+                ours["server_cpu_s"] = process_cpu(pids) - cpu0
+                with Measure(nginx) as measured:
+                    peer = run_load(f"https://127.0.0.1:{same_port}/", csrs[devices[0]],
+                                    {"Content-Type": "application/pkcs10"}, idevid_cert, idevid_key,
+                                    server.chain, concurrency=args.concurrency, seconds=args.seconds)
+                peer["server_cpu_s"] = measured.nginx_cpu
                 one_level = run_load(f"https://127.0.0.1:{port}/", csrs[devices[0]],
                                      {"Content-Type": "application/pkcs10"}, pki.client_cert, pki.client_key,
                                      pki.ca_cert, concurrency=args.concurrency, seconds=args.seconds)
@@ -104,8 +122,10 @@ def main() -> int:
                 print(f"round {r + 1}: device-ca {ours['ok_rps']:.1f} enrollments/s (statuses {ours['statuses']}, "
                       f"errors {ours['errors']}{', tokens used up' if ours['exhausted'] else ''}), "
                       f"nginx {peer['rps']:.1f} requests/s, ratio {ours['ok_rps'] / peer['rps']:.3f}; "
-                      f"nginx one-level PKI {one_level['rps']:.1f}/s, ratio {ours['ok_rps'] / one_level['rps']:.3f}",
-                      flush=True)
+                      f"nginx one-level PKI {one_level['rps']:.1f}/s, ratio {ours['ok_rps'] / one_level['rps']:.3f}; "
+                      f"CPU ms per request: device-ca {_ms(ours, 'server_cpu_s')} (load generator "
+                      f"{_ms(ours, 'client_cpu_s')}), nginx {_ms(peer, 'server_cpu_s')} (load generator "
+                      f"{_ms(peer, 'client_cpu_s')})", flush=True)
     finally:
         server.stop()
     db = (args.database_url or "sqlite").split(":", 1)[0]
@@ -123,7 +143,21 @@ def main() -> int:
         print(f"ratio device-ca / {name}: {ours['ok_rps'] / best['rps']:.3f} best vs best; per round "
               f"{', '.join(f'{x:.3f}' for x in ratios)} (median {ratios[len(ratios) // 2]:.3f})"
               + ("  (goal: at least 0.5)" if index == 1 else ""))
+    # Both runs keep the 2 cores busy, so a rate is (cores) / (server + load generator CPU per
+    # request): half of nginx's rate leaves device-ca's server 2 x (nginx + its generator) - ours.
+    middle = sorted(rounds, key=lambda rnd: rnd[0]["ok_rps"] / rnd[1]["rps"])[len(rounds) // 2]
+    ours_ms, peer_ms = (float(_ms(middle[0], "server_cpu_s")), float(_ms(middle[1], "server_cpu_s")))
+    ours_lg, peer_lg = (float(_ms(middle[0], "client_cpu_s")), float(_ms(middle[1], "client_cpu_s")))
+    print(f"CPU per request in the median round: device-ca's server {ours_ms:.2f} ms, nginx {peer_ms:.2f} ms, "
+          f"load generator {ours_lg:.2f} / {peer_lg:.2f} ms; 0.5 of nginx leaves device-ca's server "
+          f"{2 * (peer_ms + peer_lg) - ours_lg:.2f} ms")
     return 0
+
+
+def _ms(result: dict, key: str) -> str:
+    """CPU milliseconds per answered request (200s for device-ca, every answer for nginx)."""
+    done = result["statuses"].get(200, 0)
+    return f"{result[key] / done * 1000:.2f}" if done else "nan"
 
 
 if __name__ == "__main__":
