@@ -59,6 +59,7 @@ _PAGE = (sa.select(_ITEMS.c.device_id, _ITEMS.c.position, _ITEMS.c.csr_sha256, _
                    _ITEMS.c.not_before, _ITEMS.c.not_after, _ITEMS.c.error)
          .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.position > sa.bindparam("b_after"))
          .order_by(_ITEMS.c.position).limit(sa.bindparam("b_size")))
+_FAILED = _PAGE.where(_ITEMS.c.state == "failed")
 _ONE = (sa.select(*_PAGE.selected_columns)
         .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device")))
 _ITEM_FAILED = (sa.update(_ITEMS)
@@ -167,9 +168,6 @@ class BatchRepo:
             ids = c.execute(sa.select(_BATCHES.c.id).order_by(_BATCHES.c.created_at)).scalars().all()
         return [self.get(i) for i in ids]
 
-    def items(self, batch_id: str) -> list[BatchItem]:
-        return [item for page in self.pages(batch_id) for item in page]
-
     def item(self, batch_id: str, device_id: str) -> BatchItem | None:
         with self.db.reading() as c:
             row = c.execute(_ONE, {"b_batch": batch_id, "b_device": device_id}).first()
@@ -179,6 +177,10 @@ class BatchRepo:
         """The batch's items in position order, ``size`` at a time (one short read each), so a
         caller going through a batch of any size holds one page."""
         return self._paged(_PAGE, batch_id, size, _item)
+
+    def failed(self, batch_id: str, size: int = 1000) -> Iterator[list[BatchItem]]:
+        """``pages`` of the failed items only."""
+        return self._paged(_FAILED, batch_id, size, _item)
 
     def pages_with_certificates(self, batch_id: str, size: int = 1000) \
             -> Iterator[tuple[list[BatchItem], dict[str, CertificateRecord]]]:

@@ -142,7 +142,7 @@ def _run(run: BulkIssuance) -> None:
 
 
 def _status(batch_id: str) -> dict:
-    """Counts from the database; the failures read a page of items at a time."""
+    """Counts from the database; the failed items read a page at a time."""
     store = _services().store
     batch = store.batches.get(batch_id)
     if batch is None:
@@ -150,8 +150,7 @@ def _status(batch_id: str) -> dict:
     found = store.batches.counts(batch_id)
     counts = {s: found[s] for s in ("issued", "failed", "pending", "reserved")}
     failures = [{"device_id": i.device_id, "error": i.error}
-                for page in (store.batches.pages(batch_id) if counts["failed"] else ()) for i in page
-                if i.state == "failed"]
+                for page in store.batches.failed(batch_id) for i in page]
     return {"batch": batch.id, "policy": batch.policy, "state": batch.state, "items": sum(found.values()),
             **counts, "failures": failures}
 
