@@ -69,12 +69,13 @@ def main() -> int:
     from device_ca.ca.authority import CaProfile
     from device_ca.config import Settings
     from device_ca.ca.template_lint import TemplateLinter
-    from device_ca.services import Services, pkilint_gate
+    from device_ca.ca.lint import pkilint_gate
+    from device_ca.services import Services
     from tests.helpers import make_csr
 
     linter = {"full": pkilint_gate, "template": TemplateLinter(pkilint_gate), "none": None}[args.lint]
     services = Services(Settings.load(), linter=linter)
-    services.init_ca("ec:P-256", CaProfile(organization="BuildingCo"), actor="bench")
+    services.admin.init_ca("ec:P-256", CaProfile(organization="BuildingCo"), actor="bench")
     key = ec.generate_private_key(ec.SECP256R1())
     csrs = [make_csr(f"lock-{i}", key=key) for i in range(args.n + 10)]
     ra = services.ra
@@ -88,7 +89,6 @@ def main() -> int:
         latencies.append(time.perf_counter() - t)
     elapsed = time.perf_counter() - start
     issued_rate = args.n / elapsed
-    services.token.close()
 
     raw = subprocess.run([sys.executable, "-c", RAW, services.settings.hsm_module, "bench", str(args.raw_signatures)],
                          capture_output=True, text=True, env=os.environ, check=True)

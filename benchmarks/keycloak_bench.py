@@ -100,8 +100,8 @@ def run(args, work: Path, state: Path, ports, password: str, kc_env: dict[str, s
                               "DEVICE_CA_KEYCLOAK_USERNAME": "admin",
                               "DEVICE_CA_KEYCLOAK_CONCURRENCY": str(args.concurrency)})
     services = Services(settings)
-    services.init_ca("ec:P-256", CaProfile(organization="Bench"), "bench")
-    chain = services.export_ca_files()["chain.pem"]
+    services.admin.init_ca("ec:P-256", CaProfile(organization="Bench"), "bench")
+    chain = services.admin.export_ca_files()["chain.pem"]
 
     print(f"issuing {args.n} certificates ...", flush=True)
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))

@@ -19,7 +19,7 @@ from device_ca.ca.issuer import Issuer, PublicUrls
 from device_ca.ca.serial import new_serial, to_hex
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.authority import RegistrationAuthority
-from device_ca.services import pkilint_gate
+from device_ca.ca.lint import pkilint_gate
 from helpers import CountingSigner, flip_signature_bit, make_csr, software_ca
 
 
@@ -290,7 +290,7 @@ def test_reenroll_needs_a_current_good_certificate(ra, store, signer, policies, 
     else:
         est.reenroll("door-lock", renewal(), Caller("127.0.0.1", certificate=current))
         clock.advance(dt.timedelta(days=1, seconds=1))           # door-lock's rotation_grace
-        assert est.revoke_superseded() == [issued.record.serial]
+        assert ra.revoke_superseded() == [issued.record.serial]
     before, signatures = counts(store), signer.calls
     with pytest.raises(DeviceCAError) as refused:
         est.reenroll("door-lock", renewal(), Caller("127.0.0.1", certificate=current))

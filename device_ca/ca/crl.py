@@ -13,10 +13,7 @@ it owns the state (the database); this module only refuses numbers outside the a
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 from cryptography import x509
@@ -157,32 +154,3 @@ def verify_crl_signature(crl: x509.CertificateRevocationList, issuer_cert: x509.
         valid = False
     if not valid:
         raise DeviceCAError(Kind.INTERNAL, "CRL signature made by the token does not verify; nothing was published")
-
-
-def publish_atomically(der: bytes, path: Path) -> None:
-    """Replace ``path`` with ``der`` so that readers see the old file or the new one, never a part.
-
-    The bytes go to a temporary file in the same directory, are fsynced, made world-readable (a
-    CRL is public; nginx and Mosquitto read it as other users) and renamed over ``path``; then the
-    directory is fsynced so the rename survives a crash.
-    """
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(der)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -243,3 +243,20 @@ def _ocsp_validator() -> Any:
         ],
         [],
     )
+
+
+# The linted copy is signed by a throw-away key, so its signature cannot verify against the
+# issuer; the real signature is verified after the token signs (Issuer.sign).
+_PRE_ISSUANCE_EXPECTED = frozenset({"pkix.signature_verification_failed"})
+
+
+def pkilint_gate(cert_der: bytes, issuer_der: bytes) -> None:
+    """The pre-issuance lint gate: any finding at ERROR or above stops the signature
+    (POLICY_REJECTED, nothing reserved, nothing signed)."""
+    from device_ca.errors import DeviceCAError, Kind
+
+    findings = [f for f in lint_certificate(cert_der, issuer_der) if f.code not in _PRE_ISSUANCE_EXPECTED]
+    try:
+        require_clean(findings, threshold="ERROR")
+    except LintError as exc:
+        raise DeviceCAError(Kind.POLICY_REJECTED, f"pre-issuance {exc}") from None

@@ -36,7 +36,7 @@ def register(cli: click.Group, services, actor, iso) -> None:
                    as_json) -> None:
         """Issue a whole batch. Rerunning the same command, also after a crash or kill -9, issues only
         what is missing: never a second certificate for a device in the same batch."""
-        from device_ca.ra.bulk import BulkIssuance, csr_dir_source, file_source, iter_device_ids, iter_jsonl
+        from device_ca.ra.bulk import csr_dir_source, file_source, iter_device_ids, iter_jsonl
 
         sources = [s for s in (csr_dir, jsonl, generate_keys) if s is not None]
         if len(sources) != 1:
@@ -49,9 +49,8 @@ def register(cli: click.Group, services, actor, iso) -> None:
         else:
             inputs = file_source(generate_keys, iter_device_ids)
         secret = secret_file.readline().strip() if secret_file else None
-        run = BulkIssuance(svc, policy, inputs, out_dir, actor=actor(), batch_id=batch_id,
-                           keygen=generate_keys is not None, secret=secret, workers=workers,
-                           progress=_Progress() if not as_json else None)
+        run = svc.bulk(policy, inputs, out_dir, actor=actor(), batch_id=batch_id, keygen=generate_keys is not None,
+                       secret=secret, workers=workers, progress=_Progress() if not as_json else None)
         summary = run.run()
         if summary.secret:
             # shown once, on the terminal only: it is stored nowhere, in clear or otherwise recoverable

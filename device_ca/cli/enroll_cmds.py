@@ -50,7 +50,7 @@ def register(cli: click.Group, services, actor, iso) -> None:
     def tls_server_cert(ctx, hosts, out_dir) -> None:
         """Issue the HTTPS server certificate (server.pem with chain, server.key) from the CA."""
         hosts = list(hosts)
-        cert = services(ctx).issue_server_certificate(hosts, out_dir, actor())
+        cert = services(ctx).admin.issue_server_certificate(hosts, out_dir, actor())
         click.echo(f"server certificate {format(cert.serial_number, 'x')} for {', '.join(hosts)} in {out_dir}")
 
     @cli.group()
@@ -96,8 +96,7 @@ def register(cli: click.Group, services, actor, iso) -> None:
                        f"{r['created_at']}")
 
     def _decide(ctx, request_id: str, approve: bool) -> None:
-        svc = services(ctx)
-        r = svc.store.enrollment.decide(request_id, approve, actor(), svc.clock.now())
+        r = services(ctx).ra.decide_pending(request_id, approve, actor=actor())
         click.echo(f"{r.state} {r.id} ({r.device_id}, policy {r.policy})")
 
     @pending.command("approve")
@@ -118,5 +117,5 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.pass_context
     def revoke_superseded(ctx) -> None:
         """Revoke renewed certificates whose rotation grace is over (the server also does this every 30 s)."""
-        done = services(ctx).est.revoke_superseded()
+        done = services(ctx).ra.revoke_superseded()
         click.echo(f"revoked {len(done)} superseded certificates" + (": " + ", ".join(done) if done else ""))

@@ -18,13 +18,15 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from device_ca import files
 from device_ca.ca.authority import CaProfile
 from device_ca.ca.serial import from_hex, to_hex
 from device_ca.config import Settings
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import load_policy
-from device_ca.ra.revocation import REASONS
-from device_ca.services import CA_KEY_TYPES, ROOT, ISSUING, Services
+from device_ca.ra.administration import CA_KEY_TYPES, ISSUING, ROOT
+from device_ca.ra.authority import REASONS
+from device_ca.services import Services
 
 EXIT_CODES = {
     Kind.MALFORMED: 3, Kind.POLICY_REJECTED: 4, Kind.NOT_FOUND: 5, Kind.CONFLICT: 6,
@@ -100,7 +102,7 @@ def init(ctx, key_type, organization, permitted_dns, permitted_uri) -> None:
     svc = services(ctx)
     profile = CaProfile(organization=organization, permitted_dns=tuple(permitted_dns),
                         permitted_uri=tuple(permitted_uri))
-    certs = svc.init_ca(key_type, profile, _actor())
+    certs = svc.admin.init_ca(key_type, profile, _actor())
     for name, cert in certs.items():
         click.echo(f"{name}: {cert.subject.rfc4514_string()}  serial {to_hex(cert.serial_number)}  "
                    f"until {_iso(cert.not_valid_after_utc)}")
@@ -160,7 +162,7 @@ def issue(ctx, policy_name, csr_file, device_id, out) -> None:
     """Issue one device certificate from a CSR."""
     issued = services(ctx).ra.issue(policy_name, csr_file.read(), device_id=device_id, actor=_actor())
     if out:
-        out.write_bytes(issued.pem)
+        files.write_atomically(out, issued.pem, files.PUBLIC)
     else:
         click.echo(issued.pem.decode(), nl=False)
     click.echo(f"issued serial {issued.record.serial} to {issued.record.device_id} "
@@ -229,15 +231,17 @@ def revoke(ctx, serial, reason) -> None:
 
 
 @cli.command()
+@click.option("--older-than", "older_than", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Seconds a reservation must be old to be listed (younger ones may still be signing).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def reconcile(ctx, as_json) -> None:
+def reconcile(ctx, older_than, as_json) -> None:
     """List serials reserved for signing whose certificate was never recorded (crash or failed write).
 
     Such a serial is never reused and never reported as good; the certificate, if it was
     signed at all, never reached anyone through device-ca.
     """
-    pending = services(ctx).ra.reconcile()
+    pending = services(ctx).ra.reconcile(dt.timedelta(seconds=older_than))
     if as_json:
         _emit_json([{"serial": r.serial, "device_id": r.device_id, "policy": r.policy,
                      "reserved_at": _iso(r.reserved_at), "tbs_sha256": r.tbs_sha256} for r in pending])

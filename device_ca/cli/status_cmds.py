@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from device_ca.ca.crl import publish_atomically
+from device_ca import files
 
 
 def register(cli: click.Group, services, actor, iso) -> None:
@@ -19,11 +19,11 @@ def register(cli: click.Group, services, actor, iso) -> None:
     def crl_generate(ctx, out) -> None:
         """Sign and publish a new CRL (the server also does this after revocations and on a schedule)."""
         svc = services(ctx)
-        latest = svc.revocation.generate_crl()
+        latest = svc.publisher.generate_crl()
         if out:
-            publish_atomically(latest.der, out)
+            files.publish(out, latest.der)
         click.echo(f"CRL {latest.number}: thisUpdate {iso(latest.this_update)}, nextUpdate {iso(latest.next_update)}, "
-                   f"written to {out or svc.revocation.crl_path}")
+                   f"written to {out or svc.publisher.crl_path}")
 
     @cli.group()
     def ocsp() -> None:
@@ -34,7 +34,7 @@ def register(cli: click.Group, services, actor, iso) -> None:
     def ocsp_refresh(ctx) -> None:
         """Make sure a delegated responder certificate is valid for more than two days (new key on the
         token if not), then pre-sign the answers that are missing or stale."""
-        revocation = services(ctx).revocation
+        revocation = services(ctx).publisher
         certificate, created = revocation.ensure_responder()
         click.echo(f"{'new' if created else 'current'} OCSP responder certificate "
                    f"{format(certificate.serial_number, 'x')} until {iso(certificate.not_valid_after_utc)}")

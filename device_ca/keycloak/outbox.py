@@ -18,6 +18,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 from device_ca.ca.clock import Clock
 from device_ca.keycloak.admin import KeycloakError
@@ -129,24 +130,23 @@ class OutboxDrainer:
         self.queue.release_lease(LEASE, self.holder)
 
 
-def start_drainer(services, interval: float = 1.0) -> threading.Thread | None:
+def start_drainer(queue: OutboxRepo, drainer: Callable[[], OutboxDrainer],
+                  interval: float = 1.0) -> threading.Thread:
     """A daemon thread that drains the Keycloak outbox every ``interval`` seconds (``device-ca serve``);
-    nothing when Keycloak is not configured."""
-    if services.settings.keycloak is None:
-        return None
+    ``drainer`` is built on the first round that finds work."""
     stop = threading.Event()
 
     def loop() -> None:
-        drainer = None
+        current = None
         wait = interval
         while not stop.wait(wait):
             wait = interval
             try:
-                if services.store.queue.next_due(TOPIC_PREFIX) is None:
+                if queue.next_due(TOPIC_PREFIX) is None:
                     continue
-                if drainer is None:
-                    drainer = services.keycloak_drainer
-                drainer.drain()
+                if current is None:
+                    current = drainer()
+                current.drain()
             except Exception as exc:  # noqa: BLE001 - keep draining; a later round retries
                 log.warning("keycloak drainer: %s", exc)
                 wait = BACKOFF_MAX          # a misconfiguration or an outage: no log line every second

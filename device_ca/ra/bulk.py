@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import csv
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -28,8 +29,6 @@ import multiprocessing
 import os
 import re
 import secrets
-import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -39,17 +38,18 @@ from typing import Callable, Iterable, Iterator
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
-from sqlalchemy.exc import IntegrityError
-
 from device_ca.ca import csr as csrs
 from device_ca.ca.csr import CsrInfo, key_type_of
-from device_ca.ca.serial import new_serial, to_hex
+from device_ca.ca.clock import Clock
 from device_ca.errors import DeviceCAError, Kind
+from device_ca.files import atomic_writer, write_atomically
+from device_ca.policy import Policy
 from device_ca.policy import checks as policies_
-from device_ca.ra.authority import issued_messages
+from device_ca.ra.issuance import Order, Pipeline, check_method, decide, issued_messages
 from device_ca.runtime import quiet_gc
-from device_ca.store.batches import Batch, NewItem, Recorded, Reserved
-from device_ca.store.records import AuditEvent, CertificateRecord, Reservation
+from device_ca.store import Store
+from device_ca.store.batches import Batch, BatchRepo, NewItem
+from device_ca.store.records import AuditEvent, CertificateRecord
 
 log = logging.getLogger("device_ca.ra.bulk")
 
@@ -249,13 +249,19 @@ class BulkIssuance:
     itself reads the items from the database a page at a time, so memory does not grow with the
     batch; a list, or a re-readable ``Source`` (``csr_dir_source``, ``file_source``), will do."""
 
-    def __init__(self, services, policy_name: str, inputs: Iterable[BulkInput], out_dir: Path, *, actor: str,
-                 batch_id: str | None = None, keygen: bool = False, secret: str | None = None,
-                 workers: int | None = None, progress: Callable[[int, int], None] | None = None):
-        self.services = services
-        self.policy = services.policies.get(policy_name)
-        if "admin" not in self.policy.enrollment:
-            raise DeviceCAError(Kind.FORBIDDEN, f"policy {self.policy.name} does not allow issuance by an operator")
+    def __init__(self, store: Store, clock: Clock, policy: Policy, signing: Callable[[], Signing],
+                 inputs: Iterable[BulkInput], out_dir: Path, *, actor: str, batch_id: str | None = None,
+                 keygen: bool = False, secret: str | None = None, workers: int | None = None,
+                 before_fork: Callable[[], None] = lambda: None,
+                 progress: Callable[[int, int], None] | None = None):
+        """``signing`` builds what a process issues with (called in each worker after the fork, or
+        once here); ``before_fork`` readies the parent for forking (lint preloaded, connections closed)."""
+        check_method(policy, "bulk")
+        self.store = store
+        self.clock = clock
+        self.policy = policy
+        self.signing = signing
+        self.before_fork = before_fork
         self.inputs = inputs
         self.scan = _scan(self.policy.name, inputs, keygen)
         if not self.scan.total:
@@ -272,7 +278,7 @@ class BulkIssuance:
 
     def run(self) -> Summary:
         started = time.monotonic()
-        store, clock = self.services.store, self.services.clock
+        store, clock = self.store, self.clock
         secret, created_secret = self._secret(store.batches.get(self.batch_id))
         now = clock.now()
         batch = Batch(id=self.batch_id, policy=self.policy.name, input_sha256=self.scan.digest,
@@ -317,14 +323,16 @@ class BulkIssuance:
         done, issued = 0, 0
         if not total:
             return 0
-        jobs = (Job(batch_id=self.batch_id, policy=self.policy.name, actor=self.actor, out_dir=str(self.out_dir),
+        jobs = (Job(batch_id=self.batch_id, policy=self.policy, actor=self.actor, out_dir=str(self.out_dir),
                     secret=secret, items=page[start:start + CHUNK])
-                for page in self.services.store.batches.to_do(self.batch_id, size=5 * CHUNK)
+                for page in self.store.batches.to_do(self.batch_id, size=5 * CHUNK)
                 for start in range(0, len(page), CHUNK))
         self.progress(0, total)
         workers = min(self.workers, -(-total // CHUNK))
+        global _FACTORY
+        _FACTORY = self.signing
         if workers == 1:
-            _init_worker(self.services)
+            _init_worker()
             results = map(_run_job, jobs)
             pool = None
         else:
@@ -342,28 +350,21 @@ class BulkIssuance:
         return issued
 
     def _pool(self, workers: int):
-        """Forked workers (a spawned one spends ~2 s importing): the parent lints this policy's
-        shapes first and closes its database connections, so each worker starts with pkilint's
-        validators and the clean shapes, opens its own database connections and its own PKCS#11
-        session (the parent never opened one). Spawned where fork is not available."""
-        from device_ca.ca import lint
-
-        if "fork" not in multiprocessing.get_all_start_methods():
-            return multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
-        lint.preload()
-        self.services.warm_linter([self.policy.name])
-        self.services.store.db.dispose()
+        """Forked workers (a spawned one spends ~2 s importing): the parent readies itself first
+        (``before_fork``: this policy's shapes linted, database connections closed), so each worker
+        starts with pkilint's validators and the clean shapes and opens its own database
+        connections and PKCS#11 session (the parent never opened one)."""
+        self.before_fork()
         quiet_gc()
-        return multiprocessing.get_context("fork").Pool(
-            workers, initializer=_init_worker, initargs=(None, self.services.settings, self.services.linter))
+        return multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
 
     def _write_outputs(self, batch_id: str, duplicates: list[str]) -> tuple[Path, Counter]:
         """Files an earlier run recorded but did not write, and the manifest of the whole batch, a
         page of items at a time (memory does not grow with the batch); the items' states counted."""
-        store = self.services.store
+        store = self.store
         counts: Counter = Counter()
         manifest = self.out_dir / "manifest.csv"
-        with tempfile.NamedTemporaryFile("w", newline="", dir=self.out_dir, delete=False, suffix=".tmp") as f:
+        with atomic_writer(manifest, text=True) as f:
             writer = csv.writer(f)
             writer.writerow(["device_id", "serial", "fingerprint_sha256", "not_after", "status", "error"])
             for page, issued in store.batches.pages_with_certificates(batch_id):
@@ -379,7 +380,6 @@ class BulkIssuance:
                                      item.state, item.error or ""])
             writer.writerows([d, "", "", "", "failed", "device id appears more than once in the input"]
                              for d in duplicates)
-        os.replace(f.name, manifest)
         return manifest, counts
 
 
@@ -398,51 +398,56 @@ def _in_order(pool, jobs: Iterable["Job"], window: int) -> Iterator[list[ItemRes
 @dataclass(frozen=True)
 class Job:
     batch_id: str
-    policy: str
     actor: str
     out_dir: str
     secret: str | None
     items: list[tuple[str, bytes | None, str, str | None, dt.datetime | None, dt.datetime | None]]
+    policy: Policy
 
 
 # -- in the worker processes ---------------------------------------------------------------------
 
-_SERVICES = None
+@dataclass(frozen=True)
+class Signing:
+    """What a process that issues a batch's chunks uses, built in that process (after the fork) by
+    the composition root: its own database connections and its own PKCS#11 session."""
+    pipeline: Pipeline
+    batches: BatchRepo
 
 
-def _init_worker(services=None, settings=None, linter=None) -> None:
-    """A worker's own Services: its own database engine and PKCS#11 session, opened after the
-    fork or spawn (``linter``: the parent's, with the shapes it linted)."""
-    global _SERVICES
-    if services is None:
-        from device_ca.config import Settings
-        from device_ca.services import Services
+_FACTORY: Callable[[], Signing] | None = None
+_SIGNING: Signing | None = None
 
-        services = Services(settings or Settings.load(), **({} if linter is None else {"linter": linter}))
-    _SERVICES = services
+
+def _init_worker() -> None:
+    global _SIGNING
+    _SIGNING = _FACTORY()
 
 
 def _run_job(job: Job) -> list[ItemResult]:
-    return Chunk(_SERVICES, job).run()
+    return Chunk(_SIGNING, job).run()
 
 
 class Chunk:
-    def __init__(self, services, job: Job):
-        self.services = services
+    """One chunk of a batch through the issuance pipeline: items refused by the policy fail with
+    their reason, the others are reserved, signed and recorded as one group."""
+
+    def __init__(self, signing: Signing, job: Job):
+        self.pipeline = signing.pipeline
+        self.batches = signing.batches
         self.job = job
-        self.policy = services.policies.get(job.policy)
-        self.issuer = services.issuer
-        self.store = services.store
+        self.policy = job.policy
         self.out_dir = Path(job.out_dir)
 
     def run(self) -> list[ItemResult]:
         failures: list[tuple[str, str]] = []
         abandon: list[str] = []
-        fresh, resumed = [], []          # (device_id, request, key or None, ...)
+        orders, keys = [], {}
+        messages = functools.partial(issued_messages, self.policy)
         for device_id, csr_data, state, serial, not_before, not_after in self.job.items:
             try:
                 key, csr = self._key_and_csr(device_id, csr_data)
-                request = policies_.apply(self.policy, csr, device_id)
+                request, _ = decide(self.policy, csr, device_id, "bulk")
             except DeviceCAError as exc:
                 if exc.kind not in _ITEM_ERRORS:
                     raise
@@ -450,28 +455,21 @@ class Chunk:
                 if serial:
                     abandon.append(serial)
                 continue
-            if state == "reserved" and serial:
-                resumed.append((device_id, request, key, serial, (not_before, not_after)))
-            else:
-                fresh.append((device_id, request, key, None))
-        self.store.batches.fail(self.job.batch_id, failures, abandon)
-        prepared = self._resume(resumed, fresh)
-        prepared += self._reserve(fresh)
-        recorded, keys = [], {}
-        for device_id, item_prepared, key, subject in prepared:
-            certificate = self.issuer.sign(item_prepared)
-            recorded.append(self._recorded(device_id, certificate, subject))
-            keys[device_id] = (key, certificate)
-        self.store.batches.record(self.job.batch_id, recorded)
-        for r in recorded:
-            key, certificate = keys[r.device_id]
+            keys[device_id] = key
+            orders.append(Order(request, device_id, self.policy.name, "bulk", self.job.actor, messages=messages,
+                                batch_id=self.job.batch_id,
+                                resume=(serial, not_before, not_after) if state == "reserved" and serial else None))
+        self.batches.fail(self.job.batch_id, failures, abandon)
+        issued = self.pipeline.issue(orders)
+        for i in issued:
+            key = keys[i.record.device_id]
             if key is None:
-                write_atomically(self.out_dir / f"{r.device_id}.pem", certificate.public_bytes(Encoding.PEM))
+                write_atomically(self.out_dir / f"{i.record.device_id}.pem", i.pem)
             else:
-                self._write_pkcs12(r.device_id, key, certificate)
+                self._write_pkcs12(i.record.device_id, key, i.certificate)
         return [ItemResult(d, "failed", error=e) for d, e in failures] + [
-            ItemResult(r.device_id, "issued", r.certificate.serial, r.certificate.fingerprint, r.certificate.not_after)
-            for r in recorded]
+            ItemResult(i.record.device_id, "issued", i.record.serial, i.record.fingerprint, i.record.not_after)
+            for i in issued]
 
     def _key_and_csr(self, device_id: str, csr_data: bytes | None):
         if csr_data is not None:
@@ -483,66 +481,6 @@ class Chunk:
         return key, CsrInfo(der=b"", public_key=public_key, key_type=key_type_of(public_key),
                             subject=policies_.subject_name(self.policy, device_id),
                             sans=policies_.subject_alt_names(self.policy, device_id))
-
-    def _resume(self, resumed, fresh) -> list:
-        """Reserved by a run that died: sign the same TBS again, or give the serial up if it differs."""
-        out = []
-        for device_id, request, key, serial, validity in resumed:
-            prepared = self.issuer.prepare(request, int(serial, 16), validity)
-            reservation = self.store.reservation(serial)
-            if reservation is not None and reservation.state == "reserved" \
-                    and reservation.tbs_sha256 == hashlib.sha256(prepared.tbs).hexdigest():
-                out.append((device_id, prepared, key, prepared.subject.rfc4514_string()))
-            else:
-                log.warning("batch %s: %s's reservation %s cannot be reproduced; reserving anew",
-                            self.job.batch_id, device_id, serial)
-                self.store.batches.reserve(self.job.batch_id, [], abandon=[serial])
-                fresh.append((device_id, request, key, serial))
-        return out
-
-    def _reserve(self, fresh) -> list:
-        for _ in range(3):
-            prepared, reserved = [], []
-            now = self.services.clock.now()
-            for device_id, request, key, previous in fresh:
-                item = self.issuer.prepare(request, new_serial())
-                serial, tbs_sha256 = to_hex(item.serial), hashlib.sha256(item.tbs).hexdigest()
-                subject = item.subject.rfc4514_string()
-                prepared.append((device_id, item, key, subject))
-                reserved.append(Reserved(
-                    device_id=device_id,
-                    reservation=Reservation(serial=serial, issuer=self.issuer.urls.ca_name, device_id=device_id,
-                                            policy=self.policy.name, tbs_sha256=tbs_sha256, state="reserved",
-                                            reserved_at=now),
-                    not_before=item.not_before, not_after=item.not_after,
-                    event=AuditEvent(action="certificate.intent", actor=self.job.actor, at=now, serial=serial,
-                                     device_id=device_id,
-                                     details={"policy": self.policy.name, "method": "bulk", "batch": self.job.batch_id,
-                                              "tbs_sha256": tbs_sha256,
-                                              "subject": subject}),
-                    previous_serial=previous))
-            try:
-                self.store.batches.reserve(self.job.batch_id, reserved)
-                return prepared
-            except IntegrityError:
-                log.error("batch %s: a drawn serial was already reserved; drawing the chunk again",
-                          self.job.batch_id)
-        raise DeviceCAError(Kind.INTERNAL, "could not reserve unique serial numbers")
-
-    def _recorded(self, device_id: str, certificate: x509.Certificate, subject: str) -> Recorded:
-        der = certificate.public_bytes(Encoding.DER)
-        now = self.services.clock.now()
-        record = CertificateRecord(
-            serial=to_hex(certificate.serial_number), issuer=self.issuer.urls.ca_name, device_id=device_id,
-            policy=self.policy.name, subject=subject, status="good",
-            not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
-            fingerprint=hashlib.sha256(der).hexdigest(), der=der, issued_at=now)
-        return Recorded(device_id=device_id, certificate=record, messages=tuple(issued_messages(self.policy, record)),
-                        event=AuditEvent(action="certificate.issued", actor=self.job.actor, at=now,
-                                         serial=record.serial, device_id=device_id,
-                                         details={"policy": self.policy.name, "method": "bulk",
-                                                  "batch": self.job.batch_id, "fingerprint": record.fingerprint,
-                                                  "not_after": record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}))
 
     # -- keys generated here (no key generator on the device) --
 
@@ -565,7 +503,7 @@ class Chunk:
         return key
 
     def _write_pkcs12(self, device_id: str, key, certificate: x509.Certificate) -> None:
-        chain = [self.issuer.certificate]
+        chain = [self.pipeline.issuer().certificate]
         data = pkcs12.serialize_key_and_certificates(device_id.encode(), key, certificate, chain,
                                                      serialization.BestAvailableEncryption(self.job.secret.encode()))
         write_atomically(self.out_dir / f"{device_id}.p12", data)
@@ -581,17 +519,3 @@ def _secret_digest(secret: str, batch_id: str) -> str:
     id, so that even an operator-chosen secret (--secret-file on the first run) resists guessing."""
     return hashlib.scrypt(secret.encode(), salt=f"device-ca batch {batch_id}".encode(), n=2**14, r=8, p=1,
                           dklen=32).hex()
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """``data`` under ``path`` whole or not at all: written to a temporary name of this process and
-    thread in the same directory (never followed if it is a link), then renamed over ``path``."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -28,7 +28,8 @@ from device_ca.ca.clock import Clock
 from device_ca.ca.issuer import CertificateRequest
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policies, Policy
-from device_ca.ra.authority import Issued, RegistrationAuthority, issued_messages
+from device_ca.ra.authority import RegistrationAuthority
+from device_ca.ra.issuance import Issued, Order, check_method, decide, issued_messages
 from device_ca.store import IssuanceLinks, PendingRequest, Store
 
 log = logging.getLogger("device_ca.ra.enrollment")
@@ -68,8 +69,7 @@ class EstService:
     def create_token(self, policy_name: str, device_id: str, ttl: dt.timedelta, actor: str) -> str:
         """A one-time secret for ``device_id``; only its hash is stored. Returns the secret."""
         policy = self.policies.get(policy_name)
-        if "bootstrap-token" not in policy.enrollment:
-            raise DeviceCAError(Kind.FORBIDDEN, f"policy {policy.name} does not allow bootstrap-token enrollment")
+        check_method(policy, "bootstrap-token")
         policies_.checks.check_device_id(policy, policies_.checks.Subject(csr=None, device_id=device_id))
         if not dt.timedelta(minutes=1) <= ttl <= MAX_TOKEN_TTL:
             raise DeviceCAError(Kind.MALFORMED, "token lifetime must be between 1 minute and 30 days")
@@ -118,20 +118,9 @@ class EstService:
             raise DeviceCAError(Kind.FORBIDDEN, "CSR subjectAltName differs from the current certificate's")
         links = IssuanceLinks(supersedes=record.serial,
                               supersede_revoke_after=self.clock.now() + policy.rotation_grace)
-        return self.ra.issue(policy.name, csr, device_id=record.device_id, actor=f"device:{record.device_id}",
-                             method="reenroll", links=links)
-
-    def revoke_superseded(self) -> list[str]:
-        """Revoke (reason superseded) every renewed certificate whose grace period is over."""
-        done = []
-        for serial in self.store.enrollment.due_for_supersede(self.clock.now()):
-            try:
-                self.ra.revoke(serial, "superseded", actor="system:rotation")
-                done.append(serial)
-            except DeviceCAError as exc:
-                if exc.kind is not Kind.CONFLICT:
-                    raise
-        return done
+        request, device_id = decide(policy, csr, record.device_id, "reenroll")
+        return self.ra.issue_order(Order(request, device_id, policy.name, "reenroll", f"device:{device_id}",
+                                         messages=lambda r: issued_messages(policy, r), links=links))
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -140,12 +129,9 @@ class EstService:
         """Check the CSR and the device it names before anything is stored; approval if the policy
         wants it. Returns the certificate the policy gives the device, its id and the approved request."""
         csr = csrs.load(csr_der)
-        device_id = who.device_id or policies_.device_id_from_subject(policy, csr.subject)
-        if device_id is None:
-            raise DeviceCAError(Kind.POLICY_REJECTED, "the CSR subject carries no device id for this policy")
+        request, device_id = decide(policy, csr, who.device_id, who.method)
         if who.method == "idevid":
             _check_idevid_identity(caller.certificate, device_id)
-        request = policies_.apply(policy, csr, device_id)
         pending_id = self._approval(policy, device_id, csr, who) if policy.require_approval else None
         return request, device_id, pending_id
 
@@ -172,8 +158,7 @@ class EstService:
             who = Authenticated(method=method, device_id=None)
         else:
             raise DeviceCAError(Kind.UNAUTHORIZED, "credentials required: bootstrap token or factory certificate")
-        if method not in policy.enrollment:
-            raise DeviceCAError(Kind.FORBIDDEN, f"policy {policy.name} does not allow enrollment by {method}")
+        check_method(policy, method)
         return who
 
     def _approval(self, policy: Policy, device_id: str, csr: csrs.CsrInfo, who: Authenticated) -> str:
@@ -197,9 +182,8 @@ class EstService:
         """Sign what ``_decide`` checked (the policy's checks are not run a second time)."""
         links = IssuanceLinks(token_id=who.token_id, pending_id=pending_id)
         try:
-            return self.ra.issue_request(request, device_id=device_id, policy_name=policy.name, method=who.method,
-                                         actor=f"device:{device_id}", links=links,
-                                         messages=lambda record: issued_messages(policy, record))
+            return self.ra.issue_order(Order(request, device_id, policy.name, who.method, f"device:{device_id}",
+                                             messages=lambda record: issued_messages(policy, record), links=links))
         except Exception as exc:
             # The token is claimed with the serial reservation; give it back unless another
             # request holds it (then this one never claimed it) or it was used meanwhile.

@@ -1,6 +1,8 @@
+from device_ca.store.issuance import Recorded, Reserved, SerialInUse
 from device_ca.store.records import (AuditEvent, AuditReport, BootstrapToken, CaRecord, CertificateRecord,
                                      IssuanceLinks, OutboxEntry, OutboxMessage, PendingRequest, Reservation)
-from device_ca.store.repo import SerialInUse, Store
+from device_ca.store.repo import Store
 
-__all__ = ["AuditEvent", "AuditReport", "BootstrapToken", "IssuanceLinks", "PendingRequest", "CaRecord", "CertificateRecord", "OutboxEntry", "OutboxMessage", "Reservation",
-           "SerialInUse", "Store"]
+__all__ = ["AuditEvent", "AuditReport", "BootstrapToken", "IssuanceLinks", "PendingRequest", "CaRecord",
+           "CertificateRecord", "OutboxEntry", "OutboxMessage", "Recorded", "Reservation", "Reserved", "SerialInUse",
+           "Store"]

@@ -1,7 +1,7 @@
 """Bulk batches: each item goes pending -> reserved (serial and dates fixed, committed before
-signing) -> issued, or failed with its reason. Reservation and recording are one transaction per
-chunk of items, with one audit event per certificate, so a chunk costs two commits; they run on
-the DBAPI connection (``Database.direct``) with the statements below, built once."""
+signing) -> issued, or failed with its reason. Items are reserved and recorded by the issuance
+transactions (store/issuance.py), a chunk of items in each; this repository opens batches, hands
+out the items still to do and reads batches back a page at a time."""
 from __future__ import annotations
 
 import datetime as dt
@@ -17,30 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database
-from device_ca.store.records import AuditEvent, CertificateRecord, OutboxMessage, Reservation, utc
-from device_ca.store.issuance_sql import (CERTIFICATES, INSERT_CERTIFICATE, INSERT_OUTBOX, INSERT_RESERVATION,
-                                          MARK_ISSUED, RESERVATIONS, UPSERT_DEVICE, certificate_row, device_row,
-                                          outbox_row)
+from device_ca.store.records import AuditEvent, CertificateRecord, utc
+from device_ca.store.issuance_sql import ABANDON, CERTIFICATES
 from device_ca.store.tables import BatchItemRow, BatchRow
 
 _BATCHES = BatchRow.__table__
 _ITEMS = BatchItemRow.__table__
 
-# Only from the state this run read: pending, or reserved under the serial it gave up. Two runs of
-# one batch at once therefore cannot both reserve an item (the second one's chunk is refused).
-_RESERVE_ITEM = (sa.update(_ITEMS)
-                 .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
-                        sa.or_(_ITEMS.c.state == "pending",
-                               sa.and_(_ITEMS.c.state == "reserved", _ITEMS.c.serial == sa.bindparam("b_previous"))))
-                 .values(state="reserved", serial=sa.bindparam("b_serial"), not_before=sa.bindparam("b_not_before"),
-                         not_after=sa.bindparam("b_not_after")))
-_ABANDON = (sa.update(RESERVATIONS)
-            .where(RESERVATIONS.c.serial == sa.bindparam("b_serial"), RESERVATIONS.c.state == "reserved")
-            .values(state="abandoned"))
-_ITEM_ISSUED = (sa.update(_ITEMS)
-                .where(_ITEMS.c.batch_id == sa.bindparam("b_batch"), _ITEMS.c.device_id == sa.bindparam("b_device"),
-                       _ITEMS.c.state == "reserved", _ITEMS.c.serial == sa.bindparam("b_serial"))
-                .values(state="issued"))
 _INSERT_ITEM = sa.insert(_ITEMS)
 _TO_DO = (sa.select(_ITEMS.c.device_id, _ITEMS.c.position, _ITEMS.c.csr, _ITEMS.c.state, _ITEMS.c.serial,
                     _ITEMS.c.not_before, _ITEMS.c.not_after)
@@ -103,26 +86,6 @@ class NewItem:
     position: int
     csr: bytes | None
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class Reserved:
-    """An item's reservation: the serial row, the item's dates and the intent's audit event."""
-    device_id: str
-    reservation: Reservation
-    not_before: dt.datetime
-    not_after: dt.datetime
-    event: AuditEvent
-    previous_serial: str | None = None     # the abandoned reservation this one replaces
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """A signed certificate of an item, with its audit event and relying-party messages."""
-    device_id: str
-    certificate: CertificateRecord
-    event: AuditEvent
-    messages: tuple[OutboxMessage, ...]
 
 
 class BatchRepo:
@@ -233,51 +196,13 @@ class BatchRepo:
                         issued_at=utc(r["issued_at"]), superseded_by=r["superseded_by"])
         return out
 
-    def reserve(self, batch_id: str, reserved: list[Reserved], abandon: list[str] = ()) -> None:
-        """Serials, item states and intents for a chunk, committed before anything is signed;
-        ``abandon`` marks reservations of an earlier run that can no longer be reproduced."""
-        if not reserved and not abandon:
-            return
-        with self.db.direct() as c:
-            if abandon:
-                c.execute(_ABANDON, [{"b_serial": s} for s in abandon])
-            if reserved:
-                c.execute(INSERT_RESERVATION, [r.reservation.__dict__ for r in reserved])
-                done = c.execute(_RESERVE_ITEM, [{"b_batch": batch_id, "b_device": r.device_id,
-                                                  "b_serial": r.reservation.serial, "b_not_before": r.not_before,
-                                                  "b_not_after": r.not_after, "b_previous": r.previous_serial}
-                                                 for r in reserved])
-                if done.rowcount != len(reserved):
-                    raise DeviceCAError(Kind.CONFLICT, f"batch {batch_id}: items changed state under this run "
-                                        "(is another run of the same batch going on?)")
-                audit.append_many(c, [r.event for r in reserved])
-
-    def record(self, batch_id: str, recorded: list[Recorded]) -> None:
-        """Certificates, devices, reservations, items, audit and outbox of a chunk in one transaction."""
-        if not recorded:
-            return
-        with self.db.direct() as c:
-            done = c.execute(MARK_ISSUED, [{"reserved_serial": r.certificate.serial} for r in recorded])
-            if done.rowcount != len(recorded):
-                raise DeviceCAError(Kind.INTERNAL, f"batch {batch_id}: a serial is no longer reserved for issuance")
-            c.execute(UPSERT_DEVICE[c.dialect.name], [device_row(r.certificate) for r in recorded])
-            c.execute(INSERT_CERTIFICATE, [certificate_row(r.certificate) for r in recorded])
-            done = c.execute(_ITEM_ISSUED, [{"b_batch": batch_id, "b_device": r.device_id,
-                                             "b_serial": r.certificate.serial} for r in recorded])
-            if done.rowcount != len(recorded):
-                raise DeviceCAError(Kind.INTERNAL, f"batch {batch_id}: an item is no longer reserved")
-            audit.append_many(c, [r.event for r in recorded])
-            messages = [outbox_row(m, r.certificate.issued_at) for r in recorded for m in r.messages]
-            if messages:
-                c.execute(INSERT_OUTBOX, messages)
-
     def fail(self, batch_id: str, failures: list[tuple[str, str]], abandon: list[str] = ()) -> None:
         """Items refused for a reason of their own (bad CSR, policy); the batch goes on."""
         if not failures:
             return
         with self.db.direct() as c:
             if abandon:
-                c.execute(_ABANDON, [{"b_serial": s} for s in abandon])
+                c.execute(ABANDON, [{"b_serial": s} for s in abandon])
             c.execute(_ITEM_FAILED, [{"b_batch": batch_id, "b_device": d, "b_error": e[:500]} for d, e in failures])
 
     def finish(self, batch_id: str, at: dt.datetime, event: AuditEvent) -> None:

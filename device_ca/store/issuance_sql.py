@@ -1,4 +1,4 @@
-"""The issuing path's statements, shared by single issuance (repo.py) and bulk (batches.py).
+"""The issuing path's statements (store/issuance.py's two transactions, batches.py's bookkeeping).
 
 Built once: a statement built per call costs SQLAlchemy ~150 µs of cache-key work on every
 execution; these take ~30 µs.
@@ -10,7 +10,8 @@ import json
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from device_ca.store.tables import CertificateRow, DeviceRow, OutboxRow, SerialReservationRow
+from device_ca.store.tables import (BatchItemRow, BootstrapTokenRow, CertificateRow, DeviceRow, OutboxRow,
+                                    PendingRequestRow, SerialReservationRow)
 
 RESERVATIONS = SerialReservationRow.__table__
 DEVICES = DeviceRow.__table__
@@ -27,6 +28,35 @@ UPSERT_DEVICE = {
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))}
 INSERT_CERTIFICATE = sa.insert(CERTIFICATES)
 INSERT_OUTBOX = sa.insert(OutboxRow.__table__)
+ITEMS = BatchItemRow.__table__
+_TOKENS = BootstrapTokenRow.__table__
+_PENDING = PendingRequestRow.__table__
+
+# Only from the state this run read: pending, or reserved under the serial it gave up. Two runs of
+# one batch at once therefore cannot both reserve an item (the second one's chunk is refused).
+RESERVE_ITEM = (sa.update(ITEMS)
+                .where(ITEMS.c.batch_id == sa.bindparam("b_batch"), ITEMS.c.device_id == sa.bindparam("b_device"),
+                       sa.or_(ITEMS.c.state == "pending",
+                              sa.and_(ITEMS.c.state == "reserved", ITEMS.c.serial == sa.bindparam("b_previous"))))
+                .values(state="reserved", serial=sa.bindparam("b_serial"), not_before=sa.bindparam("b_not_before"),
+                        not_after=sa.bindparam("b_not_after")))
+ABANDON = (sa.update(RESERVATIONS)
+           .where(RESERVATIONS.c.serial == sa.bindparam("b_serial"), RESERVATIONS.c.state == "reserved")
+           .values(state="abandoned"))
+ITEM_ISSUED = (sa.update(ITEMS)
+               .where(ITEMS.c.batch_id == sa.bindparam("b_batch"), ITEMS.c.device_id == sa.bindparam("b_device"),
+                      ITEMS.c.state == "reserved", ITEMS.c.serial == sa.bindparam("b_serial"))
+               .values(state="issued"))
+USE_TOKEN = (sa.update(_TOKENS).where(_TOKENS.c.id == sa.bindparam("token_id"), _TOKENS.c.used_at.is_(None))
+             .values(used_at=sa.bindparam("used"), serial=sa.bindparam("issued_serial"), claimed_until=None))
+ISSUE_PENDING = (sa.update(_PENDING)
+                 .where(_PENDING.c.id == sa.bindparam("pending_id"), _PENDING.c.state == "approved")
+                 .values(state="issued", serial=sa.bindparam("issued_serial")))
+SUPERSEDE = (sa.update(CERTIFICATES)
+             .where(CERTIFICATES.c.serial == sa.bindparam("old_serial"), CERTIFICATES.c.status == "good")
+             .values(superseded_by=sa.bindparam("new_serial"),
+                     revoke_after=sa.func.coalesce(CERTIFICATES.c.revoke_after,
+                                                   sa.bindparam("revoke_after", type_=sa.DateTime(timezone=True)))))
 
 
 def certificate_row(record) -> dict:

@@ -13,35 +13,14 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.batches import BatchRepo
-from device_ca.store.enrollment import EnrollmentRepo, claim
-from device_ca.store.issuance_sql import (CERTIFICATES, DEVICES, INSERT_CERTIFICATE, INSERT_OUTBOX,
-                                          INSERT_RESERVATION, MARK_ISSUED, UPSERT_DEVICE, certificate_row, device_row,
-                                          outbox_row)
+from device_ca.store.enrollment import EnrollmentRepo
+from device_ca.store.issuance import IssuanceRepo
+from device_ca.store.issuance_sql import DEVICES, INSERT_OUTBOX, outbox_row
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
-from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, IssuanceLinks,
-                                     OutboxMessage, Reservation, utc)
-from device_ca.store.tables import (BootstrapTokenRow, CaCertificateRow, CertificateRow, OutboxRow,
-                                    PendingRequestRow, RevocationRow, SerialReservationRow)
-
-
-_TOKENS = BootstrapTokenRow.__table__
-
-_USE_TOKEN = (sa.update(_TOKENS).where(_TOKENS.c.id == sa.bindparam("token_id"), _TOKENS.c.used_at.is_(None))
-              .values(used_at=sa.bindparam("used"), serial=sa.bindparam("issued_serial"), claimed_until=None))
-_PENDING = PendingRequestRow.__table__
-_ISSUE_PENDING = (sa.update(_PENDING)
-                  .where(_PENDING.c.id == sa.bindparam("pending_id"), _PENDING.c.state == "approved")
-                  .values(state="issued", serial=sa.bindparam("issued_serial")))
-_SUPERSEDE = (sa.update(CERTIFICATES)
-              .where(CERTIFICATES.c.serial == sa.bindparam("old_serial"), CERTIFICATES.c.status == "good")
-              .values(superseded_by=sa.bindparam("new_serial"),
-                      revoke_after=sa.func.coalesce(CERTIFICATES.c.revoke_after,
-                                                    sa.bindparam("revoke_after", type_=sa.DateTime(timezone=True)))))
-
-
-class SerialInUse(Exception):
-    """The random serial is already reserved: the caller draws a new one."""
+from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, OutboxMessage,
+                                     Reservation, utc)
+from device_ca.store.tables import CaCertificateRow, CertificateRow, OutboxRow, RevocationRow, SerialReservationRow
 
 
 class Store:
@@ -54,6 +33,7 @@ class Store:
         self.status = StatusRepo(self.db)
         self.queue = OutboxRepo(self.db)
         self.batches = BatchRepo(self.db)
+        self.issuance = IssuanceRepo(self.db)
 
     def ping(self) -> None:
         with self.db.read() as s:
@@ -77,34 +57,6 @@ class Store:
             raise DeviceCAError(Kind.CONFLICT, "a CA already exists in this database", cause=exc) from None
 
     # -- issuance ----------------------------------------------------------------------------
-
-    def reserve_serial(self, reservation: Reservation, event: AuditEvent, claim_token: str | None = None) -> None:
-        """Record the serial and the intent to sign before any signature (boulder's issuance cycle);
-        with ``claim_token``, claim that bootstrap token for this attempt in the same transaction."""
-        try:
-            with self.db.direct() as c:
-                if claim_token is not None and not claim(c, claim_token, reservation.reserved_at):
-                    raise DeviceCAError(Kind.UNAUTHORIZED, "invalid, expired or already used bootstrap credentials")
-                c.execute(INSERT_RESERVATION, reservation.__dict__)
-                audit.append(c, event)
-        except IntegrityError as exc:
-            raise SerialInUse(reservation.serial) from exc
-
-    def record_issued(self, certificate: CertificateRecord, event: AuditEvent,
-                      messages: list[OutboxMessage], links: IssuanceLinks | None = None) -> None:
-        """Certificate, status, device, audit, outbox and the links (token used, pending request
-        issued, older certificate superseded) in one transaction."""
-        at = certificate.issued_at
-        with self.db.direct() as c:
-            done = c.execute(MARK_ISSUED, {"reserved_serial": certificate.serial})
-            if done.rowcount != 1:
-                raise DeviceCAError(Kind.INTERNAL, f"serial {certificate.serial} is not reserved for issuance")
-            c.execute(UPSERT_DEVICE[c.dialect.name], device_row(certificate))
-            c.execute(INSERT_CERTIFICATE, certificate_row(certificate))
-            if links is not None:
-                _settle_links(c, links, certificate)
-            audit.append(c, event)
-            _enqueue(c, messages, at)
 
     def unfinished_reservations(self, older_than: dt.datetime) -> list[Reservation]:
         with self.db.read() as s:
@@ -193,25 +145,9 @@ class Store:
                     for r in s.exec(query)]
 
 
-def _settle_links(session, links: IssuanceLinks, certificate: CertificateRecord) -> None:
-    at, serial = certificate.issued_at, certificate.serial
-    if links.token_id is not None:
-        done = session.execute(_USE_TOKEN, {"token_id": links.token_id, "used": at, "issued_serial": serial})
-        if done.rowcount != 1:
-            raise DeviceCAError(Kind.CONFLICT, "bootstrap token was already used")
-    if links.pending_id is not None:
-        done = session.execute(_ISSUE_PENDING, {"pending_id": links.pending_id, "issued_serial": serial})
-        if done.rowcount != 1:
-            raise DeviceCAError(Kind.CONFLICT, "pending request is not approved")
-    if links.supersedes is not None:
-        session.execute(_SUPERSEDE, {"old_serial": links.supersedes, "new_serial": serial,
-                                     "revoke_after": links.supersede_revoke_after})
-
-
 def _enqueue(connection, messages: list[OutboxMessage], at: dt.datetime) -> None:
     if messages:
         connection.execute(INSERT_OUTBOX, [outbox_row(m, at) for m in messages])
-
 
 
 def _ca(r: CaCertificateRow) -> CaRecord:

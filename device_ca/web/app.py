@@ -1,14 +1,18 @@
-"""Flask application factories: the HTTPS app (EST, later /api) and the plain-HTTP app
-(CA certificates, health, metrics; OCSP and CRL join it). Services are injected."""
+"""Flask application factories: the HTTPS app (EST, the batch API) and the plain-HTTP app (CA
+certificates, health, metrics; OCSP and CRL in front of it, web/status.py). Each gets the few
+collaborators its views use, by name, from the composition root."""
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+from typing import Callable
 
 from flask import Flask, Response, g, request
 
 from device_ca.errors import DeviceCAError
-from device_ca.web import batches, est, ops
+from device_ca.web import batches, ops
+from device_ca.web import est as est_blueprint
 from device_ca.web.errors import error_response, text
 from device_ca.web.est_codec import MAX_BODY
 from device_ca.web.ratelimit import RateLimiter
@@ -17,9 +21,10 @@ from device_ca.web.tls import ProxySettings
 log = logging.getLogger("device_ca.web")
 
 
-def _base(services, name: str) -> Flask:
+def _base(name: str, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]]) -> Flask:
     app = Flask(name)
-    app.config["DEVICE_CA_SERVICES"] = services
+    app.config["DEVICE_CA_CA_CERTIFICATES"] = ca_certificates
+    app.config["DEVICE_CA_HEALTH"] = health
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
     @app.errorhandler(DeviceCAError)
@@ -71,19 +76,24 @@ def _base(services, name: str) -> Flask:
     return app
 
 
-def create_app(services, *, proxies: ProxySettings = ProxySettings(), rate_limit: float = 20.0,
-               default_policy: str | None = None, limiter: RateLimiter | None = None) -> Flask:
-    """The HTTPS application: EST under /.well-known/est. ``limiter``: one shared with other
-    workers (see ``RateLimiter``); otherwise this app gets its own at ``rate_limit``."""
-    app = _base(services, "device_ca.https")
+def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]],
+               store, clock, bulk: Callable, batch_dir: Path, proxies: ProxySettings = ProxySettings(),
+               rate_limit: float = 20.0, default_policy: str | None = None,
+               limiter: RateLimiter | None = None) -> Flask:
+    """The HTTPS application: EST under /.well-known/est, the batch API under /api/v1/batches.
+    ``bulk(policy, inputs, out_dir, **options)`` starts a batch run; ``limiter``: one shared with
+    other workers (see ``RateLimiter``); otherwise this app gets its own at ``rate_limit``."""
+    app = _base("device_ca.https", ca_certificates, health)
+    app.config.update(DEVICE_CA_EST=est, DEVICE_CA_POLICIES=policies, DEVICE_CA_STORE=store, DEVICE_CA_CLOCK=clock,
+                      DEVICE_CA_BULK=bulk, DEVICE_CA_BATCH_DIR=Path(batch_dir))
     app.config["DEVICE_CA_PROXIES"] = proxies
     app.config["DEVICE_CA_RATE_LIMITER"] = limiter or RateLimiter(rate_limit)
     app.config["DEVICE_CA_DEFAULT_POLICY"] = default_policy
-    app.register_blueprint(est.bp)
+    app.register_blueprint(est_blueprint.bp)
     app.register_blueprint(batches.bp)
     return app
 
 
-def create_public_app(services) -> Flask:
+def create_public_app(*, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]]) -> Flask:
     """The plain-HTTP application for relying parties: CA certificates, health, metrics."""
-    return _base(services, "device_ca.http")
+    return _base("device_ca.http", ca_certificates, health)

@@ -23,7 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from device_ca.ca.serial import to_hex
 from device_ca.errors import DeviceCAError, Kind
-from device_ca.ra.bulk import BulkIssuance, BulkInput, batch_id_for, certificate_pem, read_jsonl
+from device_ca.ra.bulk import BulkInput, BulkIssuance, batch_id_for, certificate_pem, read_jsonl
 from device_ca.web.tls import client_certificate
 
 log = logging.getLogger("device_ca.web.batches")
@@ -42,19 +42,18 @@ def _larger_bodies() -> None:
     request.max_content_length = MAX_BATCH_BYTES          # the app's default is EST's 64 KiB
 
 
-def _services():
-    return current_app.config["DEVICE_CA_SERVICES"]
+def _store():
+    return current_app.config["DEVICE_CA_STORE"]
 
 
 def _station() -> str:
     certificate = client_certificate(request.environ, current_app.config["DEVICE_CA_PROXIES"])
     if certificate is None:
         raise DeviceCAError(Kind.UNAUTHORIZED, "a manufacturing station's client certificate is required")
-    services = _services()
-    if not services.est.is_ours(certificate):
+    if not current_app.config["DEVICE_CA_EST"].is_ours(certificate):
         raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate was not issued by this CA")
-    record = services.store.certificate(to_hex(certificate.serial_number))
-    if record is None or record.status != "good" or record.not_after <= services.clock.now():
+    record = _store().certificate(to_hex(certificate.serial_number))
+    if record is None or record.status != "good" or record.not_after <= current_app.config["DEVICE_CA_CLOCK"].now():
         raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate is revoked, expired or unknown")
     if record.policy != STATION_POLICY:
         raise DeviceCAError(Kind.FORBIDDEN, f"only {STATION_POLICY} certificates may use the batch API")
@@ -62,7 +61,7 @@ def _station() -> str:
 
 
 def _out_dir(batch_id: str) -> Path:
-    return _services().settings.home / "batches" / batch_id
+    return current_app.config["DEVICE_CA_BATCH_DIR"] / batch_id
 
 
 def _read_items() -> list[BulkInput]:
@@ -106,13 +105,12 @@ def _read_items() -> list[BulkInput]:
 def submit() -> Response:
     station = _station()
     policy = request.args.get("policy", "")
-    services = _services()
-    services.policies.get(policy)                       # 404 for an unknown policy
+    current_app.config["DEVICE_CA_POLICIES"].get(policy)          # 404 for an unknown policy
     items = _read_items()
     batch_id = request.args.get("batch_id") or batch_id_for(policy, items, False)
-    run = BulkIssuance(services, policy, items, _out_dir(batch_id), actor=f"station:{station}",
-                       batch_id=batch_id, workers=1)
-    existing = services.store.batches.get(batch_id)
+    run = current_app.config["DEVICE_CA_BULK"](policy, items, _out_dir(batch_id), actor=f"station:{station}",
+                                               batch_id=batch_id, workers=1)
+    existing = _store().batches.get(batch_id)
     if existing is not None:
         from device_ca.ra.bulk import input_digest
         if existing.policy != policy or existing.input_sha256 != input_digest(policy, items, False):
@@ -143,7 +141,7 @@ def _run(run: BulkIssuance) -> None:
 
 def _status(batch_id: str) -> dict:
     """Counts from the database; the failed items read a page at a time."""
-    store = _services().store
+    store = _store()
     batch = store.batches.get(batch_id)
     if batch is None:
         raise DeviceCAError(Kind.NOT_FOUND, f"no batch {batch_id}")
@@ -164,7 +162,7 @@ def status(batch_id: str) -> Response:
 @bp.get("/<batch_id>/items/<device_id>.pem")
 def item(batch_id: str, device_id: str) -> Response:
     _station()
-    store = _services().store
+    store = _store()
     found = store.batches.item(batch_id, device_id)
     if found is None or found.state != "issued":
         raise DeviceCAError(Kind.NOT_FOUND, f"no issued certificate for {device_id} in batch {batch_id}")
@@ -179,7 +177,7 @@ def archive(batch_id: str) -> Response:
     temporary file and is added last; its compressed form (~60 bytes an item) is all that is held
     in memory at once at the end."""
     _station()
-    store = _services().store
+    store = _store()
     if store.batches.get(batch_id) is None:
         raise DeviceCAError(Kind.NOT_FOUND, f"no batch {batch_id}")
 

@@ -19,8 +19,8 @@ bp = Blueprint("est", __name__, url_prefix="/.well-known/est")
 PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
 
 
-def _services():
-    return current_app.config["DEVICE_CA_SERVICES"]
+def _est():
+    return current_app.config["DEVICE_CA_EST"]
 
 
 def _label(label: str | None) -> str:
@@ -28,7 +28,7 @@ def _label(label: str | None) -> str:
     if not label:
         raise DeviceCAError(Kind.NOT_FOUND, "no label in the path and no default policy configured")
     try:
-        return _services().policies.get(label).name
+        return current_app.config["DEVICE_CA_POLICIES"].get(label).name
     except DeviceCAError:
         raise DeviceCAError(Kind.NOT_FOUND, f"unknown label {label!r}") from None
 
@@ -80,7 +80,7 @@ def cacerts(label: str | None = None) -> Response:
         _label(label)
     body = current_app.config.get("DEVICE_CA_CACERTS")
     if body is None:
-        certs = _services().ca_certificates()
+        certs = current_app.config["DEVICE_CA_CA_CERTIFICATES"]()
         body = current_app.config["DEVICE_CA_CACERTS"] = est_codec.certs_only_base64([certs["issuing"], certs["root"]])
     response = Response(body, status=200, content_type=PKCS7_CERTS)
     response.headers["Content-Transfer-Encoding"] = "base64"
@@ -90,7 +90,7 @@ def cacerts(label: str | None = None) -> Response:
 @bp.get("/csrattrs")
 @bp.get("/<label>/csrattrs")
 def csrattrs(label: str | None = None) -> Response:
-    policy = _services().policies.get(_label(label))
+    policy = current_app.config["DEVICE_CA_POLICIES"].get(_label(label))
     response = Response(est_codec.csr_attributes_base64(policy.key_types), status=200,
                         content_type="application/csrattrs")
     response.headers["Content-Transfer-Encoding"] = "base64"
@@ -100,26 +100,21 @@ def csrattrs(label: str | None = None) -> Response:
 @bp.post("/simpleenroll")
 @bp.post("/<label>/simpleenroll")
 def simpleenroll(label: str | None = None) -> Response:
-    issued = _services().est.enroll(_label(label), _csr_body(), _caller())
+    issued = _est().enroll(_label(label), _csr_body(), _caller())
     return _certs_response([issued.record.der])
 
 
 @bp.post("/simplereenroll")
 @bp.post("/<label>/simplereenroll")
 def simplereenroll(label: str | None = None) -> Response:
-    issued = _services().est.reenroll(_label(label), _csr_body(), _caller())
+    issued = _est().reenroll(_label(label), _csr_body(), _caller())
     return _certs_response([issued.record.der])
 
 
 @bp.post("/serverkeygen")
 @bp.post("/<label>/serverkeygen")
 def serverkeygen(label: str | None = None) -> Response:
-    issued, pkcs8 = _services().est.serverkeygen(_label(label), _csr_body(), _caller())
-    body, content_type = est_codec.serverkeygen_multipart(pkcs8, _load(issued.pem))
+    issued, pkcs8 = _est().serverkeygen(_label(label), _csr_body(), _caller())
+    body, content_type = est_codec.serverkeygen_multipart(pkcs8, issued.certificate)
     return Response(body, status=200, content_type=content_type)
 
-
-def _load(pem: bytes):
-    from cryptography import x509
-
-    return x509.load_pem_x509_certificate(pem)

@@ -14,18 +14,13 @@ bp = Blueprint("ops", __name__)
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    services = current_app.config["DEVICE_CA_SERVICES"]
     status = {}
-    try:
-        services.store.ping()
-        status["database"] = "ok"
-    except DeviceCAError as exc:
-        status["database"] = exc.detail
-    try:
-        services.token_ping()
-        status["hsm"] = "ok"
-    except DeviceCAError as exc:
-        status["hsm"] = exc.detail
+    for name, check in current_app.config["DEVICE_CA_HEALTH"].items():       # database, hsm
+        try:
+            check()
+            status[name] = "ok"
+        except DeviceCAError as exc:
+            status[name] = exc.detail
     healthy = all(v == "ok" for v in status.values())
     return jsonify(status=("ok" if healthy else "unavailable"), **status), (200 if healthy else 503)
 
@@ -45,7 +40,7 @@ def metrics() -> Response:
 
 @bp.get("/ca/<name>.crt")
 def ca_certificate(name: str) -> Response:
-    certs = current_app.config["DEVICE_CA_SERVICES"].ca_certificates()
+    certs = current_app.config["DEVICE_CA_CA_CERTIFICATES"]()
     if name not in certs:
         return text(404, f"no CA named {name}")
     response = Response(certs[name].public_bytes(Encoding.DER), content_type="application/pkix-cert")

@@ -10,7 +10,7 @@ import hashlib
 import logging
 
 from device_ca.ca import ocsp
-from device_ca.ra.status import OcspAnswer
+from device_ca.ra.publication import OcspAnswer, StatusPublisher
 
 log = logging.getLogger("device_ca.web.status")
 
@@ -25,8 +25,8 @@ def _http_date(when) -> str:
 class StatusApp:
     """Answers /ocsp and /crl/*; everything else goes to ``fallback`` (the Flask app)."""
 
-    def __init__(self, services, fallback):
-        self.services = services
+    def __init__(self, publisher: StatusPublisher, fallback):
+        self.publisher = publisher
         self.fallback = fallback
         self._headers: dict[int, tuple[OcspAnswer, tuple[tuple[str, str], ...]]] = {}
 
@@ -56,7 +56,7 @@ class StatusApp:
                 length = -1
             if not 0 < length <= ocsp.MAX_REQUEST_BYTES:
                 return self._send(start_response, OcspAnswer(ocsp.error_response("malformedRequest")))
-            answer = self.services.revocation.respond(environ["wsgi.input"].read(length))
+            answer = self.publisher.respond(environ["wsgi.input"].read(length))
         elif method == "GET" and path.startswith("/ocsp/"):
             raw = environ.get("RAW_URI") or path      # undecoded, so %2F inside the base64 survives
             raw = raw.split("?", 1)[0]
@@ -65,7 +65,7 @@ class StatusApp:
                 request_der = ocsp.parse_get_path(segment)
             except ocsp.MalformedRequest:
                 return self._send(start_response, OcspAnswer(ocsp.error_response("malformedRequest")))
-            answer = self.services.revocation.respond(request_der)
+            answer = self.publisher.respond(request_der)
         else:
             start_response("405 Method Not Allowed", [("Allow", "GET, POST"), ("Content-Type", "text/plain"),
                                                       ("Content-Length", "19")])
@@ -87,7 +87,7 @@ class StatusApp:
         if method not in ("GET", "HEAD"):
             start_response("405 Method Not Allowed", [("Allow", "GET"), ("Content-Length", "0")])
             return [b""]
-        latest = self.services.revocation.latest_crl() if name == "issuing" else None
+        latest = self.publisher.latest_crl() if name == "issuing" else None
         if latest is None:
             body = b"no such CRL\n"
             start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])

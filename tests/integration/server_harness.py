@@ -1,6 +1,8 @@
 """A running `device-ca serve` on free loopback ports, with its own token, database and policies."""
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -60,16 +62,20 @@ class Server:
         return status, data, headers
 
     def stop(self) -> None:
+        """SIGTERM; if serve has not exited 20 s later, SIGKILL to its whole process group (its workers
+        too). Stopping a stopped server does nothing."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)     # started with start_new_session: pgid == pid
                 self.process.wait()
 
 
 def start_server(env: CaEnv, *extra: str, policy_dir: Path | None = None, timeout: float = 60) -> Server:
+    """`device-ca serve` once it answers on both listeners; stopped again if it does not get there."""
     port, http_port = free_port(), free_port()
     if policy_dir is not None:
         env.extra["DEVICE_CA_POLICY_DIR"] = str(policy_dir)
@@ -78,20 +84,28 @@ def start_server(env: CaEnv, *extra: str, policy_dir: Path | None = None, timeou
         [sys.executable, "-m", "device_ca.cli.main", "serve", "--port", str(port), "--http-port", str(http_port),
          *extra], env=env.env, cwd=env.home, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(env=env, port=port, http_port=http_port, process=process, log=log)
+    try:
+        _wait_ready(server, timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_ready(server: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    context = ssl.create_default_context(cafile=str(env.ca_dir / "chain.pem"))
+    context = ssl.create_default_context(cafile=str(server.chain))
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"device-ca serve exited {process.returncode}: {log.read_text()[-2000:]}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"device-ca serve exited {server.process.returncode}: {server.log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"{server.http}/healthz", timeout=2) as r1, \
                     urllib.request.urlopen(f"{server.est}/cacerts", timeout=2, context=context) as r2:
                 if r1.status == 200 and r2.status == 200:
-                    return server
+                    return
         except OSError:
             time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"device-ca serve did not become ready: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"device-ca serve did not become ready: {server.log.read_text()[-2000:]}")
 
 
 def policy_dir_with(tmp: Path, extra: dict[str, str]) -> Path:

@@ -145,6 +145,34 @@ def test_kill_9_mid_batch_then_rerun_gives_each_device_exactly_one_certificate(e
     assert "audit log OK" in env.run("audit", "verify").stdout.decode()
 
 
+@pytest.mark.parametrize("failpoint", ["after-reserve:kill", "after-sign:kill", "before-record:kill"])
+def test_killed_at_each_step_of_a_chunk_then_rerun(env, tmp_path, failpoint):
+    """The command killed (SIGKILL) at a named step of its second chunk, every time: the first chunk
+    is recorded, the second is reserved and nothing of it is good; the rerun signs the same TBS
+    under the same serials and every device ends with exactly one certificate."""
+    batch = tmp_path / "batch.jsonl"
+    devices = [f"env-{i:05x}" for i in range(450)]
+    _write_jsonl(batch, devices)
+    out = tmp_path / "out"
+    args = ("bulk", "issue", "--policy", "env-sensor", "--jsonl", str(batch), "--out", str(out), "--workers", "1",
+            "--batch-id", "line-4", "--json")
+    killed = env.run(*args, check=False, DEVICE_CA_FAILPOINT=f"{failpoint}:{devices[250]}",
+                     DEVICE_CA_TEST_FAILPOINTS="1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _count(env, "SELECT COUNT(*) FROM certificates") == 200
+    assert _count(env, "SELECT COUNT(*) FROM serial_reservations WHERE state = 'reserved'") == 200
+    assert _count(env, f"SELECT COUNT(*) FROM certificates WHERE device_id = '{devices[250]}'") == 0
+
+    summary = json.loads(env.run(*args).stdout)
+    assert (summary["issued"], summary["already_issued"], summary["failed"]) == (250, 200, 0)
+    assert _count(env, "SELECT COUNT(*) FROM certificates") == len(devices)
+    assert _count(env, "SELECT COUNT(DISTINCT device_id) FROM certificates") == len(devices)
+    assert _count(env, "SELECT COUNT(*) FROM serial_reservations WHERE state = 'reserved'") == 0
+    assert _count(env, "SELECT COUNT(*) FROM serial_reservations WHERE state = 'abandoned'") == 0  # same TBS again
+    _verify_all(env, [out / f"{d}.pem" for d in devices[200:400]])
+    assert "audit log OK" in env.run("audit", "verify").stdout.decode()
+
+
 def test_server_generated_keys_come_in_pkcs12_opened_with_the_batch_secret(env, tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_text("env-a001\nenv-a002\nenv-a003\n")

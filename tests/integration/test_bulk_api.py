@@ -16,13 +16,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from helpers import make_csr
 from integration.cli_harness import new_ca_env, openssl_csr
-from integration.server_harness import start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, module_database_url):
+def served(tmp_path_factory, module_database_url, module_serve):
     tmp = tmp_path_factory.mktemp("bulk-api")
     env = new_ca_env(tmp, module_database_url)
     env.run("init", "--organization", "BuildingCo")
@@ -30,9 +29,7 @@ def served(tmp_path_factory, module_database_url):
     env.run("issue", "--policy", "manufacturing-station", "--csr", str(station), "--out", str(tmp / "station-line-3.pem"))
     device = openssl_csr(tmp, "lock-5", "/O=BuildingCo/OU=door-lock/CN=lock-5")
     env.run("issue", "--policy", "door-lock", "--csr", str(device), "--out", str(tmp / "lock-5.pem"))
-    server = start_server(env, "--rate-limit", "0")
-    yield env, server, tmp
-    server.stop()
+    return env, module_serve(env, "--rate-limit", "0"), tmp
 
 
 def _batch(devices) -> bytes:

@@ -14,7 +14,7 @@ import pytest
 
 from integration.cli_harness import new_ca_env, openssl
 from integration.est_pki import Manufacturer, device_csr, pkcs7_certificates
-from integration.server_harness import policy_dir_with, start_server
+from integration.server_harness import policy_dir_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,7 +22,7 @@ BR_SAN = "URI:urn:dev:ops:buildingco-badge-reader-{}"
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory, module_database_url):
+def pki(tmp_path_factory, module_database_url, module_serve):
     tmp = tmp_path_factory.mktemp("est")
     env = new_ca_env(tmp, module_database_url)
     env.run("init", "--organization", "BuildingCo")
@@ -35,9 +35,8 @@ def pki(tmp_path_factory, module_database_url):
         "guarded-lock": 'subject = "CN={device_id},OU=guarded-lock,O=BuildingCo"\nrequire_approval = true\n',
         "quick-rotate": 'subject = "CN={device_id},OU=quick-rotate,O=BuildingCo"\nrotation_grace = "1s"\n',
     })
-    server = start_server(env, "--rate-limit", "0", policy_dir=policies)
-    yield {"env": env, "server": server, "tmp": tmp, "acme": acme, "other": other}
-    server.stop()
+    server = module_serve(env, "--rate-limit", "0", policy_dir=policies)
+    return {"env": env, "server": server, "tmp": tmp, "acme": acme, "other": other}
 
 
 def _token(env, policy, device):

@@ -1,21 +1,21 @@
 """EST under faults: the token disappears, the database goes away, workers are killed, a client floods."""
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from integration.cli_harness import make_tokens, new_ca_env
+from integration.cli_harness import new_ca_env
 from integration.est_pki import device_csr, pkcs7_certificates
-from integration.server_harness import start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,12 +42,10 @@ def _list(env, *args):
 
 
 @pytest.fixture
-def served(tmp_path, database_url):
+def served(tmp_path, database_url, serve):
     env = new_ca_env(tmp_path, database_url)
     env.run("init", "--organization", "BuildingCo")
-    server = start_server(env, "--rate-limit", "0")
-    yield env, server
-    server.stop()
+    return env, serve(env, "--rate-limit", "0")
 
 
 def test_hsm_unavailable_gives_503_and_nothing_issued(served, tmp_path):
@@ -78,17 +76,20 @@ def test_hsm_unavailable_gives_503_and_nothing_issued(served, tmp_path):
     assert not {c["device_id"] for c in _list(env)} & {f"br-2{i}" for i in range(6)}
 
 
-def test_database_unavailable_gives_503(tmp_path):
+def test_database_unavailable_gives_503(tmp_path, serve):
     from pg import PG_ADMIN_URL, postgres_database
 
     with postgres_database() as url:
         env = new_ca_env(tmp_path, url)
         env.run("init", "--organization", "BuildingCo")
-        server = start_server(env, "--rate-limit", "0")
+        server = serve(env, "--rate-limit", "0")
         name = sa.engine.make_url(url).database
         admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         try:
-            assert _enroll(server, env, tmp_path, "br-1")[0] == 200
+            status, data, _ = _enroll(server, env, tmp_path, "br-1")
+            assert status == 200
+            ocsp_request = _ocsp_request(pkcs7_certificates(data)[0], env.ca_dir / "issuing.pem")
+            assert _ocsp_status(server, ocsp_request) == "SUCCESSFUL"
             secret = env.run("token", "create", "--policy", "badge-reader", "--device-id", "br-3").stdout.decode().strip()
             _, body = device_csr(tmp_path, "br-3", "/O=BuildingCo/OU=badge-reader/CN=br-3")
             with admin.connect() as c:
@@ -98,6 +99,7 @@ def test_database_unavailable_gives_503(tmp_path):
                                                 "-u", f"br-3:{secret}", body=body)
             assert status == 503 and headers["retry-after"] == "30" and b"database unavailable" in data, \
                 server.log.read_text()[-3000:]
+            assert _ocsp_status(server, ocsp_request) == "TRY_LATER"     # relying parties: try later, not an error
             with admin.connect() as c:
                 c.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             status, data, _ = server.curl("/badge-reader/simpleenroll", "-H", "Content-Type: application/pkcs10",
@@ -111,68 +113,89 @@ def test_database_unavailable_gives_503(tmp_path):
             admin.dispose()
 
 
-def _https_workers(server_pid: int) -> list[int]:
-    """Direct children of the HTTPS arbiter that have no children (the HTTP arbiter has its workers)."""
-    def children(pid):
-        try:
-            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except FileNotFoundError:
-            return []
-    return [p for p in children(server_pid) if not children(p)]
+def _ocsp_request(certificate, issuer_pem: Path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509 import ocsp
+
+    issuer = x509.load_pem_x509_certificate(issuer_pem.read_bytes())
+    return ocsp.OCSPRequestBuilder().add_certificate(certificate, issuer, hashes.SHA1()).build().public_bytes(
+        Encoding.DER)
 
 
-def test_killed_workers_leave_no_half_issued_certificate(served, tmp_path):
-    env, server = served
-    devices = [f"br-{i}" for i in range(400, 430)]
-    secrets_ = make_tokens(env, "badge-reader", devices)
-    bodies = {d: device_csr(tmp_path, d, f"/O=BuildingCo/OU=badge-reader/CN={d}")[1] for d in devices}
+def _ocsp_status(server, request: bytes) -> str:
+    """POST /ocsp on the plain-HTTP listener with curl; the OCSPResponseStatus's name."""
+    from cryptography.x509 import ocsp
 
-    def attempt(device):
-        return server.curl("/badge-reader/simpleenroll", "-H", "Content-Type: application/pkcs10",
-                           "-u", f"{device}:{secrets_[device]}", body=bodies[device])
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = {pool.submit(attempt, d): d for d in devices}
-        time.sleep(0.3)
-        while not all(f.done() for f in futures):       # warm workers enroll 30 devices in well under a second
-            for pid in _https_workers(server.process.pid):
-                os.kill(pid, signal.SIGKILL)
-            time.sleep(0.7)
-        results = {futures[f]: f.result() for f in futures}
-    answered = {d for d, (status, _, _) in results.items() if status == 200}
-    for device, (status, data, _) in results.items():
-        if status == 200:
-            (cert,) = pkcs7_certificates(data)
-            assert cert.subject.rfc4514_string().startswith(f"CN={device},")
-    good = _list(env, "--status", "good", "--policy", "badge-reader")
-    assert len(good) == len({c["device_id"] for c in good})          # never two certificates for one device
-    assert answered <= {c["device_id"] for c in good}               # every answered certificate is recorded
-    for record in good:                                             # every good row is a whole certificate
-        pem = env.run("show", record["serial"], "--pem").stdout
-        assert pem.startswith(b"-----BEGIN CERTIFICATE-----")
-    for reservation in json.loads(env.run("reconcile", "--json").stdout):   # interrupted: reserved, never good
-        assert env.run("show", reservation["serial"], check=False).returncode == 5
-    assert json.loads(env.run("audit", "verify", "--json").stdout)["ok"]
-    assert len(answered) < len(devices), "the kills hit no request; the test proved nothing"
+    proc = subprocess.run(["curl", "-s", "--max-time", "30", "-H", "Content-Type: application/ocsp-request",
+                           "--data-binary", "@-", f"{server.http}/ocsp"], input=request, capture_output=True,
+                          timeout=60)
+    return ocsp.load_der_ocsp_response(proc.stdout).response_status.name
 
 
-def test_rate_limit_per_client(tmp_path, database_url):
+FAILPOINTS = ["after-reserve:kill", "sign:hsm-error", "after-sign:kill", "before-record:kill", "record:db-error"]
+
+
+@pytest.mark.parametrize("failpoint", FAILPOINTS)
+def test_each_step_of_issuance_interrupted(tmp_path, database_url, failpoint, serve):
+    """The pipeline stopped at each step for the devices br-9* (a worker SIGKILLed, the token or the
+    database failing exactly there), every time, while other devices enroll around them: what was
+    answered is recorded and good; what was interrupted is a reservation that `reconcile` lists and
+    never a good certificate; the audit chain verifies."""
     env = new_ca_env(tmp_path, database_url)
     env.run("init", "--organization", "BuildingCo")
-    server = start_server(env, "--rate-limit", "1", "--workers", "4", "--threads", "1")
-    try:
-        start = time.monotonic()
-        statuses = [server.curl("/cacerts")[0] for _ in range(12)]
-        elapsed = time.monotonic() - start
-        assert 429 in statuses and statuses[0] == 200
-        # burst 2, then 1/s, whichever of the 4 workers answers (each with its own buckets: up to 8 at once)
-        assert statuses.count(200) <= 2 + int(elapsed) + 1, (statuses, elapsed)
-        status, _, headers = server.curl("/cacerts")
-        assert status == 429 and int(headers["retry-after"]) >= 1
-        other = server.curl("/cacerts", "--interface", "127.0.0.2")      # another client is not affected
-        assert other[0] == 200
-    finally:
-        server.stop()
+    env.extra.update({"DEVICE_CA_FAILPOINT": f"{failpoint}:br-9*", "DEVICE_CA_TEST_FAILPOINTS": "1"})
+    server = serve(env, "--rate-limit", "0", "--workers", "2", "--threads", "1")
+    answers = {d: _enroll(server, env, tmp_path, d) for d in ("br-1", "br-90", "br-2", "br-91", "br-3")}
+    server.stop()
+    for device in ("br-1", "br-2", "br-3"):
+        status, data, _ = answers[device]
+        assert status == 200, (device, data, server.log.read_text()[-3000:])
+        (cert,) = pkcs7_certificates(data)
+        assert cert.subject.rfc4514_string().startswith(f"CN={device},")
+    for device in ("br-90", "br-91"):
+        status, data, headers = answers[device]
+        if failpoint.endswith(":kill"):
+            assert status in (0, 502), (device, status, data)          # the worker died: no answer
+        else:
+            assert status == 503 and headers["retry-after"] == "30", (device, status, data)
+            assert (b"signing service" if "hsm" in failpoint else b"database") in data
+    env.extra.pop("DEVICE_CA_FAILPOINT")
+    good = {c["device_id"]: c for c in _list(env, "--status", "good", "--policy", "badge-reader")}
+    assert set(good) == {"br-1", "br-2", "br-3"}
+    assert _list(env, "--device-id", "br-90") == [] and _list(env, "--device-id", "br-91") == []
+    reserved = json.loads(env.run("reconcile", "--json", "--older-than", "0").stdout)
+    assert sorted(r["device_id"] for r in reserved) == ["br-90", "br-91"]
+    for reservation in reserved:                                    # interrupted: reserved, never good
+        assert env.run("show", reservation["serial"], check=False).returncode == 5
+    assert json.loads(env.run("audit", "verify", "--json").stdout)["ok"]
+
+
+def test_failpoints_are_refused_outside_tests(tmp_path):
+    env = new_ca_env(tmp_path, f"sqlite:///{tmp_path / 'ca.db'}")
+    env.run("init", "--organization", "BuildingCo")
+    env.extra["DEVICE_CA_FAILPOINT"] = "after-sign:kill"
+    proc = subprocess.run([sys.executable, "-m", "device_ca.cli.main", "serve", "--port", "0"], env=env.env,
+                          cwd=env.home, capture_output=True, timeout=60)
+    assert proc.returncode == 3 and b"DEVICE_CA_TEST_FAILPOINTS" in proc.stderr, proc.stderr
+    assert not (env.home / "tls" / "server.pem").exists()         # refused before anything started
+
+
+def test_rate_limit_per_client(tmp_path, database_url, serve):
+    env = new_ca_env(tmp_path, database_url)
+    env.run("init", "--organization", "BuildingCo")
+    server = serve(env, "--rate-limit", "1", "--workers", "4", "--threads", "1")
+    start = time.monotonic()
+    statuses = [server.curl("/cacerts")[0] for _ in range(12)]
+    elapsed = time.monotonic() - start
+    assert 429 in statuses and statuses[0] == 200
+    # burst 2, then 1/s, whichever of the 4 workers answers (each with its own buckets: up to 8 at once)
+    assert statuses.count(200) <= 2 + int(elapsed) + 1, (statuses, elapsed)
+    status, _, headers = server.curl("/cacerts")
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    other = server.curl("/cacerts", "--interface", "127.0.0.2")      # another client is not affected
+    assert other[0] == 200
 
 
 def _closed_by_server(sock: socket.socket, within: float) -> float:
@@ -189,38 +212,36 @@ def _closed_by_server(sock: socket.socket, within: float) -> float:
     return time.monotonic() - start
 
 
-def test_stalled_clients_are_cut_off(tmp_path):
+def test_stalled_clients_are_cut_off(tmp_path, serve):
     """Half a ClientHello, half a request after the handshake, half a second request on a kept-alive
     connection: each holds one of the server's threads until its limit, then is closed, and the
     server answers others again (two such clients used to stop a 1x2 server for good)."""
     env = new_ca_env(tmp_path, f"sqlite:///{tmp_path / 'ca.db'}")
     env.run("init", "--organization", "BuildingCo")
-    server = start_server(env, "--workers", "1", "--threads", "2", "--handshake-timeout", "1.5",
-                          "--idle-timeout", "2.5", "--rate-limit", "0")
+    server = serve(env, "--workers", "1", "--threads", "2", "--handshake-timeout", "1.5",
+                   "--idle-timeout", "2.5", "--rate-limit", "0")
     tls = ssl.create_default_context(cafile=str(server.chain))
-    try:
-        half_hello = socket.create_connection(("127.0.0.1", server.port))
-        half_hello.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")     # a ClientHello's first bytes
-        half_request = tls.wrap_socket(socket.create_connection(("127.0.0.1", server.port)),
-                                       server_hostname="127.0.0.1")
-        half_request.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        handshake_cut = _closed_by_server(half_hello, within=8)
-        request_cut = _closed_by_server(half_request, within=8)
-        assert 1.0 <= handshake_cut <= 4, handshake_cut
-        assert 2.0 <= handshake_cut + request_cut <= 6, request_cut       # its limit started with the handshake
-        status, _, _ = server.curl("/cacerts", "--max-time", "5")
-        assert status == 200
+    half_hello = socket.create_connection(("127.0.0.1", server.port))
+    half_hello.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")     # a ClientHello's first bytes
+    half_request = tls.wrap_socket(socket.create_connection(("127.0.0.1", server.port)),
+                                   server_hostname="127.0.0.1")
+    half_request.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    handshake_cut = _closed_by_server(half_hello, within=8)
+    request_cut = _closed_by_server(half_request, within=8)
+    assert 1.0 <= handshake_cut <= 4, handshake_cut
+    assert 2.0 <= handshake_cut + request_cut <= 6, request_cut       # its limit started with the handshake
+    status, _, _ = server.curl("/cacerts", "--max-time", "5")
+    assert status == 200
 
-        kept = tls.wrap_socket(socket.create_connection(("127.0.0.1", server.port)), server_hostname="127.0.0.1")
-        kept.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        kept.settimeout(5)
-        assert kept.recv(12) == b"HTTP/1.1 200"
-        time.sleep(0.5)                                  # the rest of the answer; then half a second request
-        kept.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\n")
-        cut = _closed_by_server(kept, within=10)
-        assert cut <= 6, cut
-        assert server.curl("/cacerts", "--max-time", "5")[0] == 200
-    finally:
-        server.stop()
+    kept = tls.wrap_socket(socket.create_connection(("127.0.0.1", server.port)), server_hostname="127.0.0.1")
+    kept.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    kept.settimeout(5)
+    assert kept.recv(12) == b"HTTP/1.1 200"
+    time.sleep(0.5)                                  # the rest of the answer; then half a second request
+    kept.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\n")
+    cut = _closed_by_server(kept, within=10)
+    assert cut <= 6, cut
+    assert server.curl("/cacerts", "--max-time", "5")[0] == 200
+    server.stop()
     log = server.log.read_text()
     assert "Traceback" not in log, log[-3000:]

@@ -10,7 +10,7 @@ import pytest
 
 from integration.cli_harness import new_ca_env
 from integration.est_pki import device_csr, pkcs7_certificates
-from integration.server_harness import free_port, start_server
+from integration.server_harness import free_port
 from integration.tls_tools import Nginx, mtls_server_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -19,10 +19,10 @@ HEADER = "X-SSL-Client-Cert"
 
 
 @pytest.fixture
-def proxied(tmp_path, database_url):
+def proxied(tmp_path, database_url, serve):
     env = new_ca_env(tmp_path, database_url)
     env.run("init", "--organization", "BuildingCo")
-    server = start_server(env, "--rate-limit", "0", "--trusted-proxy", "127.0.0.1", "--client-cert-header", HEADER)
+    server = serve(env, "--rate-limit", "0", "--trusted-proxy", "127.0.0.1", "--client-cert-header", HEADER)
     tls = env.home / "tls"
     port = free_port()
     config = mtls_server_block(port, tls / "server.pem", tls / "server.key", tls / "client-ca.pem", "optional", f"""
@@ -34,7 +34,6 @@ def proxied(tmp_path, database_url):
             }}""")
     with Nginx(config) as nginx:
         yield env, server, nginx
-    server.stop()
 
 
 def _curl(url, chain, *args, body=None):

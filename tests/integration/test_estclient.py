@@ -14,14 +14,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from integration.cli_harness import new_ca_env, openssl
 from integration.est_pki import Manufacturer
-from integration.server_harness import policy_dir_with, start_server
+from integration.server_harness import policy_dir_with
 from integration.tls_tools import estclient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, module_database_url):
+def served(tmp_path_factory, module_database_url, module_serve):
     tmp = tmp_path_factory.mktemp("estclient")
     env = new_ca_env(tmp, module_database_url)
     env.run("init", "--organization", "BuildingCo")
@@ -29,9 +29,7 @@ def served(tmp_path_factory, module_database_url):
     policies = policy_dir_with(tmp, {
         "factory-lock": f'subject = "CN={{device_id}},OU=factory-lock,O=BuildingCo"\n'
                         f'enrollment = ["idevid"]\nmanufacturer_cas = ["{acme.pem}"]\n'})
-    server = start_server(env, "--rate-limit", "0", policy_dir=policies)
-    yield env, server, tmp, acme
-    server.stop()
+    return env, module_serve(env, "--rate-limit", "0", policy_dir=policies), tmp, acme
 
 
 def _base(server, label=None):

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from integration.cli_harness import new_ca_env
 from integration.keycloak_harness import jwt_claims, new_keycloak, wait_for
-from integration.server_harness import policy_dir_with, start_server
+from integration.server_harness import policy_dir_with
 
 pytestmark = [pytest.mark.keycloak, pytest.mark.integration, pytest.mark.slow, pytest.mark.database]
 
@@ -71,10 +71,8 @@ def keycloak(ca, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(ca, keycloak):
-    s = start_server(ca, "--workers", "2", "--threads", "1", "--http-workers", "1")
-    yield s
-    s.stop()
+def server(ca, keycloak, module_serve):
+    return module_serve(ca, "--workers", "2", "--threads", "1", "--http-workers", "1")
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,16 @@ import urllib.request
 import pytest
 
 from integration.cli_harness import new_ca_env, openssl, openssl_csr
-from integration.server_harness import start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, module_database_url):
+def served(tmp_path_factory, module_database_url, module_serve):
     tmp = tmp_path_factory.mktemp("status")
     env = new_ca_env(tmp, module_database_url)
     env.run("init", "--organization", "BuildingCo")
-    server = start_server(env, "--rate-limit", "0")
-    yield env, server, tmp
-    server.stop()
+    return env, module_serve(env, "--rate-limit", "0"), tmp
 
 
 def _issue(env, tmp, device):
@@ -181,11 +178,11 @@ def test_decommission_revokes_every_certificate(served):
     assert missing.returncode == 5
 
 
-def test_serve_stops_cleanly_on_sigterm(tmp_path, database_url):
+def test_serve_stops_cleanly_on_sigterm(tmp_path, database_url, serve):
     """SIGTERM (systemd, the demo) stops both listeners and exits 0, not with an internal error."""
     env = new_ca_env(tmp_path, database_url)
     env.run("init", "--organization", "BuildingCo")
-    server = start_server(env)
+    server = serve(env)
     listeners = subprocess.run(["pgrep", "-g", str(server.process.pid)], capture_output=True, text=True).stdout
     server.stop()
     assert server.process.returncode == 0, server.log.read_text()[-2000:]

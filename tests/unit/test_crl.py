@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from device_ca.ca.clock import FixedClock, SystemClock
-from device_ca.ca.crl import MAX_CRL_NUMBER, RevokedEntry, build_crl, publish_atomically
+from device_ca.ca.crl import MAX_CRL_NUMBER, RevokedEntry, build_crl
+from device_ca.files import publish
 from device_ca.ca.lint import lint_crl, require_clean
 from device_ca.errors import DeviceCAError, Kind
 from helpers import CorruptingSigner, software_ca
@@ -206,12 +207,12 @@ def test_large_crl_is_built_quickly(pki, now, count):
     assert len(crl) == count
 
 
-def test_publish_atomically_replaces_and_keeps_old_on_failure(tmp_path, monkeypatch):
+def test_publish_replaces_and_keeps_old_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "issuing.crl"
-    publish_atomically(b"first", target)
+    publish(target, b"first")
     assert target.read_bytes() == b"first"
     assert (target.stat().st_mode & 0o777) == 0o644
-    publish_atomically(b"second", target)
+    publish(target, b"second")
     assert target.read_bytes() == b"second"
 
     def crash(*args):
@@ -219,7 +220,7 @@ def test_publish_atomically_replaces_and_keeps_old_on_failure(tmp_path, monkeypa
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        publish_atomically(b"third", target)
+        publish(target, b"third")
     assert target.read_bytes() == b"second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["issuing.crl"]
 

@@ -11,7 +11,7 @@ from device_ca.ca.issuer import CertificateRequest, Issuer, PublicUrls
 from device_ca.ca.lint import lint_certificate
 from device_ca.ca.template_lint import TemplateLinter, check_values, shape
 from device_ca.errors import DeviceCAError
-from device_ca.services import pkilint_gate
+from device_ca.ca.lint import pkilint_gate
 from helpers import T0, software_ca
 
 

@@ -1,4 +1,4 @@
-"""The OCSP hot path of RevocationService against a real database (SQLite or PostgreSQL) with
+"""The OCSP hot path of StatusPublisher against a real database (SQLite or PostgreSQL) with
 software keys: cached nonce-less answers are the same bytes until half their validity, and a
 revocation committed by anyone is on the very next answer."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from cryptography.x509 import ocsp as x509_ocsp
 
 from device_ca.ca.issuer import Issuer, PublicUrls
 from device_ca.ra.authority import RegistrationAuthority
-from device_ca.ra.status import OCSP_VALIDITY, RevocationService
-from device_ca.services import pkilint_gate
+from device_ca.ra.publication import OCSP_VALIDITY, StatusPublisher
+from device_ca.ca.lint import pkilint_gate
 from helpers import CountingSigner, make_csr, software_ca
 
 
@@ -25,11 +25,11 @@ class SoftwareToken:
     def __init__(self):
         self.keys = {}
 
-    def generate_key(self, label, key_type):
+    def generate(self, label, key_type):
         self.keys[label] = CountingSigner(ec.generate_private_key(ec.SECP256R1()))
         return self.keys[label]
 
-    def find_key(self, label):
+    def find(self, label):
         return self.keys.get(label)
 
 
@@ -40,10 +40,9 @@ def setup(store, policies, clock, tmp_path):
     issuer = Issuer(ca[2], signer, clock, PublicUrls("http://127.0.0.1:8080"), pkilint_gate)
     ra = RegistrationAuthority(store, policies, lambda: issuer, clock)
     token = SoftwareToken()
-    service = RevocationService(store, lambda: issuer, lambda: token, clock, tmp_path / "issuing.crl")
+    service = StatusPublisher(store, lambda: issuer, token, clock, tmp_path / "issuing.crl")
     service.ensure_responder()
-    service.token = token                                     # for the tests: the responder key's signature count
-    service.fresh = lambda: RevocationService(store, lambda: issuer, lambda: token, clock, tmp_path / "issuing.crl")
+    service.fresh = lambda: StatusPublisher(store, lambda: issuer, token, clock, tmp_path / "issuing.crl")
     record = ra.issue("door-lock", make_csr("lock-7"), actor="test").record
     leaf = x509.load_der_x509_certificate(record.der)
     return ra, service, signer, record, _request(leaf, ca[2]), ca[2]
@@ -143,3 +142,18 @@ def test_a_stored_answer_older_than_half_its_validity_is_not_served(setup, store
     clock.advance(OCSP_VALIDITY / 2)                          # the janitor was down: not refreshed
     answer = service.fresh().respond(request)
     assert answer.der != stored.der and answer.this_update == clock.now()
+
+
+def test_token_unavailable_answers_try_later(setup, store, clock, tmp_path):
+    """The real token boundary (device_ca.token.CaToken) on a PKCS#11 module that is not there: the
+    HsmError becomes HSM_UNAVAILABLE there, and OCSP answers tryLater (unsigned), not internalError."""
+    import hsm
+    from device_ca.token import CaToken
+
+    ra, service, _, _, request, issuing = setup
+    missing = CaToken(lambda: hsm.TokenConfig(module=str(tmp_path / "no-such-pkcs11.so"), token_label="x", pin="1"))
+    publisher = StatusPublisher(store, lambda: service._issuer(), missing, clock, tmp_path / "issuing.crl")
+    for der in (request, _request(x509.load_der_x509_certificate(setup[3].der), issuing, nonce=b"m" * 16)):
+        answer = publisher.respond(der)
+        response = x509_ocsp.load_der_ocsp_response(answer.der)
+        assert response.response_status == x509_ocsp.OCSPResponseStatus.TRY_LATER and not answer.cacheable

@@ -1,5 +1,5 @@
-"""Revocation status for relying parties: the OCSP responder (RFC 6960, RFC 9919 profile) and the
-CRL publisher (RFC 5280 §5).
+"""Publishing revocation status for relying parties: OCSP answers (RFC 6960, RFC 9919 profile) and
+CRLs (RFC 5280 §5).
 
 A revocation is visible on the very next answer: signed answers for nonce-less single requests
 are cached per process until half their validity has passed, keyed by the status they state, and
@@ -8,7 +8,7 @@ read (SQLite: the change counter every writer moves, store/db.py; on PostgreSQL 
 on every request), so a cached answer can never contradict the database. Answers pre-signed by the
 server's janitor are served when they state the current status. Requests with a nonce are signed
 live. The delegated responder certificate (7 days, key on the token) is rotated two days before it
-expires.
+expires. While the token or the database is unavailable, OCSP answers tryLater (unsigned).
 """
 from __future__ import annotations
 
@@ -25,14 +25,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from device_ca.ca import ocsp
 from device_ca.ca.clock import Clock
-from device_ca.ca.crl import RevokedEntry, build_crl, publish_atomically
+from device_ca.ca.crl import RevokedEntry, build_crl
 from device_ca.ca.issuer import Issuer
 from device_ca.ca.serial import new_serial, to_hex
+from device_ca import files
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import Store
+from device_ca.token import CaToken
 from device_ca.store.status import CertStatus, Presigned, StoredCrl
 
-log = logging.getLogger("device_ca.ra.status")
+log = logging.getLogger("device_ca.ra.publication")
 
 RESPONDER_VALIDITY = dt.timedelta(days=7)
 ROTATE_BEFORE = dt.timedelta(days=2)
@@ -49,13 +51,13 @@ class OcspAnswer:
     cacheable: bool = False
 
 
-class RevocationService:
-    def __init__(self, store: Store, issuer: Callable[[], Issuer], token: Callable[[], object], clock: Clock,
+class StatusPublisher:
+    def __init__(self, store: Store, issuer: Callable[[], Issuer], token: CaToken, clock: Clock,
                  crl_path: Path, linter=None, ca: str = "issuing"):
         self.ca = ca
         self.store = store
         self._issuer = issuer
-        self._token = token
+        self.token = token
         self.clock = clock
         self.crl_path = crl_path
         self.linter = linter
@@ -70,7 +72,11 @@ class RevocationService:
     def respond(self, request_der: bytes) -> OcspAnswer:
         """The hot path: a relying party repeating a nonce-less request gets the same signed bytes,
         as long as nothing was committed since their status was read and they are fresh."""
-        marker = self.store.status.change_marker()
+        try:
+            marker = self.store.status.change_marker()
+        except DeviceCAError as exc:
+            log.error("OCSP: %s", exc.detail)
+            return OcspAnswer(ocsp.error_response(ocsp.status_for_error(exc)))
         hit = self._fast.get(request_der)
         if hit is not None and hit[0] == marker and self.clock.now() < hit[1]:
             return hit[2]
@@ -145,7 +151,7 @@ class RevocationService:
         stored = self.store.status.active_responder(self.ca, now)
         if stored is None:
             raise DeviceCAError(Kind.INTERNAL, "no OCSP responder certificate: run 'device-ca ocsp refresh'")
-        key = self._token().find_key(stored.key_label)
+        key = self.token.find(stored.key_label)
         if key is None:
             raise DeviceCAError(Kind.HSM_UNAVAILABLE, f"OCSP responder key {stored.key_label!r} is not on the token")
         certificate = x509.load_der_x509_certificate(stored.der)
@@ -179,7 +185,7 @@ class RevocationService:
             return x509.load_der_x509_certificate(stored.der), False
         issuer = self._issuer()
         label = f"device-ca-ocsp-{now:%Y%m%d%H%M%S}"
-        key = self._token().generate_key(label, issuer.key_type)
+        key = self.token.generate(label, issuer.key_type)
         serial = new_serial()
         certificate = ocsp.build_responder_certificate(issuer.certificate, issuer.signer, key.public_key(), self.clock,
                                                        RESPONDER_VALIDITY, serial=serial, linter=self.linter)
@@ -206,7 +212,7 @@ class RevocationService:
             self.store.status.crl_dirty_again(self.ca)      # a revocation must not be lost from the next run
             raise
         self.crl_path.parent.mkdir(parents=True, exist_ok=True)
-        publish_atomically(der, self.crl_path)
+        files.publish(self.crl_path, der)
         log.info("CRL %d published with %d entries", number, len(entries))
         return StoredCrl(number, crl.last_update_utc, crl.next_update_utc, der)
 

@@ -1,0 +1,52 @@
+"""The one way device-ca writes a file that others read: whole or not at all.
+
+The bytes go to a temporary name of this process and thread in the same directory (opened with
+O_NOFOLLOW, so a planted link is never followed), get their mode, and are renamed over the target;
+a reader sees the old file or the new one, never a part. ``durable`` also fsyncs the file and the
+directory, so the rename survives a crash (CRLs, CA files).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import IO, Iterator
+
+PRIVATE, PUBLIC = 0o600, 0o644
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: int = PRIVATE, durable: bool = False, text: bool = False) -> Iterator[IO]:
+    """A file object whose content replaces ``path`` when the block ends without an error."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)                  # whatever the umask took away
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def write_atomically(path: Path, data: bytes, mode: int = PRIVATE, durable: bool = False) -> None:
+    """``data`` under ``path`` whole or not at all (see the module doc)."""
+    with atomic_writer(path, mode, durable) as f:
+        f.write(data)
+
+
+def publish(path: Path, data: bytes) -> None:
+    """A public file (CRL, CA certificates): world-readable, durable."""
+    write_atomically(path, data, PUBLIC, durable=True)

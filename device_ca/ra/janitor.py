@@ -1,0 +1,79 @@
+"""The periodic jobs of a running CA: publish a CRL when a revocation asks for one or half its
+validity has passed; pre-sign OCSP answers for new, revoked and ageing certificates; revoke
+superseded certificates whose rotation grace is over; rotate the OCSP responder certificate.
+
+One process at a time runs them (an exclusive flock on ``run/janitor.lock`` under the state
+directory; when that process dies another takes over).
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from pathlib import Path
+
+from device_ca.ra.authority import RegistrationAuthority
+from device_ca.ra.publication import StatusPublisher
+
+log = logging.getLogger("device_ca.ra.janitor")
+
+JANITOR_SECONDS = 5          # CRL after a revocation within seconds (bursts coalesce into one CRL)
+ROTATION_EVERY = 6           # superseded revocations and responder rotation every 30 s
+
+
+class Janitor:
+    def __init__(self, publisher: StatusPublisher, ra: RegistrationAuthority, lock_path: Path):
+        self.publisher = publisher
+        self.ra = ra
+        self.lock_path = lock_path
+        self.rounds = 0
+        self._lock: int | None = None
+        self._stop = threading.Event()
+
+    def run_once(self) -> bool:
+        """One round, if this process holds the lock (taken on the first round that can); False if not."""
+        if self._lock is None:
+            self._lock = _try_lock(self.lock_path)
+            if self._lock is None:
+                return False
+        self.rounds += 1
+        if self.publisher.crl_due():
+            self.publisher.generate_crl()
+        signed = self.publisher.presign()
+        if signed:
+            log.info("pre-signed %d OCSP answers", signed)
+        if self.rounds % ROTATION_EVERY == 0:
+            done = self.ra.revoke_superseded()
+            if done:
+                log.info("revoked %d superseded certificates", len(done))
+            self.publisher.ensure_responder()
+        return True
+
+    def start(self, interval: float = JANITOR_SECONDS) -> threading.Thread:
+        """A daemon thread running a round every ``interval`` seconds; errors are logged and retried."""
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.run_once()
+                except Exception as exc:  # noqa: BLE001 - keep the janitor alive; the next round retries
+                    log.warning("janitor: %s", exc)
+
+        thread = threading.Thread(target=loop, name="device-ca-janitor", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _try_lock(path: Path) -> int | None:
+    """A file descriptor holding an exclusive flock on ``path``, or None if another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -1,0 +1,135 @@
+"""The CA's token: the ``hsm`` package seen from device-ca, with the one translation of
+``hsm.HsmError`` into ``DeviceCAError(HSM_UNAVAILABLE)``.
+
+Everything above this module (ra/, the OCSP responder, the CRL publisher, the CLI) sees token
+failures as error kinds; each edge maps the kind once (HTTP 503 + Retry-After, OCSP tryLater,
+CLI exit 9). The signers handed out wrap the token's keys: they are the same ``cryptography`` key
+types to the builders, and a failing signature becomes the same error kind.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Iterator
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+import hsm
+from device_ca.errors import DeviceCAError, Kind
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """HsmError raised inside the block leaves it as DeviceCAError(HSM_UNAVAILABLE)."""
+    try:
+        yield
+    except hsm.HsmError as exc:
+        raise DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc) from None
+
+
+class CaToken:
+    """The token, opened on first use in this process (never before a fork) and kept."""
+
+    def __init__(self, config: Callable[[], hsm.TokenConfig]):
+        self._config = config
+        self._token: hsm.Token | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def label(self) -> str:
+        return self._config().token_label
+
+    def _open(self) -> hsm.Token:
+        token = self._token
+        if token is None:
+            with self._lock, translated():
+                if self._token is None:
+                    self._token = hsm.open_token(self._config())
+                token = self._token
+        return token
+
+    @property
+    def opened(self) -> bool:
+        return self._token is not None
+
+    def ping(self) -> None:
+        with translated():
+            self._open().ping()
+
+    def labels(self) -> list[str]:
+        with translated():
+            return self._open().labels()
+
+    def find(self, label: str):
+        """A signer for the private key ``label``, or None if the token has none."""
+        with translated():
+            key = self._open().find_key(label)
+        return None if key is None else signer(key)
+
+    def signer(self, label: str):
+        """The signer for ``label``; HSM_UNAVAILABLE when the key is not on the token."""
+        key = self.find(label)
+        if key is None:
+            raise DeviceCAError(Kind.HSM_UNAVAILABLE, f"key {label!r} not found on token {self.label!r}")
+        return key
+
+    def generate(self, label: str, key_type: str):
+        """A new non-extractable key pair on the token; its signer."""
+        with translated():
+            return signer(self._open().generate_key(label, key_type))
+
+
+def signer(key):
+    """``key`` (a token key) as a signer whose failures are error kinds."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return EcSigner(key)
+    return RsaSigner(key)
+
+
+class _Delegating:
+    def __init__(self, key):
+        self._key = key
+
+    def public_key(self):
+        return self._key.public_key()
+
+    @property
+    def key_size(self) -> int:
+        return self._key.key_size
+
+    def private_numbers(self):
+        return self._key.private_numbers()
+
+    def private_bytes(self, *args, **kwargs):
+        return self._key.private_bytes(*args, **kwargs)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._key!r})"
+
+
+class EcSigner(_Delegating, ec.EllipticCurvePrivateKey):
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._key.curve
+
+    def exchange(self, algorithm, peer_public_key):
+        return self._key.exchange(algorithm, peer_public_key)
+
+    def sign(self, data: bytes, signature_algorithm) -> bytes:
+        with translated():
+            return self._key.sign(data, signature_algorithm)
+
+
+class RsaSigner(_Delegating, rsa.RSAPrivateKey):
+    def decrypt(self, ciphertext: bytes, padding):
+        return self._key.decrypt(ciphertext, padding)
+
+    def sign(self, data: bytes, padding, algorithm) -> bytes:
+        with translated():
+            return self._key.sign(data, padding, algorithm)
