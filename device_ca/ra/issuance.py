@@ -8,7 +8,8 @@ the device id; the edge's own authentication before it), build the TBSCertificat
 audit events, claimed tokens and batch items: one durable transaction), sign on the token, verify
 the signature, record (certificates, devices, links, audit, outbox: a second durable transaction).
 It takes a list of orders, so single issuance is a group of one and a bulk chunk is a group of
-hundreds: two commits per group either way.
+hundreds: two commits per group either way, and concurrent groups of one process share their
+commits (group_commit.py).
 
 A crash or a failed write after the reservation leaves reserved serials without certificates,
 which ``reconcile`` lists; a serial once reserved is never used for another certificate. Named
@@ -32,6 +33,7 @@ from device_ca.ca.serial import new_serial, to_hex
 from device_ca.errors import DeviceCAError, Kind, rejected
 from device_ca.policy import Policy, checks
 from device_ca.ra.failpoints import NONE, Failpoints
+from device_ca.ra.group_commit import GroupCommit
 from device_ca.store import (AuditEvent, CertificateRecord, IssuanceLinks, OutboxMessage, Recorded, Reservation,
                              Reserved, SerialInUse)
 from device_ca.store.issuance import IssuanceRepo
@@ -98,6 +100,10 @@ class Pipeline:
         self.clock = clock
         self.serials = serials
         self.failpoints = failpoints
+        # concurrent issuances of this process share their two transactions (group_commit.py)
+        self._reserving = GroupCommit(lambda parts: store.reserve([r for p in parts for r in p[0]],
+                                                                  [a for p in parts for a in p[1]]))
+        self._recording = GroupCommit(lambda parts: store.record([r for p in parts for r in p]))
 
     def issue(self, orders: list[Order]) -> list[Issued]:
         """Reserve, sign, verify and record ``orders`` as one group (two transactions)."""
@@ -141,7 +147,7 @@ class Pipeline:
                 p = built[i] = issuer.prepare(order.request, self._draw_serial(order))
                 reserved.append(_reserved(issuer, order, p, now))
             try:
-                self.store.reserve(reserved, abandon)
+                self._reserving.submit((reserved, abandon))
                 break
             except SerialInUse:
                 log.error("a drawn serial was already reserved; drawing again")
@@ -201,7 +207,7 @@ class Pipeline:
         try:
             self.failpoints.hit("before-record", devices)
             self.failpoints.hit("record", devices)
-            self.store.record(recorded)
+            self._recording.submit(recorded)
         except DeviceCAError as exc:
             log.error("certificates %s signed but not recorded: %s", serials, exc)
             if exc.kind is Kind.CONFLICT:        # a credential was used meanwhile
