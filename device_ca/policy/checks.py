@@ -74,10 +74,15 @@ def subject_alt_names(policy: Policy, device_id: str) -> tuple[x509.GeneralName,
 
 def device_id_from_subject(policy: Policy, name: x509.Name) -> str | None:
     """Read the device id from the attribute that the template fills with it (e.g. CN)."""
-    template = x509.Name.from_rfc4514_string(policy.subject.replace("{device_id}", "DEVICE-ID-PLACEHOLDER"))
-    oid = next((a.oid for a in template if a.value == "DEVICE-ID-PLACEHOLDER"), None)
+    oid = _device_id_attribute(policy.subject)
     values = [a.value for a in name.get_attributes_for_oid(oid)] if oid is not None else []
     return values[0] if len(values) == 1 and isinstance(values[0], str) else None
+
+
+@functools.lru_cache(maxsize=64)
+def _device_id_attribute(template: str) -> x509.ObjectIdentifier | None:
+    """The attribute type whose value is the device id in a subject template (parsed once)."""
+    return next((a.oid for a in _subject_template(template) if a.value == _PLACEHOLDER), None)
 
 
 def check_device_id(policy: Policy, subject: Subject) -> None:
