@@ -18,13 +18,18 @@ import hsm
 from device_ca.errors import DeviceCAError, Kind
 
 
+def unavailable(exc: hsm.HsmError) -> DeviceCAError:
+    """The token's failure as the domain's error kind (the message is safe: hsm never puts a PIN in it)."""
+    return DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc)
+
+
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
     """HsmError raised inside the block leaves it as DeviceCAError(HSM_UNAVAILABLE)."""
     try:
         yield
     except hsm.HsmError as exc:
-        raise DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc) from None
+        raise unavailable(exc) from None
 
 
 class CaToken:
@@ -122,8 +127,10 @@ class EcSigner(_Delegating, ec.EllipticCurvePrivateKey):
         return self._key.exchange(algorithm, peer_public_key)
 
     def sign(self, data: bytes, signature_algorithm) -> bytes:
-        with translated():
+        try:                          # not translated(): this is every signature's path
             return self._key.sign(data, signature_algorithm)
+        except hsm.HsmError as exc:
+            raise unavailable(exc) from None
 
 
 class RsaSigner(_Delegating, rsa.RSAPrivateKey):
@@ -131,5 +138,7 @@ class RsaSigner(_Delegating, rsa.RSAPrivateKey):
         return self._key.decrypt(ciphertext, padding)
 
     def sign(self, data: bytes, padding, algorithm) -> bytes:
-        with translated():
+        try:
             return self._key.sign(data, padding, algorithm)
+        except hsm.HsmError as exc:
+            raise unavailable(exc) from None

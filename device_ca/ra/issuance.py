@@ -113,16 +113,17 @@ class Pipeline:
         prepared = self._reserve(issuer, orders)
         devices = [o.device_id for o in orders]
         self.failpoints.hit("after-reserve", devices)
-        certificates = [self._sign(issuer, o, p) for o, p in prepared]
+        certificates = [self._sign(issuer, o, p) for o, p, _ in prepared]
         self.failpoints.hit("after-sign", devices)
         return self._record(issuer, prepared, certificates)
 
     # -- reserve -------------------------------------------------------------------------------
 
-    def _reserve(self, issuer: Issuer, orders: list[Order]) -> list[tuple[Order, Prepared]]:
+    def _reserve(self, issuer: Issuer, orders: list[Order]) -> list[tuple[Order, Prepared, str]]:
         """Build and lint every TBS, then reserve the new serials in one transaction. An order that
         resumes a reservation of an earlier run keeps it if the same TBS comes out (same CSR, serial
-        and dates), else gives it up and is reserved anew."""
+        and dates), else gives it up and is reserved anew. Returns each order with its prepared
+certificate and its subject as a string (RFC 4514)."""
         kept: dict[int, Prepared] = {}
         abandon: list[str] = []
         for i, order in enumerate(orders):
@@ -140,12 +141,13 @@ class Pipeline:
         fresh = [i for i in range(len(orders)) if i not in kept]
         for _ in range(SERIAL_ATTEMPTS):
             now = self.clock.now()
-            built: dict[int, Prepared] = {}
+            built: dict[int, tuple[Prepared, str]] = {}
             reserved = []
             for i in fresh:
                 order = orders[i]
-                p = built[i] = issuer.prepare(order.request, self._draw_serial(order))
-                reserved.append(_reserved(issuer, order, p, now))
+                p = issuer.prepare(order.request, self._draw_serial(order))
+                built[i] = (p, p.subject.rfc4514_string())
+                reserved.append(_reserved(issuer, order, p, built[i][1], now))
             try:
                 self._reserving.submit((reserved, abandon))
                 break
@@ -153,8 +155,8 @@ class Pipeline:
                 log.error("a drawn serial was already reserved; drawing again")
         else:
             raise DeviceCAError(Kind.INTERNAL, "could not reserve a unique serial number")
-        built.update(kept)
-        return [(order, built[i]) for i, order in enumerate(orders)]
+        built.update((i, (p, p.subject.rfc4514_string())) for i, p in kept.items())
+        return [(order, *built[i]) for i, order in enumerate(orders)]
 
     def _draw_serial(self, order: Order) -> int:
         try:
@@ -180,15 +182,15 @@ class Pipeline:
 
     # -- record --------------------------------------------------------------------------------
 
-    def _record(self, issuer: Issuer, prepared: list[tuple[Order, Prepared]],
+    def _record(self, issuer: Issuer, prepared: list[tuple[Order, Prepared, str]],
                 certificates: list[x509.Certificate]) -> list[Issued]:
         now = self.clock.now()
         recorded, issued = [], []
-        for (order, p), certificate in zip(prepared, certificates):
+        for (order, p, subject), certificate in zip(prepared, certificates):
             der = certificate.public_bytes(Encoding.DER)
             record = CertificateRecord(
                 serial=to_hex(p.serial), issuer=issuer.urls.ca_name, device_id=order.device_id, policy=order.policy,
-                subject=p.subject.rfc4514_string(), status="good", not_before=p.not_before, not_after=p.not_after,
+                subject=subject, status="good", not_before=p.not_before, not_after=p.not_after,
                 fingerprint=hashlib.sha256(der).hexdigest(), der=der, issued_at=now)
             details = {"policy": order.policy, "method": order.method, "fingerprint": record.fingerprint,
                        "not_after": record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -202,7 +204,7 @@ class Pipeline:
                 event=AuditEvent(action="certificate.issued", actor=order.actor, at=now, serial=record.serial,
                                  device_id=order.device_id, details=details)))
             issued.append(Issued(record, certificate))
-        devices = [o.device_id for o, _ in prepared]
+        devices = [o.device_id for o, _, _ in prepared]
         serials = ", ".join(r.certificate.serial for r in recorded)
         try:
             self.failpoints.hit("before-record", devices)
@@ -223,10 +225,9 @@ class Pipeline:
         return issued
 
 
-def _reserved(issuer: Issuer, order: Order, prepared: Prepared, now: dt.datetime) -> Reserved:
+def _reserved(issuer: Issuer, order: Order, prepared: Prepared, subject: str, now: dt.datetime) -> Reserved:
     serial, tbs_sha256 = to_hex(prepared.serial), hashlib.sha256(prepared.tbs).hexdigest()
-    details = {"policy": order.policy, "method": order.method, "tbs_sha256": tbs_sha256,
-               "subject": prepared.subject.rfc4514_string()}
+    details = {"policy": order.policy, "method": order.method, "tbs_sha256": tbs_sha256, "subject": subject}
     if order.batch_id is not None:
         details["batch"] = order.batch_id
     return Reserved(

@@ -10,6 +10,7 @@ import collections
 import contextlib
 import fcntl
 import mmap
+import operator
 import os
 import struct
 import threading
@@ -166,12 +167,13 @@ class Direct:
         many = isinstance(params, list)
         rows = params if many else [params or {}]
         sql, order, binds, results = _compiled(statement, self.dialect, tuple(rows[0]))
+        fixed, processors = binds
         prepared = []
         for row in rows:
-            values = {**binds[0], **row}
-            for name, process in binds[1]:
+            values = {**fixed, **row} if fixed else dict(row)
+            for name, process in processors:
                 values[name] = process(values[name])
-            prepared.append(tuple(values[name] for name in order) if order is not None else values)
+            prepared.append(order(values) if order is not None else values)
         try:
             if many:
                 self._cursor.executemany(sql, prepared)
@@ -233,7 +235,7 @@ def _compiled(statement, dialect, keys: tuple) -> tuple:
     fixed = {name: bind.value for name, bind in compiled.binds.items() if name not in keys and not bind.required}
     processors = tuple((name, process) for name, bind in compiled.binds.items()
                        if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None)
-    order = list(compiled.positiontup) if compiled.positional else None
+    order = _picker(list(compiled.positiontup)) if compiled.positional else None
     results = None
     if getattr(statement, "is_select", False):
         columns = list(statement.selected_columns)
@@ -242,6 +244,13 @@ def _compiled(statement, dialect, keys: tuple) -> tuple:
     entry = (str(compiled), order, (fixed, processors), results)
     _COMPILED[key] = (statement, entry)
     return entry
+
+
+def _picker(names: list[str]):
+    """A row's values as the statement's positional parameters, in its order (itemgetter: in C)."""
+    if len(names) >= 2:
+        return operator.itemgetter(*names)
+    return lambda values: tuple(values[n] for n in names)
 
 
 class Database:
