@@ -22,7 +22,7 @@ class _Slot(Generic[Part]):
 
     def __init__(self, part: Part):
         self.part = part
-        self.done = threading.Event()
+        self.done: threading.Event | None = None      # made only for a caller that has to wait
         self.lead = False
         self.error: BaseException | None = None
 
@@ -44,6 +44,8 @@ class GroupCommit(Generic[Part]):
             self._queue.append(slot)
             lead = not self._running
             self._running = True
+            if not lead:
+                slot.done = threading.Event()
         if not lead:
             slot.done.wait()
             if not slot.lead:
@@ -74,7 +76,8 @@ class GroupCommit(Generic[Part]):
             if successor is None:
                 self._running = False
         for s in group:
-            s.done.set()
+            if s.done is not None:
+                s.done.set()
         if successor is not None:
             successor.lead = True
             successor.done.set()

@@ -175,7 +175,7 @@ class Direct:
                 values[name] = process(values[name])
             prepared.append(order(values) if order is not None else values)
         try:
-            if many:
+            if many and len(prepared) > 1:              # one row: execute is cheaper than executemany
                 self._cursor.executemany(sql, prepared)
             else:
                 self._cursor.execute(sql, prepared[0])
@@ -250,7 +250,10 @@ def _picker(names: list[str]):
     """A row's values as the statement's positional parameters, in its order (itemgetter: in C)."""
     if len(names) >= 2:
         return operator.itemgetter(*names)
-    return lambda values: tuple(values[n] for n in names)
+    if names:
+        name = names[0]
+        return lambda values: (values[name],)
+    return lambda values: ()
 
 
 class Database:
