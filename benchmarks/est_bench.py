@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """EST enrollments per second over mutual TLS vs. nginx's mutual-TLS ceiling, in the same run.
 
-device-ca: `device-ca serve` (gunicorn, 4 HTTPS workers x 2 threads by default) with a SoftHSM token and a database of
+device-ca: `device-ca serve` (gunicorn, its default HTTPS workers and threads unless given) with a SoftHSM token and a database of
 its own. 16 concurrent clients, a new TLS connection per request (as devices do, no session
 resumption), each presenting a factory client certificate that the server verifies, each
 request a real enrollment (`simpleenroll` with its own one-time bootstrap token and CSR): CSR
@@ -56,8 +56,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, help="HTTPS workers (default: serve's)")
+    parser.add_argument("--threads", type=int, help="threads per HTTPS worker (default: serve's)")
     parser.add_argument("--database-url", help="an EMPTY database (default: SQLite in the temporary directory)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=3500,
@@ -81,6 +81,9 @@ def main() -> int:
     idevid_cert, idevid_key = factory.idevid("bench-client")
     policies = policy_dir_with(work, {"bench-sensor": 'subject = "CN={device_id},OU=bench-sensor,O=BuildingCo"\n'
                                                       f'manufacturer_cas = ["{factory.pem}"]\n'})
+    from device_ca.web.server import DEFAULT_THREADS, DEFAULT_WORKERS
+
+    args.workers, args.threads = args.workers or DEFAULT_WORKERS, args.threads or DEFAULT_THREADS
     server = start_server(env, "--rate-limit", "0", "--workers", str(args.workers), "--threads", str(args.threads),
                           policy_dir=policies)
     try:

@@ -17,8 +17,10 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.option("--http-port", default=8080, show_default=True, help="Plain HTTP port (OCSP, CRL, CA files).")
     @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
     @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.option("--workers", default=4, show_default=True, help="HTTPS worker processes.")
-    @click.option("--threads", default=2, show_default=True, help="Threads per HTTPS worker.")
+    @click.option("--workers", type=click.IntRange(1, 256), help="HTTPS worker processes (default: one per core, "
+                  "at least 2).")
+    @click.option("--threads", type=click.IntRange(1, 256), help="Threads per HTTPS worker (default: 8); a "
+                  "worker's threads share their issuing transactions.")
     @click.option("--http-workers", default=2, show_default=True, help="Plain-HTTP worker processes (OCSP, CRL).")
     @click.option("--rate-limit", default=20.0, show_default=True, help="EST requests/s per client address (0: off).")
     @click.option("--trusted-proxy", multiple=True, help="Address allowed to pass the client certificate in a header.")
@@ -31,10 +33,10 @@ def register(cli: click.Group, services, actor, iso) -> None:
     def serve(host, port, http_port, tls_cert, tls_key, workers, threads, http_workers, rate_limit, trusted_proxy,
               client_cert_header, default_policy, handshake_timeout, idle_timeout) -> None:
         """Serve EST over HTTPS (gunicorn) and OCSP, CRLs, CA files, health and metrics over HTTP (granian)."""
-        from device_ca.web.server import ServeOptions, run
+        from device_ca.web.server import DEFAULT_THREADS, DEFAULT_WORKERS, ServeOptions, run
 
         run(ServeOptions(host=host, port=port, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
-                         workers=workers, threads=threads, http_workers=http_workers, rate_limit=rate_limit,
+                         workers=workers or DEFAULT_WORKERS, threads=threads or DEFAULT_THREADS, http_workers=http_workers, rate_limit=rate_limit,
                          trusted_proxies=tuple(trusted_proxy), client_cert_header=client_cert_header,
                          default_policy=default_policy, handshake_timeout=handshake_timeout,
                          idle_timeout=idle_timeout))
