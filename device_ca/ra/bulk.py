@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Iterator
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+
 from device_ca.ca import csr as csrs
 from device_ca.ca.csr import CsrInfo, key_type_of
 from device_ca.ca.clock import Clock
@@ -329,11 +330,9 @@ class BulkIssuance:
                 for start in range(0, len(page), CHUNK))
         self.progress(0, total)
         workers = min(self.workers, -(-total // CHUNK))
-        global _FACTORY
-        _FACTORY = self.signing
-        if workers == 1:
-            _init_worker()
-            results = map(_run_job, jobs)
+        if workers == 1:                    # in this process: no global state (the batch API runs batches in threads)
+            signing = self.signing()
+            results = (Chunk(signing, job).run() for job in jobs)
             pool = None
         else:
             pool = self._pool(workers)
@@ -350,12 +349,14 @@ class BulkIssuance:
         return issued
 
     def _pool(self, workers: int):
-        """Forked workers (a spawned one spends ~2 s importing): the parent readies itself first
+        """Forked workers (a spawned one would spend ~2 s importing): the parent readies itself first
         (``before_fork``: this policy's shapes linted, database connections closed), so each worker
         starts with pkilint's validators and the clean shapes and opens its own database
         connections and PKCS#11 session (the parent never opened one)."""
+        global _FACTORY
         self.before_fork()
         quiet_gc()
+        _FACTORY = self.signing              # inherited by the forked workers
         return multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker)
 
     def _write_outputs(self, batch_id: str, duplicates: list[str]) -> tuple[Path, Counter]:
