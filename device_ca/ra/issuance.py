@@ -123,7 +123,7 @@ class Pipeline:
         """Build and lint every TBS, then reserve the new serials in one transaction. An order that
         resumes a reservation of an earlier run keeps it if the same TBS comes out (same CSR, serial
         and dates), else gives it up and is reserved anew. Returns each order with its prepared
-certificate and its subject as a string (RFC 4514)."""
+        certificate and its subject as a string (RFC 4514)."""
         kept: dict[int, Prepared] = {}
         abandon: list[str] = []
         for i, order in enumerate(orders):
