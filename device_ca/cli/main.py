@@ -173,7 +173,7 @@ def _certificate_dict(r) -> dict:
     return {"serial": r.serial, "device_id": r.device_id, "policy": r.policy, "subject": r.subject,
             "status": r.status, "not_before": _iso(r.not_before), "not_after": _iso(r.not_after),
             "sha256": r.fingerprint, "issued_at": _iso(r.issued_at), "revoked_at": _iso(r.revoked_at),
-            "revocation_reason": r.revocation_reason}
+            "revocation_reason": r.revocation_reason, "superseded_by": r.superseded_by}
 
 
 @cli.command("list")

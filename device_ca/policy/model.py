@@ -18,7 +18,9 @@ MAX_VALIDITY = dt.timedelta(days=1826)          # five years
 MAX_ROTATION_GRACE = dt.timedelta(days=30)
 MAX_ACCESS_TOKEN_LIFESPAN = dt.timedelta(hours=1)
 ALLOWED_EKUS = frozenset({"clientAuth", "serverAuth"})
-ENROLLMENT_METHODS = frozenset({"bootstrap-token", "idevid", "admin"})
+ENROLLMENT_METHODS = frozenset({"bootstrap-token", "idevid", "admin", "bulk"})
+# What a certificate of a policy may authorise its holder to do on device-ca itself.
+AUTHORIZATIONS = frozenset({"batch-api"})
 SAN_KINDS = frozenset({"dns", "uri"})
 DEFAULT_DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -60,11 +62,12 @@ class Policy:
     require_approval: bool = False
     manufacturer_cas: tuple[Path, ...] = field(default=())
     keycloak: KeycloakMapping | None = None
+    authorizes: tuple[str, ...] = ()          # e.g. ("batch-api",): its holders are callers, not devices
 
 
 _TOP_KEYS = {"description", "key_types", "device_id_pattern", "subject", "san", "eku", "key_agreement",
              "validity", "renewal_window", "rotation_grace", "enrollment", "require_approval",
-             "manufacturer_cas", "keycloak"}
+             "manufacturer_cas", "keycloak", "authorizes"}
 _KEYCLOAK_KEYS = {"realm", "default_client_scopes", "access_token_lifespan", "certificate_bound_tokens"}
 
 
@@ -135,6 +138,11 @@ def _from_dict(name: str, data: dict, base: Path) -> Policy:
         kw["manufacturer_cas"] = files
     if "keycloak" in data:
         kw["keycloak"] = _keycloak(data["keycloak"])
+    if "authorizes" in data:
+        kw["authorizes"] = _subset(data, "authorizes", AUTHORIZATIONS)
+        if kw.get("enrollment", Policy.enrollment) != ("admin",):
+            raise ValueError("a policy whose certificates authorise callers ('authorizes') is issued by an operator "
+                             "only: 'enrollment' must be [\"admin\"]")
     return Policy(**kw)
 
 

@@ -53,6 +53,7 @@ class Authenticated:
     method: str
     device_id: str | None
     token_id: str | None = None
+    supersedes: str | None = None          # re-enrollment: the current certificate, renewed by this one
 
 
 class EstService:
@@ -92,7 +93,7 @@ class EstService:
         policy = self.policies.get(label)
         if caller.certificate is not None and caller.basic is None and self.is_ours(caller.certificate):
             record = self._current(policy, caller.certificate)
-            who = Authenticated(method="reenroll", device_id=record.device_id)
+            who = Authenticated(method="reenroll", device_id=record.device_id, supersedes=record.serial)
         else:
             who = self._authenticate(policy, caller)
         request, device_id, pending_id = self._decide(policy, csr_der, who, caller)
@@ -180,7 +181,9 @@ class EstService:
     def _issue(self, policy: Policy, request: CertificateRequest, device_id: str, who: Authenticated,
                pending_id: str | None) -> Issued:
         """Sign what ``_decide`` checked (the policy's checks are not run a second time)."""
-        links = IssuanceLinks(token_id=who.token_id, pending_id=pending_id)
+        links = IssuanceLinks(token_id=who.token_id, pending_id=pending_id, supersedes=who.supersedes,
+                              supersede_revoke_after=self.clock.now() + policy.rotation_grace
+                              if who.supersedes else None)
         try:
             return self.ra.issue_order(Order(request, device_id, policy.name, who.method, f"device:{device_id}",
                                              messages=lambda record: issued_messages(policy, record), links=links))
@@ -214,6 +217,9 @@ class EstService:
             raise DeviceCAError(Kind.FORBIDDEN, "client certificate is expired or not yet valid")
         if record.policy != policy.name:
             raise DeviceCAError(Kind.FORBIDDEN, f"client certificate belongs to policy {record.policy}, not {policy.name}")
+        if record.superseded_by is not None:           # renewal stays linear: only the newest renews
+            raise DeviceCAError(Kind.FORBIDDEN, f"client certificate was already renewed (by {record.superseded_by}); "
+                                "renew with the newest certificate")
         return record
 
     def _from_manufacturer(self, policy: Policy, certificate: x509.Certificate) -> bool:

@@ -43,13 +43,18 @@ log = logging.getLogger("device_ca.ra.issuance")
 SERIAL_ATTEMPTS = 3
 
 # The enrollment method a policy must list for each way of asking (re-enrollment needs none: the
-# device proves it holds a good certificate of the policy; bulk is an operator's or a station's).
-_NEEDS = {"admin": "admin", "bulk": "admin", "bootstrap-token": "bootstrap-token", "idevid": "idevid",
+# device proves it holds a good certificate of the policy).
+_NEEDS = {"admin": "admin", "bulk": "bulk", "bootstrap-token": "bootstrap-token", "idevid": "idevid",
           "reenroll": None}
 
 
 def check_method(policy: Policy, method: str) -> None:
-    """May a certificate of ``policy`` be obtained by ``method``? FORBIDDEN if not."""
+    """May a certificate of ``policy`` be obtained by ``method``? FORBIDDEN if not. A certificate
+    that authorises its holder as a caller (a station of the batch API) is issued by an operator,
+    one at a time (``device-ca issue``), whatever else the policy file lists."""
+    if policy.authorizes and method != "admin":
+        raise DeviceCAError(Kind.FORBIDDEN, f"certificates of policy {policy.name} authorise callers "
+                            f"({', '.join(policy.authorizes)}): only an operator issues them, with device-ca issue")
     needed = _NEEDS.get(method, method)
     if needed is not None and needed not in policy.enrollment:
         raise DeviceCAError(Kind.FORBIDDEN, f"policy {policy.name} does not allow enrollment by {needed}")

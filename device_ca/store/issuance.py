@@ -114,5 +114,7 @@ def _settle_links(c, links: IssuanceLinks, certificate: CertificateRecord) -> No
         if done.rowcount != 1:
             raise DeviceCAError(Kind.CONFLICT, "pending request is not approved")
     if links.supersedes is not None:
-        c.execute(SUPERSEDE, {"old_serial": links.supersedes, "new_serial": serial,
-                              "revoke_after": links.supersede_revoke_after})
+        done = c.execute(SUPERSEDE, {"old_serial": links.supersedes, "new_serial": serial,
+                                     "revoke_after": links.supersede_revoke_after})
+        if done.rowcount != 1:                          # renewed (or revoked) meanwhile: renewal stays linear
+            raise DeviceCAError(Kind.CONFLICT, f"certificate {links.supersedes} was already renewed or revoked")

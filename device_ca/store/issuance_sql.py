@@ -53,7 +53,8 @@ ISSUE_PENDING = (sa.update(_PENDING)
                  .where(_PENDING.c.id == sa.bindparam("pending_id"), _PENDING.c.state == "approved")
                  .values(state="issued", serial=sa.bindparam("issued_serial")))
 SUPERSEDE = (sa.update(CERTIFICATES)
-             .where(CERTIFICATES.c.serial == sa.bindparam("old_serial"), CERTIFICATES.c.status == "good")
+             .where(CERTIFICATES.c.serial == sa.bindparam("old_serial"), CERTIFICATES.c.status == "good",
+                    CERTIFICATES.c.superseded_by.is_(None))
              .values(superseded_by=sa.bindparam("new_serial"),
                      revoke_after=sa.func.coalesce(CERTIFICATES.c.revoke_after,
                                                    sa.bindparam("revoke_after", type_=sa.DateTime(timezone=True)))))

@@ -30,7 +30,7 @@ log = logging.getLogger("device_ca.web.batches")
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
 
-STATION_POLICY = "manufacturing-station"
+GRANT = "batch-api"             # what a station's policy must authorise (policy key 'authorizes')
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024
 _running: set[str] = set()
@@ -55,8 +55,12 @@ def _station() -> str:
     record = _store().certificate(to_hex(certificate.serial_number))
     if record is None or record.status != "good" or record.not_after <= current_app.config["DEVICE_CA_CLOCK"].now():
         raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate is revoked, expired or unknown")
-    if record.policy != STATION_POLICY:
-        raise DeviceCAError(Kind.FORBIDDEN, f"only {STATION_POLICY} certificates may use the batch API")
+    try:
+        granted = GRANT in current_app.config["DEVICE_CA_POLICIES"].get(record.policy).authorizes
+    except DeviceCAError:                               # its policy file is gone: it authorises nothing
+        granted = False
+    if not granted:
+        raise DeviceCAError(Kind.FORBIDDEN, f"certificates of policy {record.policy} do not authorise the batch API")
     return record.device_id
 
 

@@ -118,6 +118,30 @@ def test_only_stations_may_use_the_api(served):
     assert status == 400
 
 
+def test_a_station_cannot_mint_stations_or_issue_policies_not_meant_for_bulk(served):
+    """Attack (issue 14, items 1 and 3): a station asks for a station certificate, which would be an
+    identity of its own on this API, or for a policy that does not list "bulk": 403 on the whole
+    batch, nothing stored, no signature."""
+    env, server, tmp = served
+    station = (*_as(tmp, "station-line-3"), "-H", "Content-Type: application/x-ndjson")
+    stations_before = json.loads(env.run("list", "--policy", "manufacturing-station", "--json").stdout)
+    minted = json.dumps({"device_id": "station-evil", "csr": base64.b64encode(make_csr(
+        "station-evil", ou="manufacturing-station", encoding=Encoding.DER)).decode()}).encode() + b"\n"
+    status, answer = _api(server, "/api/v1/batches?policy=manufacturing-station&batch_id=mint", *station, body=minted)
+    assert status == 403 and b"only an operator issues them" in answer, answer
+    badge = json.dumps({"device_id": "br-77", "csr": base64.b64encode(make_csr(
+        "br-77", ou="badge-reader", encoding=Encoding.DER)).decode()}).encode() + b"\n"
+    status, answer = _api(server, "/api/v1/batches?policy=badge-reader&batch_id=badges", *station, body=badge)
+    assert status == 403 and b"does not allow enrollment by bulk" in answer, answer
+    assert json.loads(env.run("list", "--policy", "manufacturing-station", "--json").stdout) == stations_before
+    assert json.loads(env.run("list", "--device-id", "br-77", "--json").stdout) == []
+    for batch_id in ("mint", "badges"):
+        status, _ = _api(server, f"/api/v1/batches/{batch_id}", *_as(tmp, "station-line-3"))
+        assert status == 404                                  # no batch was opened
+    assert env.run("bulk", "issue", "--policy", "manufacturing-station", "--jsonl", "-", "--out",
+                   str(tmp / "mint-cli"), input=minted, check=False).returncode == 7   # nor through the CLI
+
+
 def test_json_batches_and_refused_bodies(served):
     """A batch as one JSON document; bodies that are too large or no batch are refused with
     nothing recorded (a declared size over the limit before the body is read)."""

@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from integration.cli_harness import new_ca_env, openssl
 from integration.est_pki import Manufacturer, device_csr, pkcs7_certificates
@@ -127,6 +128,41 @@ def test_reenroll_renews_and_supersedes_after_grace(pki, tmp_path):
     status, data, _ = server.curl("/quick-rotate/simplereenroll", "-H", "Content-Type: application/pkcs10",
                                   "--cert", str(current), "--key", str(key), body=body)
     assert status == 403 and b"revoked" in data
+
+
+def test_renewal_stays_linear(pki, tmp_path):
+    """Attack (issue 14, item 7): a certificate that was already renewed, still good within its
+    grace period, tries to renew again with simplereenroll and with serverkeygen: 403 and nothing
+    issued. serverkeygen with the newest certificate renews it like simplereenroll (superseded,
+    revoked after the grace)."""
+    env, server = pki["env"], pki["server"]
+    secret = _token(env, "quick-rotate", "qr-2")
+    key, _, (status, data, _) = _enroll(pki, "quick-rotate", "qr-2", extra=("-u", f"qr-2:{secret}"))
+    assert status == 200
+    first = tmp_path / "first.pem"
+    first.write_bytes(pkcs7_certificates(data)[0].public_bytes(Encoding.PEM))
+    _, body = device_csr(tmp_path, "renew-2", "/O=BuildingCo/OU=quick-rotate/CN=qr-2", key=key)
+    status, data, _ = server.curl("/quick-rotate/simplereenroll", "-H", "Content-Type: application/pkcs10",
+                                  "--cert", str(first), "--key", str(key), body=body)
+    assert status == 200, data
+    second = pkcs7_certificates(data)[0]
+    for operation in ("simplereenroll", "serverkeygen"):        # the old one, still good, tries again
+        status, data, _ = server.curl(f"/quick-rotate/{operation}", "-H", "Content-Type: application/pkcs10",
+                                      "--cert", str(first), "--key", str(key), body=body)
+        assert status == 403 and b"already renewed" in data, (operation, status, data)
+    assert [c["status"] for c in _certificates(env, "qr-2")] == ["good", "good"]
+
+    current = tmp_path / "second.pem"
+    current.write_bytes(second.public_bytes(Encoding.PEM))
+    status, data, headers = server.curl("/quick-rotate/serverkeygen", "-H", "Content-Type: application/pkcs10",
+                                        "--cert", str(current), "--key", str(key), body=body)
+    assert status == 200, data
+    shown = json.loads(env.run("show", format(second.serial_number, "x"), "--json").stdout)
+    assert shown["superseded_by"]                                # linked like a re-enrollment
+    time.sleep(1.5)
+    env.run("revoke-superseded")
+    statuses = sorted(c["status"] for c in _certificates(env, "qr-2"))
+    assert statuses == ["good", "revoked", "revoked"]            # one device, one good certificate
 
 
 def test_reenroll_with_different_subject_or_foreign_cert_is_refused(pki, tmp_path):

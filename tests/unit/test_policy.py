@@ -112,3 +112,38 @@ def test_subject_from_the_parsed_template_equals_parsing_with_the_escaped_id(dev
     for policy in policies:
         parsed = x509.Name.from_rfc4514_string(policy.subject.replace("{device_id}", escape_rdn_value(device_id)))
         assert subject_name(policy, device_id).public_bytes() == parsed.public_bytes()
+
+
+def test_a_policy_that_authorises_callers_is_issued_by_an_operator_only(tmp_path):
+    """'authorizes' (the batch API for stations) requires enrollment = ["admin"]; the pipeline's
+    check refuses every other way of asking for such a certificate, whatever the file says."""
+    from device_ca.errors import DeviceCAError, Kind
+    from device_ca.policy import load_policy
+    from device_ca.ra.issuance import check_method
+
+    base = 'subject = "CN={device_id},OU=station,O=X"\nauthorizes = ["batch-api"]\n'
+    for enrollment, ok in (('["admin"]', True), ('["admin", "bulk"]', False), ('["bootstrap-token"]', False)):
+        (tmp_path / "station.toml").write_text(base + f"enrollment = {enrollment}\n")
+        if ok:
+            station = load_policy(tmp_path / "station.toml")
+        else:
+            with pytest.raises(DeviceCAError, match="issued by an operator only"):
+                load_policy(tmp_path / "station.toml")
+    (tmp_path / "odd.toml").write_text(base.replace("batch-api", "everything") + 'enrollment = ["admin"]\n')
+    with pytest.raises(DeviceCAError, match="authorizes"):
+        load_policy(tmp_path / "odd.toml")
+    check_method(station, "admin")
+    for method in ("bulk", "bootstrap-token", "idevid", "reenroll"):
+        with pytest.raises(DeviceCAError) as refused:
+            check_method(station, method)
+        assert refused.value.kind is Kind.FORBIDDEN and "only an operator" in refused.value.detail
+
+
+def test_bulk_is_a_method_of_its_own(policies):
+    from device_ca.errors import DeviceCAError
+    from device_ca.ra.issuance import check_method
+
+    check_method(policies.get("env-sensor"), "bulk")
+    check_method(policies.get("badge-reader"), "admin")
+    with pytest.raises(DeviceCAError, match="does not allow enrollment by bulk"):
+        check_method(policies.get("badge-reader"), "bulk")          # admin alone no longer means bulk
