@@ -110,9 +110,9 @@ class Services:
 
         def signing() -> Signing:
             if os.getpid() == parent:             # one worker: the run's own process
-                return Signing(self.ra.pipeline, self.store.batches)
+                return Signing(self.ra.pipeline, self.store.batches, self.store.current_certificates)
             worker = Services(settings, linter=linter)
-            return Signing(worker.ra.pipeline, worker.store.batches)
+            return Signing(worker.ra.pipeline, worker.store.batches, worker.store.current_certificates)
 
         def before_fork() -> None:
             from device_ca.ca import lint

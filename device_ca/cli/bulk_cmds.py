@@ -29,11 +29,14 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
                   help="Directory for <device>.pem (or .p12) files and manifest.csv.")
     @click.option("--batch-id", help="Idempotency key; default: derived from the policy and the input.")
+    @click.option("--replace", is_flag=True, help="Devices that hold a current certificate of the policy get a new "
+                  "one that supersedes it (revoked 'superseded' after the policy's rotation grace); without it such "
+                  "items fail.")
     @click.option("--workers", type=click.IntRange(1, 64), help="Signing processes (default: one per core).")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @click.pass_context
-    def bulk_issue(ctx, policy, csr_dir, id_from, jsonl, generate_keys, secret_file, out_dir, batch_id, workers,
-                   as_json) -> None:
+    def bulk_issue(ctx, policy, csr_dir, id_from, jsonl, generate_keys, secret_file, out_dir, batch_id, replace,
+                   workers, as_json) -> None:
         """Issue a whole batch. Rerunning the same command, also after a crash or kill -9, issues only
         what is missing: never a second certificate for a device in the same batch."""
         from device_ca.ra.bulk import csr_dir_source, file_source, iter_device_ids, iter_jsonl
@@ -50,7 +53,8 @@ def register(cli: click.Group, services, actor, iso) -> None:
             inputs = file_source(generate_keys, iter_device_ids)
         secret = secret_file.readline().strip() if secret_file else None
         run = svc.bulk(policy, inputs, out_dir, actor=actor(), batch_id=batch_id, keygen=generate_keys is not None,
-                       secret=secret, workers=workers, progress=_Progress() if not as_json else None)
+                       replace=replace, secret=secret, workers=workers,
+                       progress=_Progress() if not as_json else None)
         summary = run.run()
         if summary.secret:
             # shown once, on the terminal only: it is stored nowhere, in clear or otherwise recoverable

@@ -20,7 +20,7 @@ MAX_ACCESS_TOKEN_LIFESPAN = dt.timedelta(hours=1)
 ALLOWED_EKUS = frozenset({"clientAuth", "serverAuth"})
 ENROLLMENT_METHODS = frozenset({"bootstrap-token", "idevid", "admin", "bulk"})
 # What a certificate of a policy may authorise its holder to do on device-ca itself.
-AUTHORIZATIONS = frozenset({"batch-api"})
+AUTHORIZATIONS = frozenset({"batch-api", "batch-replace"})
 SAN_KINDS = frozenset({"dns", "uri"})
 DEFAULT_DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -63,11 +63,12 @@ class Policy:
     manufacturer_cas: tuple[Path, ...] = field(default=())
     keycloak: KeycloakMapping | None = None
     authorizes: tuple[str, ...] = ()          # e.g. ("batch-api",): its holders are callers, not devices
+    idevid_reenroll: str = "refuse"           # or "replace": an IDevID enrollment supersedes the current one
 
 
 _TOP_KEYS = {"description", "key_types", "device_id_pattern", "subject", "san", "eku", "key_agreement",
              "validity", "renewal_window", "rotation_grace", "enrollment", "require_approval",
-             "manufacturer_cas", "keycloak", "authorizes"}
+             "manufacturer_cas", "keycloak", "authorizes", "idevid_reenroll"}
 _KEYCLOAK_KEYS = {"realm", "default_client_scopes", "access_token_lifespan", "certificate_bound_tokens"}
 
 
@@ -138,6 +139,10 @@ def _from_dict(name: str, data: dict, base: Path) -> Policy:
         kw["manufacturer_cas"] = files
     if "keycloak" in data:
         kw["keycloak"] = _keycloak(data["keycloak"])
+    if "idevid_reenroll" in data:
+        kw["idevid_reenroll"] = _str(data, "idevid_reenroll")
+        if kw["idevid_reenroll"] not in ("refuse", "replace"):
+            raise ValueError("'idevid_reenroll' must be \"refuse\" or \"replace\"")
     if "authorizes" in data:
         kw["authorizes"] = _subset(data, "authorizes", AUTHORIZATIONS)
         if kw.get("enrollment", Policy.enrollment) != ("admin",):

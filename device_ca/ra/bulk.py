@@ -46,7 +46,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.files import atomic_writer, write_atomically
 from device_ca.policy import Policy
 from device_ca.policy import checks as policies_
-from device_ca.ra.issuance import Order, Pipeline, check_method, decide, issued_messages
+from device_ca.ra.issuance import Order, Pipeline, check_method, decide, issued_messages, replacing
 from device_ca.runtime import quiet_gc
 from device_ca.store import Store
 from device_ca.store.batches import Batch, BatchRepo, NewItem
@@ -180,13 +180,13 @@ def iter_device_ids(lines: Iterable[str]) -> Iterator[BulkInput]:
     return (BulkInput(line.strip(), None) for line in lines if line.strip() and not line.startswith("#"))
 
 
-def batch_id_for(policy: str, inputs: Iterable[BulkInput], keygen: bool) -> str:
+def batch_id_for(policy: str, inputs: Iterable[BulkInput], keygen: bool, replace: bool = False) -> str:
     """The same input gives the same id, so rerunning the same command resumes the same batch."""
-    return _id_from_digest(input_digest(policy, inputs, keygen))
+    return _id_from_digest(input_digest(policy, inputs, keygen, replace))
 
 
-def input_digest(policy: str, inputs: Iterable[BulkInput], keygen: bool) -> str:
-    return _scan(policy, inputs, keygen).digest
+def input_digest(policy: str, inputs: Iterable[BulkInput], keygen: bool, replace: bool = False) -> str:
+    return _scan(policy, inputs, keygen, replace).digest
 
 
 def _id_from_digest(digest: str) -> str:
@@ -210,8 +210,10 @@ def _checked(item: BulkInput) -> BulkInput:
     return item
 
 
-def _scan(policy: str, inputs: Iterable[BulkInput], keygen: bool) -> _Scan:
-    h = hashlib.sha256(f"{policy}\0{int(keygen)}\0".encode())
+def _scan(policy: str, inputs: Iterable[BulkInput], keygen: bool, replace: bool = False) -> _Scan:
+    # a replacing batch is another batch than the same input without replacement (and the digest of
+    # a batch without it is what it always was, so such batches resume across versions)
+    h = hashlib.sha256(f"{policy}\0{int(keygen)}\0{'replace' + chr(0) if replace else ''}".encode())
     total = 0
 
     def hashed() -> Iterator[BulkInput]:
@@ -252,7 +254,8 @@ class BulkIssuance:
 
     def __init__(self, store: Store, clock: Clock, policy: Policy, signing: Callable[[], Signing],
                  inputs: Iterable[BulkInput], out_dir: Path, *, actor: str, batch_id: str | None = None,
-                 keygen: bool = False, secret: str | None = None, workers: int | None = None,
+                 keygen: bool = False, replace: bool = False, secret: str | None = None,
+                 workers: int | None = None,
                  before_fork: Callable[[], None] = lambda: None,
                  progress: Callable[[int, int], None] | None = None):
         """``signing`` builds what a process issues with (called in each worker after the fork, or
@@ -264,7 +267,8 @@ class BulkIssuance:
         self.signing = signing
         self.before_fork = before_fork
         self.inputs = inputs
-        self.scan = _scan(self.policy.name, inputs, keygen)
+        self.scan = _scan(self.policy.name, inputs, keygen, replace)
+        self.replace = replace
         if not self.scan.total:
             raise DeviceCAError(Kind.MALFORMED, "the batch is empty")
         self.out_dir = Path(out_dir)
@@ -290,7 +294,7 @@ class BulkIssuance:
             batch, lambda: _unique(self.inputs),
             AuditEvent(action="batch.opened", actor=self.actor, at=now,
                        details={"batch": self.batch_id, "policy": self.policy.name, "items": self.scan.unique,
-                                "keygen": self.keygen}))
+                                "keygen": self.keygen, "replace": self.replace}))
         if not created and not self.keygen and store.batches.counts(batch.id, without_csr=True):
             store.batches.fill_csrs(batch.id, _unique(self.inputs))
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -325,7 +329,7 @@ class BulkIssuance:
         if not total:
             return 0
         jobs = (Job(batch_id=self.batch_id, policy=self.policy, actor=self.actor, out_dir=str(self.out_dir),
-                    secret=secret, items=page[start:start + CHUNK])
+                    secret=secret, items=page[start:start + CHUNK], replace=self.replace)
                 for page in self.store.batches.to_do(self.batch_id, size=5 * CHUNK)
                 for start in range(0, len(page), CHUNK))
         self.progress(0, total)
@@ -404,6 +408,7 @@ class Job:
     secret: str | None
     items: list[tuple[str, bytes | None, str, str | None, dt.datetime | None, dt.datetime | None]]
     policy: Policy
+    replace: bool = False              # items of devices with a current certificate replace it
 
 
 # -- in the worker processes ---------------------------------------------------------------------
@@ -414,6 +419,7 @@ class Signing:
     the composition root: its own database connections and its own PKCS#11 session."""
     pipeline: Pipeline
     batches: BatchRepo
+    current: Callable[[str, list[str]], dict[str, str]]     # Store.current_certificates
 
 
 _FACTORY: Callable[[], Signing] | None = None
@@ -436,6 +442,7 @@ class Chunk:
     def __init__(self, signing: Signing, job: Job):
         self.pipeline = signing.pipeline
         self.batches = signing.batches
+        self.current = signing.current
         self.job = job
         self.policy = job.policy
         self.out_dir = Path(job.out_dir)
@@ -445,10 +452,13 @@ class Chunk:
         abandon: list[str] = []
         orders, keys = [], {}
         messages = functools.partial(issued_messages, self.policy)
+        current = self.current(self.policy.name, [item[0] for item in self.job.items])
+        now = self.pipeline.clock.now()
         for device_id, csr_data, state, serial, not_before, not_after in self.job.items:
             try:
                 key, csr = self._key_and_csr(device_id, csr_data)
                 request, _ = decide(self.policy, csr, device_id, "bulk")
+                links = replacing(self.policy, device_id, current, self.job.replace, now)
             except DeviceCAError as exc:
                 if exc.kind not in _ITEM_ERRORS:
                     raise
@@ -458,7 +468,7 @@ class Chunk:
                 continue
             keys[device_id] = key
             orders.append(Order(request, device_id, self.policy.name, "bulk", self.job.actor, messages=messages,
-                                batch_id=self.job.batch_id,
+                                batch_id=self.job.batch_id, links=links,
                                 resume=(serial, not_before, not_after) if state == "reserved" and serial else None))
         self.batches.fail(self.job.batch_id, failures, abandon)
         issued = self.pipeline.issue(orders)

@@ -29,7 +29,7 @@ from device_ca.ca.issuer import CertificateRequest
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policies, Policy
 from device_ca.ra.authority import RegistrationAuthority
-from device_ca.ra.issuance import Issued, Order, check_method, decide, issued_messages
+from device_ca.ra.issuance import Issued, Order, check_method, decide, issued_messages, replacing
 from device_ca.store import IssuanceLinks, PendingRequest, Store
 
 log = logging.getLogger("device_ca.ra.enrollment")
@@ -85,7 +85,7 @@ class EstService:
     def enroll(self, label: str, csr_der: bytes, caller: Caller) -> Issued:
         policy = self.policies.get(label)
         who = self._authenticate(policy, caller)
-        request, device_id, pending_id = self._decide(policy, csr_der, who, caller)
+        request, device_id, pending_id, who = self._decide(policy, csr_der, who, caller)
         return self._issue(policy, request, device_id, who, pending_id)
 
     def serverkeygen(self, label: str, csr_der: bytes, caller: Caller) -> tuple[Issued, bytes]:
@@ -96,7 +96,7 @@ class EstService:
             who = Authenticated(method="reenroll", device_id=record.device_id, supersedes=record.serial)
         else:
             who = self._authenticate(policy, caller)
-        request, device_id, pending_id = self._decide(policy, csr_der, who, caller)
+        request, device_id, pending_id, who = self._decide(policy, csr_der, who, caller)
         key = generate_key(policy.key_types[0])
         issued = self._issue(policy, dataclasses.replace(request, public_key=key.public_key()), device_id, who,
                              pending_id)
@@ -126,15 +126,20 @@ class EstService:
     # -- steps -----------------------------------------------------------------------------
 
     def _decide(self, policy: Policy, csr_der: bytes, who: Authenticated,
-                caller: Caller) -> tuple[CertificateRequest, str, str | None]:
+                caller: Caller) -> tuple[CertificateRequest, str, str | None, Authenticated]:
         """Check the CSR and the device it names before anything is stored; approval if the policy
-        wants it. Returns the certificate the policy gives the device, its id and the approved request."""
+        wants it. Returns the certificate the policy gives the device, its id, the approved request
+        and the caller (with the certificate a factory re-enrollment replaces, if the policy allows it)."""
         csr = csrs.load(csr_der)
         request, device_id = decide(policy, csr, who.device_id, who.method)
         if who.method == "idevid":
             _check_idevid_identity(caller.certificate, device_id)
+            links = replacing(policy, device_id, self.store.current_certificates(policy.name, [device_id]),
+                              policy.idevid_reenroll == "replace", self.clock.now())
+            if links is not None:
+                who = dataclasses.replace(who, supersedes=links.supersedes)
         pending_id = self._approval(policy, device_id, csr, who) if policy.require_approval else None
-        return request, device_id, pending_id
+        return request, device_id, pending_id, who
 
     def _authenticate(self, policy: Policy, caller: Caller) -> Authenticated:
         if caller.basic is not None:

@@ -71,6 +71,24 @@ def decide(policy: Policy, csr: csrs.CsrInfo, device_id: str | None, method: str
     return checks.apply(policy, csr, device_id), device_id
 
 
+ALREADY = "device already has a valid certificate"
+
+
+def replacing(policy: Policy, device_id: str, current: dict[str, str], replace: bool,
+              now: dt.datetime) -> IssuanceLinks | None:
+    """The existing identity: a device that holds a current certificate of ``policy`` (``current``:
+    device id -> serial, from Store.current_certificates) gets a new one only as a replacement, which
+    supersedes the current one like a re-enrollment (grace, then revoked ``superseded``). FORBIDDEN
+    unless ``replace``; the links for the recording transaction otherwise (None: nothing to replace)."""
+    serial = current.get(device_id)
+    if serial is None:
+        return None
+    if not replace:
+        raise DeviceCAError(Kind.FORBIDDEN, f"{ALREADY} ({serial}); it renews with its current certificate, or "
+                            "is replaced only when replacement is asked for and allowed")
+    return IssuanceLinks(supersedes=serial, supersede_revoke_after=now + policy.rotation_grace)
+
+
 @dataclass(frozen=True, slots=True)
 class Order:
     """One certificate to sign, as decided."""
@@ -203,6 +221,8 @@ class Pipeline:
                 details["batch"] = order.batch_id
             if order.links is not None and order.links.supersedes:
                 details["supersedes"] = order.links.supersedes
+                if order.method != "reenroll":
+                    details["replacement"] = True
             recorded.append(Recorded(
                 certificate=record, links=order.links, batch_id=order.batch_id,
                 messages=tuple(order.messages(record)) if order.messages else (),

@@ -15,7 +15,7 @@ from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo
 from device_ca.store.issuance import IssuanceRepo
-from device_ca.store.issuance_sql import DEVICES, INSERT_OUTBOX, outbox_row
+from device_ca.store.issuance_sql import CERTIFICATES, DEVICES, INSERT_OUTBOX, outbox_row
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
 from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, OutboxMessage,
@@ -91,6 +91,19 @@ class Store:
                 query = query.where(CertificateRow.device_id == device_id)
             query = query.order_by(CertificateRow.issued_at, CertificateRow.serial).limit(limit)
             return [_certificate(c, r) for c, r in s.exec(query)]
+
+    def current_certificates(self, policy: str, device_ids: list[str]) -> dict[str, str]:
+        """device id -> serial of its current certificate of ``policy`` (good and not renewed), for
+        those of ``device_ids`` that have one (500 ids per query)."""
+        out: dict[str, str] = {}
+        with self.db.reading() as c:
+            for start in range(0, len(device_ids), 500):
+                rows = c.execute(sa.select(CERTIFICATES.c.device_id, CERTIFICATES.c.serial).where(
+                    CERTIFICATES.c.policy == policy, CERTIFICATES.c.status == "good",
+                    CERTIFICATES.c.superseded_by.is_(None),
+                    CERTIFICATES.c.device_id.in_(device_ids[start:start + 500])))
+                out.update((d, s) for d, s in rows)
+        return out
 
     def revoke(self, serial: str, reason: str, at: dt.datetime, actor: str,
                messages_for: Callable[[CertificateRecord], list[OutboxMessage]]) -> CertificateRecord:

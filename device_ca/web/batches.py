@@ -31,6 +31,7 @@ log = logging.getLogger("device_ca.web.batches")
 bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
 
 GRANT = "batch-api"             # what a station's policy must authorise (policy key 'authorizes')
+REPLACE_GRANT = "batch-replace"  # ... to replace devices' current certificates (replace=true)
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024
 _running: set[str] = set()
@@ -46,7 +47,7 @@ def _store():
     return current_app.config["DEVICE_CA_STORE"]
 
 
-def _station() -> str:
+def _station() -> tuple[str, tuple[str, ...]]:
     certificate = client_certificate(request.environ, current_app.config["DEVICE_CA_PROXIES"])
     if certificate is None:
         raise DeviceCAError(Kind.UNAUTHORIZED, "a manufacturing station's client certificate is required")
@@ -56,12 +57,12 @@ def _station() -> str:
     if record is None or record.status != "good" or record.not_after <= current_app.config["DEVICE_CA_CLOCK"].now():
         raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate is revoked, expired or unknown")
     try:
-        granted = GRANT in current_app.config["DEVICE_CA_POLICIES"].get(record.policy).authorizes
+        granted = current_app.config["DEVICE_CA_POLICIES"].get(record.policy).authorizes
     except DeviceCAError:                               # its policy file is gone: it authorises nothing
-        granted = False
-    if not granted:
+        granted = ()
+    if GRANT not in granted:
         raise DeviceCAError(Kind.FORBIDDEN, f"certificates of policy {record.policy} do not authorise the batch API")
-    return record.device_id
+    return record.device_id, granted
 
 
 def _out_dir(batch_id: str) -> Path:
@@ -107,17 +108,24 @@ def _read_items() -> list[BulkInput]:
 
 @bp.post("")
 def submit() -> Response:
-    station = _station()
+    station, granted = _station()
     policy = request.args.get("policy", "")
+    asked = request.args.get("replace", "false").lower()
+    if asked not in ("true", "false"):
+        raise DeviceCAError(Kind.MALFORMED, "replace is true or false")
+    replace = asked == "true"
+    if replace and REPLACE_GRANT not in granted:
+        raise DeviceCAError(Kind.FORBIDDEN, "this station may not replace devices' certificates "
+                            f"(its policy does not authorise {REPLACE_GRANT})")
     current_app.config["DEVICE_CA_POLICIES"].get(policy)          # 404 for an unknown policy
     items = _read_items()
-    batch_id = request.args.get("batch_id") or batch_id_for(policy, items, False)
+    batch_id = request.args.get("batch_id") or batch_id_for(policy, items, False, replace)
     run = current_app.config["DEVICE_CA_BULK"](policy, items, _out_dir(batch_id), actor=f"station:{station}",
-                                               batch_id=batch_id, workers=1)
+                                               batch_id=batch_id, workers=1, replace=replace)
     existing = _store().batches.get(batch_id)
     if existing is not None:
         from device_ca.ra.bulk import input_digest
-        if existing.policy != policy or existing.input_sha256 != input_digest(policy, items, False):
+        if existing.policy != policy or existing.input_sha256 != input_digest(policy, items, False, replace):
             raise DeviceCAError(Kind.CONFLICT, f"batch {batch_id} exists with another policy or other input")
     with _running_lock:
         start = batch_id not in _running and (existing is None or existing.state != "done")

@@ -142,6 +142,38 @@ def test_a_station_cannot_mint_stations_or_issue_policies_not_meant_for_bulk(ser
                    str(tmp / "mint-cli"), input=minted, check=False).returncode == 7   # nor through the CLI
 
 
+def test_a_station_cannot_take_over_an_enrolled_device(served):
+    """Attack (issue 14, item 2): a station submits a CSR of its own for a device that already holds a
+    good certificate: that item fails with a clear reason and the device keeps its one certificate;
+    asking to replace needs a station whose policy authorises batch-replace (403 here, nothing
+    stored). An operator replaces with `bulk issue --replace`: the old certificate is superseded."""
+    env, server, tmp = served
+    station = (*_as(tmp, "station-line-3"), "-H", "Content-Type: application/x-ndjson")
+    take_over = b"".join(json.dumps({"device_id": d, "csr": base64.b64encode(make_csr(
+        d, ou="door-lock", encoding=Encoding.DER)).decode()}).encode() + b"\n" for d in ("lock-5", "lock-6"))
+    status, answer = _api(server, "/api/v1/batches?policy=door-lock&batch_id=take-over", *station, body=take_over)
+    assert status == 202, answer
+    state = _wait_done(server, tmp, "take-over")
+    assert (state["issued"], state["failed"]) == (1, 1)
+    assert state["failures"] == [{"device_id": "lock-5", "error": state["failures"][0]["error"]}]
+    assert "already has a valid certificate" in state["failures"][0]["error"]
+    lock5 = json.loads(env.run("list", "--device-id", "lock-5", "--json").stdout)
+    assert [c["status"] for c in lock5] == ["good"]
+    status, answer = _api(server, "/api/v1/batches?policy=door-lock&batch_id=take-over-2&replace=true", *station,
+                          body=take_over)
+    assert status == 403 and b"batch-replace" in answer, answer
+    status, _ = _api(server, "/api/v1/batches/take-over-2", *_as(tmp, "station-line-3"))
+    assert status == 404
+    assert json.loads(env.run("list", "--device-id", "lock-5", "--json").stdout) == lock5
+
+    replaced = json.loads(env.run("bulk", "issue", "--policy", "door-lock", "--jsonl", "-", "--out",
+                                  str(tmp / "replace"), "--replace", "--json",
+                                  input=take_over.splitlines()[0] + b"\n").stdout)
+    assert (replaced["issued"], replaced["failed"]) == (1, 0)
+    shown = json.loads(env.run("show", lock5[0]["serial"], "--json").stdout)
+    assert shown["superseded_by"] and shown["status"] == "good"     # revoked after door-lock's grace
+
+
 def test_json_batches_and_refused_bodies(served):
     """A batch as one JSON document; bodies that are too large or no batch are refused with
     nothing recorded (a declared size over the limit before the body is read)."""

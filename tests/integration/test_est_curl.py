@@ -35,6 +35,8 @@ def pki(tmp_path_factory, module_database_url, module_serve):
                       f'enrollment = ["idevid"]\nmanufacturer_cas = ["{other.pem}"]\n',
         "guarded-lock": 'subject = "CN={device_id},OU=guarded-lock,O=BuildingCo"\nrequire_approval = true\n',
         "quick-rotate": 'subject = "CN={device_id},OU=quick-rotate,O=BuildingCo"\nrotation_grace = "1s"\n',
+        "factory-replace": f'subject = "CN={{device_id}},OU=factory-replace,O=BuildingCo"\n'
+                           f'enrollment = ["idevid"]\nmanufacturer_cas = ["{acme.pem}"]\nidevid_reenroll = "replace"\n',
     })
     server = module_serve(env, "--rate-limit", "0", policy_dir=policies)
     return {"env": env, "server": server, "tmp": tmp, "acme": acme, "other": other}
@@ -209,6 +211,31 @@ def test_idevid_enrollment(pki, tmp_path):
                                   "--cert", str(idevid), "--key", str(idkey), body=body)
     assert status == 403 and b"does not name device fl-3" in data
     assert _certificates(env, "fl-2") == [] and _certificates(env, "fl-3") == []
+
+
+def test_an_idevid_enrolls_its_device_once(pki, tmp_path):
+    """Attack (issue 14, item 8): the same factory certificate enrolls its device again, with a key
+    of the caller's choosing: 403 while the device holds a current certificate. A policy with
+    idevid_reenroll = "replace" supersedes the current certificate instead (audited as a replacement)."""
+    env, server = pki["env"], pki["server"]
+    for policy, device in (("factory-lock", "fl-8"), ("factory-replace", "fr-8")):
+        idevid, idkey = pki["acme"].idevid(device)
+        answers = []
+        for attempt in range(2):
+            _, body = device_csr(tmp_path, f"{device}-{attempt}", f"/O=BuildingCo/OU={policy}/CN={device}")
+            answers.append(server.curl(f"/{policy}/simpleenroll", "-H", "Content-Type: application/pkcs10",
+                                       "--cert", str(idevid), "--key", str(idkey), body=body))
+        assert answers[0][0] == 200, answers[0]
+        listed = _certificates(env, device)
+        if policy == "factory-lock":
+            assert answers[1][0] == 403 and b"already has a valid certificate" in answers[1][1], answers[1]
+            assert len(listed) == 1 and listed[0]["status"] == "good"
+        else:
+            assert answers[1][0] == 200, answers[1]
+            first = pkcs7_certificates(answers[0][1])[0]
+            shown = json.loads(env.run("show", format(first.serial_number, "x"), "--json").stdout)
+            assert shown["superseded_by"] == format(pkcs7_certificates(answers[1][1])[0].serial_number, "036x")
+    assert json.loads(env.run("audit", "verify", "--json").stdout)["ok"]
 
 
 def test_approval_flow(pki, tmp_path):
