@@ -278,8 +278,10 @@ class BulkIssuance:
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.progress = progress or (lambda done, total: None)
         self.batch_id = batch_id or _id_from_digest(self.scan.digest)
-        if not _SAFE_NAME.fullmatch(self.batch_id):
-            raise DeviceCAError(Kind.MALFORMED, "a batch id is 1-128 letters, digits, '.', '_' or '-'")
+        if not _SAFE_NAME.fullmatch(self.batch_id) or self.batch_id.startswith("."):
+            # it names a directory and the archive's members: never '.', '..' or hidden
+            raise DeviceCAError(Kind.MALFORMED, "a batch id is 1-128 letters, digits, '.', '_' or '-', not "
+                                "starting with '.'")
 
     def run(self) -> Summary:
         started = time.monotonic()

@@ -24,6 +24,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from device_ca.ca.serial import to_hex
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.bulk import BulkInput, BulkIssuance, batch_id_for, certificate_pem, read_jsonl
+from device_ca.store.batches import Batch
 from device_ca.web.tls import client_certificate
 
 log = logging.getLogger("device_ca.web.batches")
@@ -63,6 +64,17 @@ def _station() -> tuple[str, tuple[str, ...]]:
     if GRANT not in granted:
         raise DeviceCAError(Kind.FORBIDDEN, f"certificates of policy {record.policy} do not authorise the batch API")
     return record.device_id, granted
+
+
+def _own(batch_id: str, station: str) -> Batch:
+    """The batch, if this station submitted it: 404 if there is none, 403 if another station's
+    (operators see every batch from the command line)."""
+    batch = _store().batches.get(batch_id)
+    if batch is None:
+        raise DeviceCAError(Kind.NOT_FOUND, f"no batch {batch_id}")
+    if batch.created_by != f"station:{station}":
+        raise DeviceCAError(Kind.FORBIDDEN, f"batch {batch_id} belongs to another station")
+    return batch
 
 
 def _out_dir(batch_id: str) -> Path:
@@ -124,6 +136,7 @@ def submit() -> Response:
                                                batch_id=batch_id, workers=1, replace=replace)
     existing = _store().batches.get(batch_id)
     if existing is not None:
+        _own(batch_id, station)
         from device_ca.ra.bulk import input_digest
         if existing.policy != policy or existing.input_sha256 != input_digest(policy, items, False, replace):
             raise DeviceCAError(Kind.CONFLICT, f"batch {batch_id} exists with another policy or other input")
@@ -155,8 +168,6 @@ def _status(batch_id: str) -> dict:
     """Counts from the database; the failed items read a page at a time."""
     store = _store()
     batch = store.batches.get(batch_id)
-    if batch is None:
-        raise DeviceCAError(Kind.NOT_FOUND, f"no batch {batch_id}")
     found = store.batches.counts(batch_id)
     counts = {s: found[s] for s in ("issued", "failed", "pending", "reserved")}
     failures = [{"device_id": i.device_id, "error": i.error}
@@ -167,13 +178,13 @@ def _status(batch_id: str) -> dict:
 
 @bp.get("/<batch_id>")
 def status(batch_id: str) -> Response:
-    _station()
+    _own(batch_id, _station()[0])
     return jsonify(_status(batch_id))
 
 
 @bp.get("/<batch_id>/items/<device_id>.pem")
 def item(batch_id: str, device_id: str) -> Response:
-    _station()
+    _own(batch_id, _station()[0])
     store = _store()
     found = store.batches.item(batch_id, device_id)
     if found is None or found.state != "issued":
@@ -188,10 +199,8 @@ def archive(batch_id: str) -> Response:
     items in input order), as tar.gz streamed a page of items at a time. The manifest collects in a
     temporary file and is added last; its compressed form (~60 bytes an item) is all that is held
     in memory at once at the end."""
-    _station()
+    _own(batch_id, _station()[0])
     store = _store()
-    if store.batches.get(batch_id) is None:
-        raise DeviceCAError(Kind.NOT_FOUND, f"no batch {batch_id}")
 
     def generate():
         out = _Chunks()

@@ -174,6 +174,39 @@ def test_a_station_cannot_take_over_an_enrolled_device(served):
     assert shown["superseded_by"] and shown["status"] == "good"     # revoked after door-lock's grace
 
 
+def test_a_station_sees_only_its_own_batches_and_batch_ids_are_plain_names(served):
+    """Attack (issue 14, item 5): another station reads, downloads or resubmits line 3's batch (403);
+    batch ids '.', '..' and hidden ones are refused (400) with nothing stored; every member of an
+    archive is a plain name under the batch's directory."""
+    env, server, tmp = served
+    csr = openssl_csr(tmp, "station-line-4", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-4")
+    env.run("issue", "--policy", "manufacturing-station", "--csr", str(csr), "--out", str(tmp / "station-line-4.pem"))
+    own = (*_as(tmp, "station-line-3"), "-H", "Content-Type: application/x-ndjson")
+    status, answer = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=line3-private", *own,
+                          body=_batch(["env-a101", "env-a102"]))
+    assert status == 202, answer
+    _wait_done(server, tmp, "line3-private")
+    other = _as(tmp, "station-line-4")
+    for path in ("/api/v1/batches/line3-private", "/api/v1/batches/line3-private/items/env-a101.pem",
+                 "/api/v1/batches/line3-private/archive"):
+        status, answer = _api(server, path, *other)
+        assert status == 403 and b"another station" in answer, (path, status, answer)
+    status, answer = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=line3-private", *other,
+                          "-H", "Content-Type: application/x-ndjson", body=_batch(["env-a101", "env-a102"]))
+    assert status == 403, answer
+    for batch_id in (".", "..", ".hidden"):
+        status, answer = _api(server, f"/api/v1/batches?policy=env-sensor&batch_id={batch_id}", *own,
+                              body=_batch(["env-a103"]))
+        assert status == 400 and b"not starting with '.'" in answer, (batch_id, status, answer)
+    assert json.loads(env.run("list", "--device-id", "env-a103", "--json").stdout) == []
+    assert not (env.home / "batches" / "env-a103.pem").exists() and not (env.home / "env-a103.pem").exists()
+    status, archive = _api(server, "/api/v1/batches/line3-private/archive", *_as(tmp, "station-line-3"))
+    assert status == 200
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        names = tar.getnames()
+    assert sorted(names) == ["line3-private/env-a101.pem", "line3-private/env-a102.pem", "line3-private/manifest.json"]
+
+
 def test_json_batches_and_refused_bodies(served):
     """A batch as one JSON document; bodies that are too large or no batch are refused with
     nothing recorded (a declared size over the limit before the body is read)."""
