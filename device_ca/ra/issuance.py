@@ -58,6 +58,9 @@ def check_method(policy: Policy, method: str) -> None:
     needed = _NEEDS.get(method, method)
     if needed is not None and needed not in policy.enrollment:
         raise DeviceCAError(Kind.FORBIDDEN, f"policy {policy.name} does not allow enrollment by {needed}")
+    if method == "bulk" and policy.require_approval:     # never issued past the approval it requires
+        raise DeviceCAError(Kind.FORBIDDEN, f"policy {policy.name} requires an operator's approval of each "
+                            "enrollment; it is not issued in bulk")
 
 
 def decide(policy: Policy, csr: csrs.CsrInfo, device_id: str | None, method: str) -> tuple[CertificateRequest, str]:

@@ -25,6 +25,7 @@ from device_ca.ca.serial import to_hex
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.bulk import BulkInput, BulkIssuance, batch_id_for, certificate_pem, read_jsonl
 from device_ca.store.batches import Batch
+from device_ca.web.ratelimit import limit_client
 from device_ca.web.tls import client_certificate
 
 log = logging.getLogger("device_ca.web.batches")
@@ -37,6 +38,9 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024
 _running: set[str] = set()
 _running_lock = threading.Lock()
+
+
+bp.before_request(limit_client)                      # the EST rate limit, per client, shared
 
 
 @bp.before_request

@@ -3,15 +3,13 @@
 """
 from __future__ import annotations
 
-import math
-
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import UnsupportedMediaType
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.enrollment import Caller
 from device_ca.web import est_codec
-from device_ca.web.errors import text
+from device_ca.web.ratelimit import limit_client
 from device_ca.web.tls import client_certificate
 
 bp = Blueprint("est", __name__, url_prefix="/.well-known/est")
@@ -33,24 +31,7 @@ def _label(label: str | None) -> str:
         raise DeviceCAError(Kind.NOT_FOUND, f"unknown label {label!r}") from None
 
 
-def _client_address() -> str:
-    """The device's address: from X-Forwarded-For when the request comes through a trusted proxy
-    (so the rate limit applies per device, not to the proxy), else the peer address."""
-    remote = request.remote_addr or "-"
-    if remote in current_app.config["DEVICE_CA_PROXIES"].trusted:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if forwarded:
-            return forwarded.split(",")[-1].strip() or remote
-    return remote
-
-
-@bp.before_request
-def _limit() -> Response | None:
-    g.client = _client_address()
-    wait = current_app.config["DEVICE_CA_RATE_LIMITER"].check(g.client)
-    if wait:
-        return text(429, "too many requests", {"Retry-After": str(max(1, math.ceil(wait)))})
-    return None
+bp.before_request(limit_client)
 
 
 def _caller() -> Caller:

@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import multiprocessing
 import threading
 import time
+
+from flask import Response, current_app, g, request
+
+from device_ca.web.errors import text
 
 
 class RateLimiter:
@@ -54,3 +59,24 @@ class RateLimiter:
                 return 0.0
             self._buckets[2 * slot] = tokens
         return (1 - tokens) / self.rate
+
+
+def client_address() -> str:
+    """The client's address: from X-Forwarded-For when the request comes through a trusted proxy
+    (so the rate limit applies per device, not to the proxy), else the peer address."""
+    remote = request.remote_addr or "-"
+    if remote in current_app.config["DEVICE_CA_PROXIES"].trusted:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded:
+            return forwarded.split(",")[-1].strip() or remote
+    return remote
+
+
+def limit_client() -> Response | None:
+    """``before_request`` of every HTTPS blueprint (EST, the batch API): one limit per client for
+    the whole listener; 429 with Retry-After beyond it."""
+    g.client = client_address()
+    wait = current_app.config["DEVICE_CA_RATE_LIMITER"].check(g.client)
+    if wait:
+        return text(429, "too many requests", {"Retry-After": str(max(1, math.ceil(wait)))})
+    return None

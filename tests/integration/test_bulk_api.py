@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from helpers import make_csr
 from integration.cli_harness import new_ca_env, openssl_csr
+from integration.server_harness import policy_dir_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,7 +30,9 @@ def served(tmp_path_factory, module_database_url, module_serve):
     env.run("issue", "--policy", "manufacturing-station", "--csr", str(station), "--out", str(tmp / "station-line-3.pem"))
     device = openssl_csr(tmp, "lock-5", "/O=BuildingCo/OU=door-lock/CN=lock-5")
     env.run("issue", "--policy", "door-lock", "--csr", str(device), "--out", str(tmp / "lock-5.pem"))
-    return env, module_serve(env, "--rate-limit", "0"), tmp
+    policies = policy_dir_with(tmp, {"guarded-sensor": 'subject = "CN={device_id},OU=guarded-sensor,O=BuildingCo"\n'
+                                                       'enrollment = ["bulk"]\nrequire_approval = true\n'})
+    return env, module_serve(env, "--rate-limit", "0", policy_dir=policies), tmp
 
 
 def _batch(devices) -> bytes:
@@ -140,6 +143,32 @@ def test_a_station_cannot_mint_stations_or_issue_policies_not_meant_for_bulk(ser
         assert status == 404                                  # no batch was opened
     assert env.run("bulk", "issue", "--policy", "manufacturing-station", "--jsonl", "-", "--out",
                    str(tmp / "mint-cli"), input=minted, check=False).returncode == 7   # nor through the CLI
+
+
+def test_approval_is_never_skipped_in_bulk(served):
+    """Attack (issue 14, item 4): a policy that requires an operator's approval of each enrollment is
+    asked for in a batch: 403 on the whole batch, nothing stored."""
+    env, server, tmp = served
+    guarded = json.dumps({"device_id": "gs-1", "csr": base64.b64encode(make_csr(
+        "gs-1", ou="guarded-sensor", encoding=Encoding.DER)).decode()}).encode() + b"\n"
+    status, answer = _api(server, "/api/v1/batches?policy=guarded-sensor&batch_id=guarded", *_as(tmp, "station-line-3"),
+                          "-H", "Content-Type: application/x-ndjson", body=guarded)
+    assert status == 403 and b"requires an operator's approval" in answer, answer
+    assert json.loads(env.run("list", "--device-id", "gs-1", "--json").stdout) == []
+    assert _api(server, "/api/v1/batches/guarded", *_as(tmp, "station-line-3"))[0] == 404
+
+
+def test_the_batch_api_shares_the_rate_limit(tmp_path, database_url, serve):
+    """Attack (issue 14, item 6, the rate limit): a station hammering the batch API gets 429 with
+    Retry-After from the EST limiter, per client address."""
+    env = new_ca_env(tmp_path, database_url)
+    env.run("init", "--organization", "BuildingCo")
+    csr = openssl_csr(tmp_path, "station-line-9", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-9")
+    env.run("issue", "--policy", "manufacturing-station", "--csr", str(csr), "--out",
+            str(tmp_path / "station-line-9.pem"))
+    server = serve(env, "--rate-limit", "1")
+    statuses = [_api(server, "/api/v1/batches/nothing", *_as(tmp_path, "station-line-9"))[0] for _ in range(6)]
+    assert statuses[0] == 404 and 429 in statuses, statuses
 
 
 def test_a_station_cannot_take_over_an_enrolled_device(served):
