@@ -296,6 +296,28 @@ def policy_check(file) -> None:
 
 
 @cli.group()
+def keys() -> None:
+    """Keys device-ca refuses to certify."""
+
+
+@keys.command("blocked")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def keys_blocked(ctx, as_json) -> None:
+    """Keys revoked for keyCompromise (SHA-256 of the SubjectPublicKeyInfo): every request carrying
+    one is refused, on every path."""
+    rows = [{"spki_sha256": digest, "revoked_serial": serial, "blocked_at": _iso(at), "actor": actor}
+            for digest, serial, at, actor in services(ctx).store.blocked_keys()]
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo("no blocked keys")
+    for r in rows:
+        click.echo(f"{r['spki_sha256']}  revoked with {r['revoked_serial']} at {r['blocked_at']} by {r['actor']}")
+
+
+@cli.group()
 def audit() -> None:
     """The hash-chained audit log."""
 

@@ -472,6 +472,11 @@ class Chunk:
             orders.append(Order(request, device_id, self.policy.name, "bulk", self.job.actor, messages=messages,
                                 batch_id=self.job.batch_id, links=links,
                                 resume=(serial, not_before, not_after) if state == "reserved" and serial else None))
+        for device_id, error in self.pipeline.refused(orders).items():      # blocked or shared keys
+            failures.append((device_id, error.detail))
+            abandon.extend(o.resume[0] for o in orders if o.device_id == device_id and o.resume)
+        failed = {d for d, _ in failures}
+        orders = [o for o in orders if o.device_id not in failed]
         self.batches.fail(self.job.batch_id, failures, abandon)
         issued = self.pipeline.issue(orders)
         for i in issued:

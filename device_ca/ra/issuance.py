@@ -131,10 +131,26 @@ class Pipeline:
                                                                   [a for p in parts for a in p[1]]))
         self._recording = GroupCommit(lambda parts: store.record([r for p in parts for r in p]))
 
+    def refused(self, orders: list[Order]) -> dict[str, DeviceCAError]:
+        """device id -> why its order's key may not be certified: a key blocked after keyCompromise,
+        or one certified for another device already (two devices never share a key)."""
+        keys = {o.device_id: hashlib.sha256(csrs.public_key_der(o.request.public_key)).hexdigest() for o in orders}
+        reasons = self.store.key_refusals(keys)
+        first: dict[str, str] = {}
+        for device, digest in keys.items():                 # within the group too
+            if first.setdefault(digest, device) != device:
+                reasons.setdefault(device, f"the key is also asked for by {first[digest]}; each device has a key "
+                                           "of its own")
+        return {device: DeviceCAError(Kind.POLICY_REJECTED, reason) for device, reason in reasons.items()}
+
     def issue(self, orders: list[Order]) -> list[Issued]:
-        """Reserve, sign, verify and record ``orders`` as one group (two transactions)."""
+        """Reserve, sign, verify and record ``orders`` as one group (two transactions); nothing at
+        all if one of them carries a key that may not be certified (see ``refused``)."""
         if not orders:
             return []
+        for device, error in self.refused(orders).items():
+            log.warning("issuance refused for %s: %s", device, error.detail)
+            raise error
         issuer = self.issuer()
         prepared = self._reserve(issuer, orders)
         devices = [o.device_id for o in orders]
@@ -217,7 +233,8 @@ class Pipeline:
             record = CertificateRecord(
                 serial=to_hex(p.serial), issuer=issuer.urls.ca_name, device_id=order.device_id, policy=order.policy,
                 subject=subject, status="good", not_before=p.not_before, not_after=p.not_after,
-                fingerprint=hashlib.sha256(der).hexdigest(), der=der, issued_at=now)
+                fingerprint=hashlib.sha256(der).hexdigest(), der=der, issued_at=now,
+                spki_sha256=hashlib.sha256(p.public_key_der).hexdigest())
             details = {"policy": order.policy, "method": order.method, "fingerprint": record.fingerprint,
                        "not_after": record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")}
             if order.batch_id is not None:

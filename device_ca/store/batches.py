@@ -193,7 +193,7 @@ class BatchRepo:
                         serial=r["serial"], issuer=r["issuer"], device_id=r["device_id"], policy=r["policy"],
                         subject=r["subject"], status=r["status"], not_before=utc(r["not_before"]),
                         not_after=utc(r["not_after"]), fingerprint=r["fingerprint"], der=bytes(r["der"]),
-                        issued_at=utc(r["issued_at"]), superseded_by=r["superseded_by"])
+                        issued_at=utc(r["issued_at"]), superseded_by=r["superseded_by"], spki_sha256=r["spki_sha256"])
         return out
 
     def fail(self, batch_id: str, failures: list[tuple[str, str]], abandon: list[str] = ()) -> None:

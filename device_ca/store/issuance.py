@@ -9,15 +9,17 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database
 from device_ca.store.enrollment import claim
-from device_ca.store.issuance_sql import (ABANDON, INSERT_CERTIFICATE, INSERT_OUTBOX, INSERT_RESERVATION,
-                                          ISSUE_PENDING, ITEM_ISSUED, MARK_ISSUED, RESERVE_ITEM, SUPERSEDE,
-                                          UPSERT_DEVICE, USE_TOKEN, certificate_row, device_row, outbox_row)
+from device_ca.store.issuance_sql import (ABANDON, BLOCKED, CERTIFICATES, INSERT_CERTIFICATE, INSERT_OUTBOX,
+                                          INSERT_RESERVATION, ISSUE_PENDING, ITEM_ISSUED, MARK_ISSUED, RESERVE_ITEM,
+                                          SUPERSEDE, UPSERT_DEVICE, USE_TOKEN, certificate_row, device_row,
+                                          outbox_row)
 from device_ca.store.records import AuditEvent, CertificateRecord, IssuanceLinks, OutboxMessage, Reservation
 
 
@@ -51,6 +53,28 @@ class Recorded:
 class IssuanceRepo:
     def __init__(self, db: Database):
         self.db = db
+
+    def key_refusals(self, keys: dict[str, str]) -> dict[str, str]:
+        """device id -> why its key may not be certified, for the devices of ``keys`` (device id ->
+        SHA-256 of the SubjectPublicKeyInfo) whose key is blocked (revoked for keyCompromise) or is
+        certified for another device already."""
+        if not keys:
+            return {}
+        digests = sorted(set(keys.values()))
+        with self.db.reading() as c:
+            blocked = set(c.execute(sa.select(BLOCKED.c.spki_sha256).where(BLOCKED.c.spki_sha256.in_(digests)))
+                          .scalars())
+            holders: dict[str, set[str]] = {}
+            for digest, device in c.execute(sa.select(CERTIFICATES.c.spki_sha256, CERTIFICATES.c.device_id)
+                                            .where(CERTIFICATES.c.spki_sha256.in_(digests)).distinct()):
+                holders.setdefault(digest, set()).add(device)
+        out = {}
+        for device, digest in keys.items():
+            if digest in blocked:
+                out[device] = "the key was revoked for keyCompromise and is blocked; make a new key"
+            elif holders.get(digest, set()) - {device}:
+                out[device] = "the key is already certified for another device; each device has a key of its own"
+        return out
 
     def reserve(self, reserved: list[Reserved], abandon: list[str] = ()) -> None:
         """Serials, intents, token claims and batch items in one transaction, before any signature;

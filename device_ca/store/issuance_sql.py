@@ -10,12 +10,13 @@ import json
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from device_ca.store.tables import (BatchItemRow, BootstrapTokenRow, CertificateRow, DeviceRow, OutboxRow,
-                                    PendingRequestRow, SerialReservationRow)
+from device_ca.store.tables import (BatchItemRow, BlockedKeyRow, BootstrapTokenRow, CertificateRow, DeviceRow,
+                                    OutboxRow, PendingRequestRow, SerialReservationRow)
 
 RESERVATIONS = SerialReservationRow.__table__
 DEVICES = DeviceRow.__table__
 CERTIFICATES = CertificateRow.__table__
+BLOCKED = BlockedKeyRow.__table__
 
 INSERT_RESERVATION = sa.insert(RESERVATIONS)
 MARK_ISSUED = (sa.update(RESERVATIONS)

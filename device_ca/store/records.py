@@ -40,6 +40,7 @@ class CertificateRecord:
     revoked_at: dt.datetime | None = None
     revocation_reason: str | None = None
     superseded_by: str | None = None
+    spki_sha256: str | None = None          # SHA-256 of its SubjectPublicKeyInfo (hex)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from device_ca.store.outbox import OutboxRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
 from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, OutboxMessage,
                                      Reservation, utc)
-from device_ca.store.tables import CaCertificateRow, CertificateRow, OutboxRow, RevocationRow, SerialReservationRow
+from device_ca.store.tables import (BlockedKeyRow, CaCertificateRow, CertificateRow, OutboxRow, RevocationRow,
+                                    SerialReservationRow)
 
 
 class Store:
@@ -107,24 +108,42 @@ class Store:
 
     def revoke(self, serial: str, reason: str, at: dt.datetime, actor: str,
                messages_for: Callable[[CertificateRecord], list[OutboxMessage]]) -> CertificateRecord:
-        """Mark revoked, record the reason, audit it and queue the relying-party updates: one transaction."""
+        """Mark revoked, record the reason, audit it and queue the relying-party updates: one
+        transaction. keyCompromise also blocks the key and revokes every other good certificate
+        with it, in the same transaction (each with its own audit event and updates)."""
         with self.db.write() as s:
             row = s.get(CertificateRow, serial)
             if row is None:
                 raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
             if row.status == "revoked":
                 raise DeviceCAError(Kind.CONFLICT, f"certificate {serial} is already revoked")
-            row.status = "revoked"
-            s.add(row)
-            revocation = RevocationRow(serial=serial, reason=reason, revoked_at=at, actor=actor)
-            s.add(revocation)
-            s.flush()
-            record = _certificate(row, revocation)
-            mark_crl_dirty(s, row.issuer)
-            audit.append(s, AuditEvent(action="certificate.revoked", actor=actor, at=at, serial=serial,
-                                       device_id=row.device_id, details={"reason": reason}))
-            _enqueue(s, messages_for(record), at)
-            return record
+            rows = [row]
+            if reason == "keyCompromise" and row.spki_sha256:
+                if s.get(BlockedKeyRow, row.spki_sha256) is None:
+                    s.add(BlockedKeyRow(spki_sha256=row.spki_sha256, serial=serial, blocked_at=at, actor=actor))
+                rows += s.exec(select(CertificateRow).where(CertificateRow.spki_sha256 == row.spki_sha256,
+                                                            CertificateRow.status == "good",
+                                                            CertificateRow.serial != serial)).all()
+            records = []
+            for r in rows:
+                r.status = "revoked"
+                s.add(r)
+                revocation = RevocationRow(serial=r.serial, reason=reason, revoked_at=at, actor=actor)
+                s.add(revocation)
+                s.flush()
+                records.append(_certificate(r, revocation))
+                mark_crl_dirty(s, r.issuer)
+                details = {"reason": reason} if r is row else {"reason": reason, "same_key_as": serial}
+                audit.append(s, AuditEvent(action="certificate.revoked", actor=actor, at=at, serial=r.serial,
+                                           device_id=r.device_id, details=details))
+                _enqueue(s, messages_for(records[-1]), at)
+            return records[0]
+
+    def blocked_keys(self) -> list[tuple[str, str, dt.datetime, str]]:
+        """(SHA-256 of the SubjectPublicKeyInfo, serial that blocked it, when, by whom), oldest first."""
+        with self.db.read() as s:
+            return [(r.spki_sha256, r.serial, utc(r.blocked_at), r.actor)
+                    for r in s.exec(select(BlockedKeyRow).order_by(BlockedKeyRow.blocked_at))]
 
     def retire_device(self, device_id: str, at: dt.datetime, actor: str, revoked: int) -> None:
         with self.db.transaction() as c:
@@ -179,4 +198,5 @@ def _certificate(r: CertificateRow, revocation: RevocationRow | None) -> Certifi
         status=r.status, not_before=utc(r.not_before), not_after=utc(r.not_after), fingerprint=r.fingerprint,
         der=bytes(r.der), issued_at=utc(r.issued_at),
         revoked_at=utc(revocation.revoked_at) if revocation else None,
-        revocation_reason=revocation.reason if revocation else None, superseded_by=r.superseded_by)
+        revocation_reason=revocation.reason if revocation else None, superseded_by=r.superseded_by,
+        spki_sha256=r.spki_sha256)

@@ -64,6 +64,17 @@ class CertificateRow(SQLModel, table=True):
     # Re-enrollment: the newer certificate, and when this one is revoked as superseded.
     superseded_by: Optional[str] = Field(default=None, max_length=40)
     revoke_after: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True, index=True))
+    # SHA-256 of the SubjectPublicKeyInfo: which certificates share a key (blocked keys, one key per device)
+    spki_sha256: Optional[str] = Field(default=None, max_length=64, index=True)
+
+
+class BlockedKeyRow(SQLModel, table=True):
+    """Keys revoked for keyCompromise: never certified again, on any path."""
+    __tablename__ = "blocked_keys"
+    spki_sha256: str = Field(primary_key=True, max_length=64)
+    serial: str = Field(max_length=40)             # the certificate whose revocation blocked it
+    blocked_at: dt.datetime = Field(sa_column=_ts())
+    actor: str = Field(max_length=128)
 
 
 class RevocationRow(SQLModel, table=True):

@@ -35,6 +35,8 @@ def pki(tmp_path_factory, module_database_url, module_serve):
                       f'enrollment = ["idevid"]\nmanufacturer_cas = ["{other.pem}"]\n',
         "guarded-lock": 'subject = "CN={device_id},OU=guarded-lock,O=BuildingCo"\nrequire_approval = true\n',
         "quick-rotate": 'subject = "CN={device_id},OU=quick-rotate,O=BuildingCo"\nrotation_grace = "1s"\n',
+        "key-lock": 'subject = "CN={device_id},OU=key-lock,O=BuildingCo"\n'
+                    'enrollment = ["bootstrap-token", "admin", "bulk"]\n',
         "factory-replace": f'subject = "CN={{device_id}},OU=factory-replace,O=BuildingCo"\n'
                            f'enrollment = ["idevid"]\nmanufacturer_cas = ["{acme.pem}"]\nidevid_reenroll = "replace"\n',
     })
@@ -235,6 +237,50 @@ def test_an_idevid_enrolls_its_device_once(pki, tmp_path):
             first = pkcs7_certificates(answers[0][1])[0]
             shown = json.loads(env.run("show", format(first.serial_number, "x"), "--json").stdout)
             assert shown["superseded_by"] == format(pkcs7_certificates(answers[1][1])[0].serial_number, "036x")
+    assert json.loads(env.run("audit", "verify", "--json").stdout)["ok"]
+
+
+def test_a_compromised_key_stays_dead(pki, tmp_path):
+    """Attack (issue 14, item 9): a key certified for one device is asked for by another (403); after
+    `revoke --reason keyCompromise`, the other good certificate with that key (the one the renewal
+    superseded, still in its grace) is revoked too, and the key is refused on every path: EST
+    enrollment (403), CLI issue (exit 4), bulk issue (the item fails)."""
+    env, server = pki["env"], pki["server"]
+
+    def enroll(device, key=None):
+        secret = _token(env, "key-lock", device)
+        return _enroll(pki, "key-lock", device, key=key, extra=("-u", f"{device}:{secret}"))
+
+    key, _, (status, data, _) = enroll("lock-50")
+    assert status == 200, data
+    first = tmp_path / "lock-50.pem"
+    first.write_bytes(pkcs7_certificates(data)[0].public_bytes(Encoding.PEM))
+    _, _, (status, data, _) = enroll("lock-51", key=key)             # another device, the same key
+    assert status == 403 and b"already certified for another device" in data, data
+    _, body = device_csr(tmp_path, "lock-50-renew", "/O=BuildingCo/OU=key-lock/CN=lock-50", key=key)
+    status, data, _ = server.curl("/key-lock/simplereenroll", "-H", "Content-Type: application/pkcs10",
+                                  "--cert", str(first), "--key", str(key), body=body)
+    assert status == 200, data
+    renewed = format(pkcs7_certificates(data)[0].serial_number, "x")
+    env.run("revoke", renewed, "--reason", "keyCompromise")
+    listed = _certificates(env, "lock-50")
+    assert [(c["status"], c["revocation_reason"]) for c in listed] == [("revoked", "keyCompromise")] * 2
+    blocked = json.loads(env.run("keys", "blocked", "--json").stdout)
+    assert [b["revoked_serial"] for b in blocked] == [format(int(renewed, 16), "036x")]
+
+    _, _, (status, data, _) = enroll("lock-52", key=key)
+    assert status == 403 and b"blocked" in data, data
+    _, body = device_csr(tmp_path, "lock-53", "/O=BuildingCo/OU=key-lock/CN=lock-53", key=key)
+    csr_file = tmp_path / "lock-53.der"
+    refused = env.run("issue", "--policy", "key-lock", "--csr", str(csr_file), check=False)
+    assert refused.returncode == 4 and b"blocked" in refused.stderr, refused.stderr
+    batch = tmp_path / "blocked.jsonl"
+    batch.write_text(json.dumps({"device_id": "lock-54", "csr": base64.b64encode(csr_file.read_bytes()).decode()}))
+    bulk = env.run("bulk", "issue", "--policy", "key-lock", "--jsonl", str(batch), "--out", str(tmp_path / "b"),
+                   "--json", check=False)
+    assert bulk.returncode == 4 and json.loads(bulk.stdout)["failed"] == 1
+    for device in ("lock-51", "lock-52", "lock-53", "lock-54"):
+        assert _certificates(env, device) == []
     assert json.loads(env.run("audit", "verify", "--json").stdout)["ok"]
 
 
