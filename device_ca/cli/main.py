@@ -323,11 +323,21 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option("--expect-head", metavar="SEQ:HASH", help="A head printed by an earlier verify and kept elsewhere: "
+              "exit 12 unless the log still holds that event with that hash.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def audit_verify(ctx, as_json) -> None:
-    """Check every event's hash and link; exit 12 if anything was edited, deleted or reordered."""
-    report, head = services(ctx).store.verify_audit()
+def audit_verify(ctx, expect_head, as_json) -> None:
+    """Check every event's hash and link; exit 12 if anything was edited, deleted or reordered.
+    Prints the head as SEQ:HASH: keep it elsewhere and give it to --expect-head later, so that a
+    rollback or a rewrite of the newest events is caught too."""
+    expected = None
+    if expect_head:
+        seq, sep, digest = expect_head.partition(":")
+        if not (sep and seq.isdigit() and len(digest) == 64):
+            raise DeviceCAError(Kind.MALFORMED, "--expect-head is SEQ:HASH as 'audit verify' prints it")
+        expected = (int(seq), digest.lower())
+    report, head = services(ctx).store.verify_audit(expected)
     if as_json:
         _emit_json({"ok": report.ok, "events": report.events, "head": head, "problems": list(report.problems)})
     elif report.ok:

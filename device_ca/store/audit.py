@@ -60,7 +60,7 @@ def append_many(connection, events: list[AuditEvent]) -> int:
     for event in events:
         seq += 1
         details = json.dumps(event.details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        at = event.at.astimezone(dt.timezone.utc)
+        at = event.at.astimezone(dt.timezone.utc).replace(microsecond=0)    # stored as hashed: whole seconds
         digest = event_hash(seq, at, event.action, event.actor, event.serial, event.device_id, details, prev)
         rows.append({"seq": seq, "at": at, "action": event.action, "actor": event.actor, "serial": event.serial,
                      "device_id": event.device_id, "details": details, "prev_hash": prev, "hash": digest})
@@ -70,11 +70,14 @@ def append_many(connection, events: list[AuditEvent]) -> int:
     return seq
 
 
-def verify(session: Session) -> tuple[AuditReport, str]:
-    """Check the whole chain; return the report and the head hash."""
+def verify(session: Session, expect_head: tuple[int, str] | None = None) -> tuple[AuditReport, str]:
+    """Check the whole chain; return the report and the head as ``SEQ:HASH``. ``expect_head``: a head
+    kept elsewhere earlier, which the chain must still hold (event SEQ with that hash): a chain
+    rolled back or rewritten consistently after it no longer does."""
     problems: list[str] = []
     expected_seq, prev = 1, GENESIS
     count = 0
+    found_expected = expect_head is None
     for row in session.exec(select(AuditEventRow).order_by(AuditEventRow.seq)):
         count += 1
         if row.seq != expected_seq:
@@ -86,13 +89,21 @@ def verify(session: Session) -> tuple[AuditReport, str]:
                                 row.prev_hash)
         if recomputed != row.hash:
             problems.append(f"event {row.seq}: content does not match its hash (edited row)")
+        if at.microsecond:                          # the hash covers whole seconds, and so does what is stored
+            problems.append(f"event {row.seq}: its time has a fraction of a second the hash does not cover "
+                            "(edited row)")
+        if expect_head is not None and row.seq == expect_head[0]:
+            found_expected = row.hash == expect_head[1]
         expected_seq, prev = row.seq + 1, row.hash
     head = session.exec(select(AuditHeadRow).where(AuditHeadRow.id == 1)).first()
     head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
     if head_seq != expected_seq - 1 or head_hash != prev:
         problems.append(f"chain ends at event {expected_seq - 1} but the head records event {head_seq} "
                         "(newest events deleted or head edited)")
-    return AuditReport(events=count, problems=tuple(problems)), head_hash
+    if not found_expected:
+        problems.append(f"the log no longer holds event {expect_head[0]} with the hash that was kept "
+                        "(rolled back, truncated or rewritten since)")
+    return AuditReport(events=count, problems=tuple(problems)), f"{head_seq}:{head_hash}"
 
 
 def _iso(at: dt.datetime) -> str:

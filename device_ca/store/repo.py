@@ -164,9 +164,10 @@ class Store:
 
     # -- audit ---------------------------------------------------------------------------------
 
-    def verify_audit(self) -> tuple[AuditReport, str]:
+    def verify_audit(self, expect_head: tuple[int, str] | None = None) -> tuple[AuditReport, str]:
+        """The chain's report and its head as ``SEQ:HASH`` (see audit.verify)."""
         with self.db.read() as s:
-            return audit.verify(s)
+            return audit.verify(s, expect_head)
 
     def outbox(self, state: str | None = "pending") -> list[OutboxMessage]:
         with self.db.read() as s:

@@ -118,6 +118,35 @@ def test_audit_verify_detects_an_edited_row(ca_env, tmp_path):
     assert proc.returncode == 12 and b"event 2: content does not match its hash" in proc.stderr
 
 
+def test_audit_rollback_and_sub_second_edits_are_caught(ca_env, tmp_path):
+    """Attack (issue 14, item 10, first two points): the newest events deleted and the head moved
+    back consistently passes a plain verify, but not one against the head kept earlier
+    (--expect-head SEQ:HASH, exit 12); a time changed below the second is an edit too."""
+    for device in ("lock-7", "lock-8"):
+        ca_env.run("issue", "--policy", "door-lock", "--csr",
+                   str(openssl_csr(tmp_path, device, f"/O=BuildingCo/OU=door-lock/CN={device}")))
+    kept = json.loads(ca_env.run("audit", "verify", "--json").stdout)["head"]
+    seq = int(kept.split(":")[0])
+    engine = sa.create_engine(ca_env.database_url)
+    try:
+        with engine.begin() as c:                 # roll back lock-8's issuance: intent and issued events
+            previous = c.exec_driver_sql(f"SELECT hash FROM audit_events WHERE seq = {seq - 2}").scalar()
+            c.exec_driver_sql(f"DELETE FROM audit_events WHERE seq > {seq - 2}")
+            c.exec_driver_sql(f"UPDATE audit_head SET seq = {seq - 2}, hash = '{previous}'")
+        assert ca_env.run("audit", "verify").returncode == 0            # consistent: alone, it cannot tell
+        proc = ca_env.run("audit", "verify", "--expect-head", kept, check=False)
+        assert proc.returncode == 12 and f"no longer holds event {seq}".encode() in proc.stderr, proc.stderr
+        assert ca_env.run("audit", "verify", "--expect-head", f"{seq - 2}:{previous}").returncode == 0
+        with engine.begin() as c:
+            at = c.exec_driver_sql("SELECT at FROM audit_events WHERE seq = 2").scalar()
+            edited = at[:19] + ".250000" if isinstance(at, str) else at.replace(microsecond=250000)   # SQLite: text
+            c.execute(sa.text("UPDATE audit_events SET at = :at WHERE seq = 2"), {"at": edited})
+    finally:
+        engine.dispose()
+    proc = ca_env.run("audit", "verify", check=False)
+    assert proc.returncode == 12 and b"event 2: its time has a fraction of a second" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("what, env, fragment", [
     ("wrong PIN", {"DEVICE_CA_HSM_PIN": "not-the-pin"}, b"PIN"),
     ("token missing", {"DEVICE_CA_HSM_TOKEN": "no-such-token"}, b"no-such-token"),
