@@ -243,6 +243,8 @@ def test_a_batch_opened_before_items_kept_their_csr_is_completed_from_the_input(
             "--json"]
     env.run(*args, "--batch-id", "old")
     assert _count(env, "SELECT COUNT(*) FROM certificates") == 6
+    for record in json.loads(env.run("list", "--json").stdout):     # the devices may be enrolled again
+        env.run("revoke", record["serial"], "--reason", "cessationOfOperation")
     # the same input as a new batch, its items made to look like an old device-ca's
     engine = sa.create_engine(env.database_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
