@@ -472,13 +472,12 @@ class Chunk:
             orders.append(Order(request, device_id, self.policy.name, "bulk", self.job.actor, messages=messages,
                                 batch_id=self.job.batch_id, links=links,
                                 resume=(serial, not_before, not_after) if state == "reserved" and serial else None))
-        for device_id, error in self.pipeline.refused(orders).items():      # blocked or shared keys
-            failures.append((device_id, error.detail))
-            abandon.extend(o.resume[0] for o in orders if o.device_id == device_id and o.resume)
-        failed = {d for d, _ in failures}
-        orders = [o for o in orders if o.device_id not in failed]
         self.batches.fail(self.job.batch_id, failures, abandon)
-        issued = self.pipeline.issue(orders)
+        issued, refused = self.pipeline.issue_allowed(orders)
+        if refused:                                                     # blocked or shared keys
+            failures += [(d, e.detail) for d, e in refused.items()]
+            self.batches.fail(self.job.batch_id, [(d, e.detail) for d, e in refused.items()],
+                              [o.resume[0] for o in orders if o.device_id in refused and o.resume])
         for i in issued:
             key = keys[i.record.device_id]
             if key is None:

@@ -63,9 +63,6 @@ class Failpoints:
         log.warning("failpoints armed: %s", spec)
         return cls(armed)
 
-    def __bool__(self) -> bool:
-        return bool(self._armed)
-
     def hit(self, point: str, device_ids: Iterable[str]) -> None:
         """Fire ``point`` if it is armed for one of these devices."""
         if not self._armed:

@@ -36,7 +36,7 @@ class GroupCommit(Generic[Part]):
         self._lock = threading.Lock()
         self._queue: list[_Slot[Part]] = []
         self._running = False
-        self.groups = 0              # transactions run (for tests and the benchmark's profile)
+        self.groups = 0              # transactions run
 
     def submit(self, part: Part) -> None:
         slot = _Slot(part)

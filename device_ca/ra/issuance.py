@@ -134,6 +134,8 @@ class Pipeline:
     def refused(self, orders: list[Order]) -> dict[str, DeviceCAError]:
         """device id -> why its order's key may not be certified: a key blocked after keyCompromise,
         or one certified for another device already (two devices never share a key)."""
+        if not orders:
+            return {}
         keys = {o.device_id: hashlib.sha256(csrs.public_key_der(o.request.public_key)).hexdigest() for o in orders}
         reasons = self.store.key_refusals(keys)
         first: dict[str, str] = {}
@@ -146,11 +148,20 @@ class Pipeline:
     def issue(self, orders: list[Order]) -> list[Issued]:
         """Reserve, sign, verify and record ``orders`` as one group (two transactions); nothing at
         all if one of them carries a key that may not be certified (see ``refused``)."""
-        if not orders:
-            return []
         for device, error in self.refused(orders).items():
             log.warning("issuance refused for %s: %s", device, error.detail)
             raise error
+        return self._issue(orders)
+
+    def issue_allowed(self, orders: list[Order]) -> tuple[list[Issued], dict[str, DeviceCAError]]:
+        """``orders`` as a group of items that fail alone (a bulk chunk): those whose key may not be
+        certified are refused, the others issued; (issued, refusals by device id)."""
+        refused = self.refused(orders)
+        return self._issue([o for o in orders if o.device_id not in refused]), refused
+
+    def _issue(self, orders: list[Order]) -> list[Issued]:
+        if not orders:
+            return []
         issuer = self.issuer()
         prepared = self._reserve(issuer, orders)
         devices = [o.device_id for o in orders]

@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from device_ca.ra.authority import RegistrationAuthority
@@ -29,7 +30,6 @@ class Janitor:
         self.lock_path = lock_path
         self.rounds = 0
         self._lock: int | None = None
-        self._stop = threading.Event()
 
     def run_once(self) -> bool:
         """One round, if this process holds the lock (taken on the first round that can); False if not."""
@@ -53,7 +53,8 @@ class Janitor:
     def start(self, interval: float = JANITOR_SECONDS) -> threading.Thread:
         """A daemon thread running a round every ``interval`` seconds; errors are logged and retried."""
         def loop() -> None:
-            while not self._stop.wait(interval):
+            while True:
+                time.sleep(interval)
                 try:
                     self.run_once()
                 except Exception as exc:  # noqa: BLE001 - keep the janitor alive; the next round retries
@@ -62,9 +63,6 @@ class Janitor:
         thread = threading.Thread(target=loop, name="device-ca-janitor", daemon=True)
         thread.start()
         return thread
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def _try_lock(path: Path) -> int | None:
