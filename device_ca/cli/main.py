@@ -157,10 +157,15 @@ def ca_chain(ctx) -> None:
 @click.option("--csr", "csr_file", required=True, type=click.File("rb"), help="PKCS#10 file, PEM or DER ('-' for stdin).")
 @click.option("--device-id", help="Device id; default: read from the CSR subject as the policy's template says.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the PEM here instead of stdout.")
+@click.option("--allow-policy", "allow_policies", multiple=True, metavar="POLICY",
+              help="Station certificates: a device policy the station may issue on the batch API (repeatable).")
+@click.option("--allow-devices", metavar="REGEX",
+              help="Station certificates: only device ids this regular expression matches whole.")
 @click.pass_context
-def issue(ctx, policy_name, csr_file, device_id, out) -> None:
-    """Issue one device certificate from a CSR."""
-    issued = services(ctx).ra.issue(policy_name, csr_file.read(), device_id=device_id, actor=_actor())
+def issue(ctx, policy_name, csr_file, device_id, out, allow_policies, allow_devices) -> None:
+    """Issue one device certificate from a CSR (a station certificate with its scope)."""
+    issued = services(ctx).ra.issue(policy_name, csr_file.read(), device_id=device_id, actor=_actor(),
+                                    allow_policies=allow_policies, allow_devices=allow_devices)
     if out:
         files.write_atomically(out, issued.pem, files.PUBLIC)
     else:
@@ -207,15 +212,22 @@ def _serial_arg(serial: str) -> str:
 @click.pass_context
 def show(ctx, serial, as_json, pem) -> None:
     """Show one certificate by its hex serial."""
-    record = services(ctx).store.certificate(_serial_arg(serial))
+    store = services(ctx).store
+    record = store.certificate(_serial_arg(serial))
     if record is None:
         raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
+    shown = _certificate_dict(record)
+    scope = store.station_scope(record.serial)
+    if scope is not None:
+        shown["scope"] = scope.as_dict()
     if pem:
         click.echo(x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM).decode(), nl=False)
     elif as_json:
-        _emit_json(_certificate_dict(record))
+        _emit_json(shown)
     else:
-        for key, value in _certificate_dict(record).items():
+        if scope is not None:
+            shown["scope"] = f"policies {', '.join(scope.policies)}; devices {scope.devices or 'any'}"
+        for key, value in shown.items():
             if value is not None:
                 click.echo(f"{key:<18} {value}")
 

@@ -3,6 +3,7 @@ approve/reject and reconcile workflows. Issuing goes through the one pipeline (i
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from typing import Callable
@@ -16,6 +17,7 @@ from device_ca.errors import DeviceCAError, Kind, malformed
 from device_ca.policy import Policies, Policy
 from device_ca.ra.failpoints import NONE, Failpoints
 from device_ca.ra.issuance import Issued, Order, Pipeline, decide, issued_messages
+from device_ca.ra.stations import scope_for
 from device_ca.store import CertificateRecord, IssuanceLinks, OutboxMessage, PendingRequest, Reservation, Store
 
 log = logging.getLogger("device_ca.ra")
@@ -40,12 +42,18 @@ class RegistrationAuthority:
     # -- issue -----------------------------------------------------------------------------
 
     def issue(self, policy_name: str, csr_data: bytes | csrs.CsrInfo, *, device_id: str | None = None, actor: str,
-              method: str = "admin", links: IssuanceLinks | None = None) -> Issued:
-        """Check the CSR against the policy and issue; ``links`` are settled in the recording transaction."""
+              method: str = "admin", links: IssuanceLinks | None = None, allow_policies: tuple[str, ...] = (),
+              allow_devices: str | None = None) -> Issued:
+        """Check the CSR against the policy and issue; ``links`` are settled in the recording transaction.
+        A station certificate (its policy authorises the batch API) is issued with its scope:
+        ``allow_policies`` and optionally ``allow_devices``, recorded with it (stations.scope_for)."""
         try:
             policy = self.policies.get(policy_name)
             csr = csr_data if isinstance(csr_data, csrs.CsrInfo) else csrs.load(csr_data)
             request, device_id = decide(policy, csr, device_id, method)
+            scope = scope_for(policy, allow_policies, allow_devices, self.policies)
+            if scope is not None:
+                links = dataclasses.replace(links or IssuanceLinks(), scope=scope)
         except DeviceCAError as exc:
             log.warning("issuance refused: policy=%s device=%s actor=%s: %s", policy_name, device_id, actor, exc)
             raise

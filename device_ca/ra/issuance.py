@@ -254,6 +254,8 @@ class Pipeline:
                 details["supersedes"] = order.links.supersedes
                 if order.method != "reenroll":
                     details["replacement"] = True
+            if order.links is not None and order.links.scope is not None:
+                details["scope"] = order.links.scope.as_dict()
             recorded.append(Recorded(
                 certificate=record, links=order.links, batch_id=order.batch_id,
                 messages=tuple(order.messages(record)) if order.messages else (),

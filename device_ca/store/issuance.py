@@ -7,6 +7,7 @@ the DBAPI connection (``Database.direct``) with statements built once (issuance_
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from device_ca.store import audit
 from device_ca.store.db import Database
 from device_ca.store.enrollment import claim
 from device_ca.store.issuance_sql import (ABANDON, BLOCKED, CERTIFICATES, INSERT_CERTIFICATE, INSERT_OUTBOX,
-                                          INSERT_RESERVATION, ISSUE_PENDING, ITEM_ISSUED, MARK_ISSUED, RESERVE_ITEM,
+                                          INSERT_RESERVATION, INSERT_SCOPE, ISSUE_PENDING, ITEM_ISSUED, MARK_ISSUED, RESERVE_ITEM,
                                           SUPERSEDE, UPSERT_DEVICE, USE_TOKEN, certificate_row, device_row,
                                           outbox_row)
 from device_ca.store.records import AuditEvent, CertificateRecord, IssuanceLinks, OutboxMessage, Reservation
@@ -159,3 +160,6 @@ def _settle_links(c, links: IssuanceLinks, certificate: CertificateRecord) -> No
                                      "revoke_after": links.supersede_revoke_after})
         if done.rowcount != 1:                          # renewed (or revoked) meanwhile: renewal stays linear
             raise DeviceCAError(Kind.CONFLICT, f"certificate {links.supersedes} was already renewed or revoked")
+    if links.scope is not None:
+        c.execute(INSERT_SCOPE, {"serial": serial, "policies": json.dumps(list(links.scope.policies)),
+                                 "devices": links.scope.devices})

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from device_ca.store.tables import (BatchItemRow, BlockedKeyRow, BootstrapTokenRow, CertificateRow, DeviceRow,
-                                    OutboxRow, PendingRequestRow, SerialReservationRow)
+                                    OutboxRow, PendingRequestRow, SerialReservationRow, StationScopeRow)
 
 RESERVATIONS = SerialReservationRow.__table__
 DEVICES = DeviceRow.__table__
@@ -29,6 +29,8 @@ UPSERT_DEVICE = {
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))}
 INSERT_CERTIFICATE = sa.insert(CERTIFICATES)
 INSERT_OUTBOX = sa.insert(OutboxRow.__table__)
+SCOPES = StationScopeRow.__table__
+INSERT_SCOPE = sa.insert(SCOPES)
 ITEMS = BatchItemRow.__table__
 _TOKENS = BootstrapTokenRow.__table__
 _PENDING = PendingRequestRow.__table__

@@ -110,13 +110,28 @@ class PendingRequest:
 
 
 @dataclass(frozen=True)
+class StationScope:
+    """What a station certificate's holder may issue on the batch API, as the operator decided when
+    issuing it: these device policies and, if ``devices`` is set, only device ids it matches whole
+    (a regular expression)."""
+
+    policies: tuple[str, ...]
+    devices: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"policies": list(self.policies), "devices": self.devices}
+
+
+@dataclass(frozen=True)
 class IssuanceLinks:
-    """What else the issuing transaction settles: a consumed token, a pending request, a superseded certificate."""
+    """What else the issuing transaction settles: a consumed token, a pending request, a superseded
+    certificate, the scope recorded with a station certificate."""
 
     token_id: str | None = None
     pending_id: str | None = None
     supersedes: str | None = None
     supersede_revoke_after: dt.datetime | None = None
+    scope: StationScope | None = None
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable
 import json
+from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -15,11 +15,11 @@ from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo
 from device_ca.store.issuance import IssuanceRepo
-from device_ca.store.issuance_sql import CERTIFICATES, DEVICES, INSERT_OUTBOX, outbox_row
+from device_ca.store.issuance_sql import CERTIFICATES, DEVICES, INSERT_OUTBOX, SCOPES, outbox_row
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
 from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, OutboxMessage,
-                                     Reservation, utc)
+                                     Reservation, StationScope, utc)
 from device_ca.store.tables import (BlockedKeyRow, CaCertificateRow, CertificateRow, OutboxRow, RevocationRow,
                                     SerialReservationRow)
 
@@ -92,6 +92,12 @@ class Store:
                 query = query.where(CertificateRow.device_id == device_id)
             query = query.order_by(CertificateRow.issued_at, CertificateRow.serial).limit(limit)
             return [_certificate(c, r) for c, r in s.exec(query)]
+
+    def station_scope(self, serial: str) -> StationScope | None:
+        """The scope recorded with a station certificate (None: it was given none)."""
+        with self.db.reading() as c:
+            row = c.execute(sa.select(SCOPES.c.policies, SCOPES.c.devices).where(SCOPES.c.serial == serial)).first()
+        return None if row is None else StationScope(tuple(json.loads(row.policies)), row.devices)
 
     def current_certificates(self, policy: str, device_ids: list[str]) -> dict[str, str]:
         """device id -> serial of its current certificate of ``policy`` (good and not renewed), for

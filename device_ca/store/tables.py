@@ -77,6 +77,14 @@ class BlockedKeyRow(SQLModel, table=True):
     actor: str = Field(max_length=128)
 
 
+class StationScopeRow(SQLModel, table=True):
+    """What a station certificate authorises on the batch API (recorded with the certificate)."""
+    __tablename__ = "station_scopes"
+    serial: str = Field(primary_key=True, max_length=40)
+    policies: str = Field(sa_column=sa.Column(sa.Text, nullable=False))      # JSON list of policy names
+    devices: Optional[str] = Field(default=None, max_length=256)             # regular expression, whole id
+
+
 class RevocationRow(SQLModel, table=True):
     __tablename__ = "revocations"
     serial: str = Field(primary_key=True, max_length=40, foreign_key="certificates.serial")

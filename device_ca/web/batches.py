@@ -23,7 +23,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from device_ca.ca.serial import to_hex
 from device_ca.errors import DeviceCAError, Kind
-from device_ca.ra.bulk import BulkInput, BulkIssuance, batch_id_for, certificate_pem, read_jsonl
+from device_ca.ra.bulk import BulkInput, BulkIssuance, batch_id_for, certificate_pem, input_digest, read_jsonl
+from device_ca.ra.stations import GRANT, authorize_batch, authorize_devices
 from device_ca.store.batches import Batch
 from device_ca.web.ratelimit import limit_client
 from device_ca.web.tls import client_certificate
@@ -32,8 +33,6 @@ log = logging.getLogger("device_ca.web.batches")
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
 
-GRANT = "batch-api"             # what a station's policy must authorise (policy key 'authorizes')
-REPLACE_GRANT = "batch-replace"  # ... to replace devices' current certificates (replace=true)
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024
 _running: set[str] = set()
@@ -52,7 +51,8 @@ def _store():
     return current_app.config["DEVICE_CA_STORE"]
 
 
-def _station() -> tuple[str, tuple[str, ...]]:
+def _station() -> tuple[str, tuple[str, ...], str]:
+    """The calling station: its device id, what its policy authorises and its certificate's serial."""
     certificate = client_certificate(request.environ, current_app.config["DEVICE_CA_PROXIES"])
     if certificate is None:
         raise DeviceCAError(Kind.UNAUTHORIZED, "a manufacturing station's client certificate is required")
@@ -67,7 +67,7 @@ def _station() -> tuple[str, tuple[str, ...]]:
         granted = ()
     if GRANT not in granted:
         raise DeviceCAError(Kind.FORBIDDEN, f"certificates of policy {record.policy} do not authorise the batch API")
-    return record.device_id, granted
+    return record.device_id, granted, record.serial
 
 
 def _own(batch_id: str, station: str) -> Batch:
@@ -124,24 +124,22 @@ def _read_items() -> list[BulkInput]:
 
 @bp.post("")
 def submit() -> Response:
-    station, granted = _station()
+    station, granted, serial = _station()
     policy = request.args.get("policy", "")
     asked = request.args.get("replace", "false").lower()
     if asked not in ("true", "false"):
         raise DeviceCAError(Kind.MALFORMED, "replace is true or false")
     replace = asked == "true"
-    if replace and REPLACE_GRANT not in granted:
-        raise DeviceCAError(Kind.FORBIDDEN, "this station may not replace devices' certificates "
-                            f"(its policy does not authorise {REPLACE_GRANT})")
-    current_app.config["DEVICE_CA_POLICIES"].get(policy)          # 404 for an unknown policy
+    scope = _store().station_scope(serial)
+    authorize_batch(serial, granted, scope, current_app.config["DEVICE_CA_POLICIES"].get(policy), replace)
     items = _read_items()
+    authorize_devices(scope, (i.device_id for i in items if i.error is None))
     batch_id = request.args.get("batch_id") or batch_id_for(policy, items, False, replace)
     run = current_app.config["DEVICE_CA_BULK"](policy, items, _out_dir(batch_id), actor=f"station:{station}",
                                                batch_id=batch_id, workers=1, replace=replace)
     existing = _store().batches.get(batch_id)
     if existing is not None:
         _own(batch_id, station)
-        from device_ca.ra.bulk import input_digest
         if existing.policy != policy or existing.input_sha256 != input_digest(policy, items, False, replace):
             raise DeviceCAError(Kind.CONFLICT, f"batch {batch_id} exists with another policy or other input")
     with _running_lock:

@@ -27,7 +27,8 @@ def served(tmp_path_factory, module_database_url, module_serve):
     env = new_ca_env(tmp, module_database_url)
     env.run("init", "--organization", "BuildingCo")
     station = openssl_csr(tmp, "station-line-3", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-3")
-    env.run("issue", "--policy", "manufacturing-station", "--csr", str(station), "--out", str(tmp / "station-line-3.pem"))
+    env.run("issue", "--policy", "manufacturing-station", "--csr", str(station), "--out", str(tmp / "station-line-3.pem"),
+            "--allow-policy", "env-sensor", "--allow-policy", "door-lock")
     device = openssl_csr(tmp, "lock-5", "/O=BuildingCo/OU=door-lock/CN=lock-5")
     env.run("issue", "--policy", "door-lock", "--csr", str(device), "--out", str(tmp / "lock-5.pem"))
     policies = policy_dir_with(tmp, {"guarded-sensor": 'subject = "CN={device_id},OU=guarded-sensor,O=BuildingCo"\n'
@@ -56,9 +57,13 @@ def _api(server, path, *args, body=None):
 
 
 def _wait_done(server, tmp, batch_id):
+    return _wait_done_as(server, tmp, batch_id, "station-line-3")
+
+
+def _wait_done_as(server, tmp, batch_id, station):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        status, body = _api(server, f"/api/v1/batches/{batch_id}", *_as(tmp, "station-line-3"))
+        status, body = _api(server, f"/api/v1/batches/{batch_id}", *_as(tmp, station))
         assert status == 200, body
         state = json.loads(body)
         if state["state"] == "done":
@@ -165,7 +170,7 @@ def test_the_batch_api_shares_the_rate_limit(tmp_path, database_url, serve):
     env.run("init", "--organization", "BuildingCo")
     csr = openssl_csr(tmp_path, "station-line-9", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-9")
     env.run("issue", "--policy", "manufacturing-station", "--csr", str(csr), "--out",
-            str(tmp_path / "station-line-9.pem"))
+            str(tmp_path / "station-line-9.pem"), "--allow-policy", "env-sensor")
     server = serve(env, "--rate-limit", "1")
     statuses = [_api(server, "/api/v1/batches/nothing", *_as(tmp_path, "station-line-9"))[0] for _ in range(6)]
     assert statuses[0] == 404 and 429 in statuses, statuses
@@ -209,7 +214,8 @@ def test_a_station_sees_only_its_own_batches_and_batch_ids_are_plain_names(serve
     archive is a plain name under the batch's directory."""
     env, server, tmp = served
     csr = openssl_csr(tmp, "station-line-4", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-4")
-    env.run("issue", "--policy", "manufacturing-station", "--csr", str(csr), "--out", str(tmp / "station-line-4.pem"))
+    env.run("issue", "--policy", "manufacturing-station", "--csr", str(csr), "--out", str(tmp / "station-line-4.pem"),
+            "--allow-policy", "env-sensor")
     own = (*_as(tmp, "station-line-3"), "-H", "Content-Type: application/x-ndjson")
     status, answer = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=line3-private", *own,
                           body=_batch(["env-a101", "env-a102"]))
@@ -267,3 +273,78 @@ def test_json_batches_and_refused_bodies(served):
     assert batches() == before
     devices = {c["device_id"] for c in json.loads(env.run("list", "--policy", "env-sensor", "--json").stdout)}
     assert not devices & {"env-f100", "env-f101"}
+
+
+def _count(env, *args) -> int:
+    return len(json.loads(env.run("list", *args, "--json").stdout))
+
+
+def test_a_station_issues_only_within_the_scope_its_operator_gave_it(served, module_database_url):
+    """Attack (issue 14, item 3): a station scoped to env-sensor devices env-5... asks for another
+    policy, for a device outside its pattern (one item among good ones), or holds a certificate
+    issued without a scope: 403 on the whole batch with the reason, no batch, no certificate.
+    The scope is recorded with the station certificate and shown by `device-ca show`."""
+    env, server, tmp = served
+    csr = openssl_csr(tmp, "station-line-5", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-5")
+    env.run("issue", "--policy", "manufacturing-station", "--csr", str(csr), "--out", str(tmp / "station-line-5.pem"),
+            "--allow-policy", "env-sensor", "--allow-devices", "env-5[0-9a-f]+")
+    serial = format(x509.load_pem_x509_certificate((tmp / "station-line-5.pem").read_bytes()).serial_number, "036x")
+    shown = json.loads(env.run("show", serial, "--json").stdout)
+    assert shown["scope"] == {"policies": ["env-sensor"], "devices": "env-5[0-9a-f]+"}
+    assert "policies env-sensor; devices env-5[0-9a-f]+" in env.run("show", serial).stdout.decode()
+
+    station = (*_as(tmp, "station-line-5"), "-H", "Content-Type: application/x-ndjson")
+    locks = b"".join(json.dumps({"device_id": d, "csr": base64.b64encode(make_csr(
+        d, ou="door-lock", encoding=Encoding.DER)).decode()}).encode() + b"\n" for d in ("lock-51",))
+    before = _count(env)
+    status, answer = _api(server, "/api/v1/batches?policy=door-lock&batch_id=l5-locks", *station, body=locks)
+    assert status == 403 and b"may issue env-sensor only, not door-lock" in answer, answer
+    status, answer = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=l5-out", *station,
+                          body=_batch(["env-5a01", "env-6a02", "env-5a03"]))
+    assert status == 403 and b"'env-6a02' is outside this station's scope" in answer, answer
+    for batch_id in ("l5-locks", "l5-out"):
+        assert _api(server, f"/api/v1/batches/{batch_id}", *_as(tmp, "station-line-5"))[0] == 404
+    assert _count(env) == before
+
+    status, answer = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=l5-in", *station,
+                          body=_batch(["env-5a01", "env-5a03"]))
+    assert status == 202, answer
+    state = _wait_done_as(server, tmp, "l5-in", "station-line-5")
+    assert (state["issued"], state["failed"]) == (2, 0)
+
+    # a station certificate from before scopes existed (no scope row) authorises no batch
+    import sqlalchemy as sa
+    engine = sa.create_engine(module_database_url)
+    with engine.begin() as c:
+        c.execute(sa.text("DELETE FROM station_scopes WHERE serial = :s"), {"s": serial})
+    engine.dispose()
+    before = _count(env)
+    status, answer = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=l5-unscoped", *station,
+                          body=_batch(["env-5a05"]))
+    assert status == 403 and b"issued without a scope" in answer, answer
+    assert _count(env) == before
+
+
+def test_station_certificates_are_issued_with_a_valid_scope(served):
+    """An operator's station certificate without a scope, with a policy that is not issued in bulk,
+    with a pattern that is no regular expression, or a scope given to a device certificate: refused
+    with the reason, nothing issued."""
+    env, _, tmp = served
+    csr = openssl_csr(tmp, "station-line-7", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-7")
+    device = openssl_csr(tmp, "env-7001", "/O=BuildingCo/OU=env-sensor/CN=env-7001")
+    base = ("issue", "--policy", "manufacturing-station", "--csr", str(csr))
+    refused = {
+        "no scope": (base, b"is issued with its scope"),
+        "not a bulk policy": ((*base, "--allow-policy", "badge-reader"), b"does not allow enrollment by bulk"),
+        "a station policy": ((*base, "--allow-policy", "manufacturing-station"), b"only an operator issues them"),
+        "unknown policy": ((*base, "--allow-policy", "no-such-policy"), b"no-such-policy"),
+        "bad pattern": ((*base, "--allow-policy", "env-sensor", "--allow-devices", "env-[0-9"),
+                        b"is not a regular expression"),
+        "scope on a device": (("issue", "--policy", "env-sensor", "--csr", str(device), "--allow-policy", "env-sensor"),
+                              b"scope station certificates"),
+    }
+    before = _count(env)
+    for case, (args, reason) in refused.items():
+        proc = env.run(*args, check=False)
+        assert proc.returncode != 0 and reason in proc.stderr, (case, proc.returncode, proc.stderr)
+    assert _count(env) == before
