@@ -3,11 +3,13 @@
 The bytes go to a temporary name of this process and thread in the same directory (opened with
 O_NOFOLLOW, so a planted link is never followed), get their mode, and are renamed over the target;
 a reader sees the old file or the new one, never a part. ``durable`` also fsyncs the file and the
-directory, so the rename survives a crash (CRLs, CA files).
+directory, so the rename survives a crash (CRLs, CA files). ``try_lock`` is the one exclusive
+lock between processes (janitor, batch runners).
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 from pathlib import Path
@@ -50,3 +52,21 @@ def write_atomically(path: Path, data: bytes, mode: int = PRIVATE, durable: bool
 def publish(path: Path, data: bytes) -> None:
     """A public file (CRL, CA certificates): world-readable, durable."""
     write_atomically(path, data, PUBLIC, durable=True)
+
+
+def try_lock(path: Path) -> int | None:
+    """A file descriptor holding an exclusive flock on ``path``, or None if another holder has it
+    (another process, or another open of the file in this one). The kernel releases it when the
+    holder exits, however it exits; ``unlock`` releases it before."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock(fd: int) -> None:
+    os.close(fd)                      # closing the one description releases its flock

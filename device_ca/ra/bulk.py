@@ -255,11 +255,13 @@ class BulkIssuance:
     def __init__(self, store: Store, clock: Clock, policy: Policy, signing: Callable[[], Signing],
                  inputs: Iterable[BulkInput], out_dir: Path, *, actor: str, batch_id: str | None = None,
                  keygen: bool = False, replace: bool = False, secret: str | None = None,
-                 workers: int | None = None,
+                 workers: int | None = None, stored: Batch | None = None,
                  before_fork: Callable[[], None] = lambda: None,
                  progress: Callable[[int, int], None] | None = None):
         """``signing`` builds what a process issues with (called in each worker after the fork, or
-        once here); ``before_fork`` readies the parent for forking (lint preloaded, connections closed)."""
+        once here); ``before_fork`` readies the parent for forking (lint preloaded, connections closed).
+        ``stored``: a batch opened earlier whose items are all in the database (a queued API batch);
+        ``inputs`` are then not read."""
         check_method(policy, "bulk")
         self.store = store
         self.clock = clock
@@ -267,8 +269,13 @@ class BulkIssuance:
         self.signing = signing
         self.before_fork = before_fork
         self.inputs = inputs
-        self.scan = _scan(self.policy.name, inputs, keygen, replace)
+        if stored is not None:
+            batch_id, keygen, replace = stored.id, stored.keygen, stored.replaces
+            self.scan = _Scan(stored.input_sha256, stored.items, stored.items, [])
+        else:
+            self.scan = _scan(self.policy.name, inputs, keygen, replace)
         self.replace = replace
+        self._opened: tuple[Batch, bool] | None = None
         if not self.scan.total:
             raise DeviceCAError(Kind.MALFORMED, "the batch is empty")
         self.out_dir = Path(out_dir)
@@ -283,22 +290,33 @@ class BulkIssuance:
             raise DeviceCAError(Kind.MALFORMED, "a batch id is 1-128 letters, digits, '.', '_' or '-', not "
                                 "starting with '.'")
 
+    def open(self, state: str = "open") -> tuple[Batch, bool]:
+        """Store the batch with its items in ``state`` (``queued``: an API batch a runner will
+        take), or find it stored already; (batch, created). ``run`` opens it if this has not."""
+        if self._opened is None:
+            store = self.store
+            self._secret_pair = self._secret(store.batches.get(self.batch_id))
+            secret = self._secret_pair[0]
+            now = self.clock.now()
+            batch = Batch(id=self.batch_id, policy=self.policy.name, input_sha256=self.scan.digest,
+                          items=self.scan.unique, keygen=self.keygen,
+                          secret_sha256=_secret_digest(secret, self.batch_id) if secret else None, state=state,
+                          created_at=now, created_by=self.actor, finished_at=None, replaces=self.replace)
+            batch, created = store.batches.open(
+                batch, lambda: _unique(self.inputs),
+                AuditEvent(action="batch.opened", actor=self.actor, at=now,
+                           details={"batch": self.batch_id, "policy": self.policy.name, "items": self.scan.unique,
+                                    "keygen": self.keygen, "replace": self.replace}))
+            if not created and not self.keygen and store.batches.counts(batch.id, without_csr=True):
+                store.batches.fill_csrs(batch.id, _unique(self.inputs))
+            self._opened = (batch, created)
+        return self._opened
+
     def run(self) -> Summary:
         started = time.monotonic()
         store, clock = self.store, self.clock
-        secret, created_secret = self._secret(store.batches.get(self.batch_id))
-        now = clock.now()
-        batch = Batch(id=self.batch_id, policy=self.policy.name, input_sha256=self.scan.digest,
-                      items=self.scan.unique, keygen=self.keygen,
-                      secret_sha256=_secret_digest(secret, self.batch_id) if secret else None, state="open",
-                      created_at=now, created_by=self.actor, finished_at=None)
-        batch, created = store.batches.open(
-            batch, lambda: _unique(self.inputs),
-            AuditEvent(action="batch.opened", actor=self.actor, at=now,
-                       details={"batch": self.batch_id, "policy": self.policy.name, "items": self.scan.unique,
-                                "keygen": self.keygen, "replace": self.replace}))
-        if not created and not self.keygen and store.batches.counts(batch.id, without_csr=True):
-            store.batches.fill_csrs(batch.id, _unique(self.inputs))
+        batch, created = self.open()
+        secret, created_secret = self._secret_pair
         self.out_dir.mkdir(parents=True, exist_ok=True)
         counts = store.batches.counts(batch.id)
         issued = self._issue(secret, counts["pending"] + counts["reserved"])

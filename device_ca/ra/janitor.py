@@ -7,13 +7,12 @@ directory; when that process dies another takes over).
 """
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 
+from device_ca.files import try_lock
 from device_ca.ra.authority import RegistrationAuthority
 from device_ca.ra.publication import StatusPublisher
 
@@ -34,7 +33,7 @@ class Janitor:
     def run_once(self) -> bool:
         """One round, if this process holds the lock (taken on the first round that can); False if not."""
         if self._lock is None:
-            self._lock = _try_lock(self.lock_path)
+            self._lock = try_lock(self.lock_path)
             if self._lock is None:
                 return False
         self.rounds += 1
@@ -63,15 +62,3 @@ class Janitor:
         thread = threading.Thread(target=loop, name="device-ca-janitor", daemon=True)
         thread.start()
         return thread
-
-
-def _try_lock(path: Path) -> int | None:
-    """A file descriptor holding an exclusive flock on ``path``, or None if another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd

@@ -64,6 +64,7 @@ class Batch:
     created_at: dt.datetime
     created_by: str
     finished_at: dt.datetime | None
+    replaces: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,32 @@ class BatchRepo:
             if abandon:
                 c.execute(ABANDON, [{"b_serial": s} for s in abandon])
             c.execute(_ITEM_FAILED, [{"b_batch": batch_id, "b_device": d, "b_error": e[:500]} for d, e in failures])
+
+    # -- the queue of API batches: queued -> running (claimed by one runner) -> done ------------
+
+    def claim_queued(self) -> Batch | None:
+        """The oldest queued batch, now running; None if none is queued (a concurrent claimer
+        that wins a batch makes this one try the next)."""
+        for _ in range(10):
+            with self.db.reading() as c:
+                batch_id = c.execute(sa.select(_BATCHES.c.id).where(_BATCHES.c.state == "queued")
+                                     .order_by(_BATCHES.c.created_at, _BATCHES.c.id).limit(1)).scalar()
+            if batch_id is None:
+                return None
+            if self.move(batch_id, ("queued",), "running"):
+                return self.get(batch_id)
+        return None
+
+    def move(self, batch_id: str, from_states: tuple[str, ...], to: str) -> bool:
+        """Change the batch's state if it is in one of ``from_states``; whether it was."""
+        with self.db.transaction() as c:
+            done = c.execute(sa.update(_BATCHES).where(_BATCHES.c.id == batch_id, _BATCHES.c.state.in_(from_states))
+                             .values(state=to))
+        return done.rowcount == 1
+
+    def in_state(self, state: str) -> list[str]:
+        with self.db.reading() as c:
+            return list(c.execute(sa.select(_BATCHES.c.id).where(_BATCHES.c.state == state)).scalars())
 
     def finish(self, batch_id: str, at: dt.datetime, event: AuditEvent) -> None:
         with self.db.transaction() as c:

@@ -234,10 +234,12 @@ class BatchRow(SQLModel, table=True):
     items: int
     keygen: bool = False
     secret_sha256: Optional[str] = Field(default=None, max_length=64)   # scrypt of the keygen secret; never the secret
-    state: str = Field(default="open", max_length=16)                    # open | done
+    # open (a CLI run, or a stopped API batch) | queued | running (API batches) | done
+    state: str = Field(default="open", max_length=16)
     created_at: dt.datetime = Field(sa_column=_ts())
     created_by: str = Field(max_length=128)
     finished_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    replaces: bool = False          # items of devices with a current certificate replace it
 
 
 class BatchItemRow(SQLModel, table=True):

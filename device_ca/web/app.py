@@ -77,15 +77,17 @@ def _base(name: str, ca_certificates: Callable[[], dict], health: dict[str, Call
 
 
 def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]],
-               store, clock, bulk: Callable, batch_dir: Path, proxies: ProxySettings = ProxySettings(),
+               store, clock, bulk: Callable, batch_dir: Path, batch_queue, proxies: ProxySettings = ProxySettings(),
                rate_limit: float = 20.0, default_policy: str | None = None,
                limiter: RateLimiter | None = None) -> Flask:
     """The HTTPS application: EST under /.well-known/est, the batch API under /api/v1/batches.
-    ``bulk(policy, inputs, out_dir, **options)`` starts a batch run; ``limiter``: one shared with
+    ``bulk(policy, inputs, out_dir, **options)`` makes a batch run, ``batch_queue`` (BatchQueue)
+    runs stored batches a bounded number at a time; ``limiter``: one shared with
     other workers (see ``RateLimiter``); otherwise this app gets its own at ``rate_limit``."""
     app = _base("device_ca.https", ca_certificates, health)
     app.config.update(DEVICE_CA_EST=est, DEVICE_CA_POLICIES=policies, DEVICE_CA_STORE=store, DEVICE_CA_CLOCK=clock,
-                      DEVICE_CA_BULK=bulk, DEVICE_CA_BATCH_DIR=Path(batch_dir))
+                      DEVICE_CA_BULK=bulk, DEVICE_CA_BATCH_DIR=Path(batch_dir),
+                      DEVICE_CA_BATCH_QUEUE=batch_queue)
     app.config["DEVICE_CA_PROXIES"] = proxies
     app.config["DEVICE_CA_RATE_LIMITER"] = limiter or RateLimiter(rate_limit)
     app.config["DEVICE_CA_DEFAULT_POLICY"] = default_policy

@@ -6,7 +6,8 @@ A station authenticates with its TLS client certificate: one this CA issued unde
 (``application/x-ndjson``, read line by line as it streams in) or as one JSON document
 (``application/json``: ``{"items": [...]}``), and is idempotent on the station's batch id: the same
 id with the same input gives the same batch, with other input 409. The batch is issued in the
-background; the station polls its status and downloads each certificate or a tar.gz of all.
+background (ra/batch_queue.py: a bounded number at once per node, the others queued); the station
+polls its status and downloads each certificate or a tar.gz of all.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import json
 import logging
 import tarfile
 import tempfile
-import threading
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -23,7 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from device_ca.ca.serial import to_hex
 from device_ca.errors import DeviceCAError, Kind
-from device_ca.ra.bulk import BulkInput, BulkIssuance, batch_id_for, certificate_pem, input_digest, read_jsonl
+from device_ca.ra.bulk import BulkInput, batch_id_for, certificate_pem, input_digest, read_jsonl
 from device_ca.ra.stations import GRANT, authorize_batch, authorize_devices
 from device_ca.store.batches import Batch
 from device_ca.web.ratelimit import limit_client
@@ -35,8 +35,6 @@ bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
 
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024
-_running: set[str] = set()
-_running_lock = threading.Lock()
 
 
 bp.before_request(limit_client)                      # the EST rate limit, per client, shared
@@ -142,28 +140,12 @@ def submit() -> Response:
         _own(batch_id, station)
         if existing.policy != policy or existing.input_sha256 != input_digest(policy, items, False, replace):
             raise DeviceCAError(Kind.CONFLICT, f"batch {batch_id} exists with another policy or other input")
-    with _running_lock:
-        start = batch_id not in _running and (existing is None or existing.state != "done")
-        if start:
-            _running.add(batch_id)
-    if start:
-        threading.Thread(target=_run, args=(run,), name=f"batch-{batch_id}", daemon=True).start()
-    body = _status(batch_id) if existing is not None else {"batch": batch_id, "state": "open"}
-    response = jsonify(body)
-    response.status_code = 200 if existing is not None else 202
+    batch, created = run.open(state="queued")         # stored before the answer; a runner issues it
+    current_app.config["DEVICE_CA_BATCH_QUEUE"].submit(batch)
+    response = jsonify(_status(batch_id))
+    response.status_code = 202 if created else 200
     response.headers["Location"] = url_for("batches.status", batch_id=batch_id)
     return response
-
-
-def _run(run: BulkIssuance) -> None:
-    try:
-        summary = run.run()
-        log.info("batch %s: %d issued, %d failed", summary.batch_id, summary.issued, summary.failed)
-    except Exception as exc:  # noqa: BLE001 - the batch stays open; resubmitting resumes it
-        log.error("batch %s stopped: %s", run.batch_id, exc)
-    finally:
-        with _running_lock:
-            _running.discard(run.batch_id)
 
 
 def _status(batch_id: str) -> dict:

@@ -48,6 +48,7 @@ class ServeOptions:
     threads: int = DEFAULT_THREADS
     http_workers: int = 2
     rate_limit: float = 20.0
+    max_batches: int = 2              # batch API batches run at once on this node (the others queue)
     trusted_proxies: tuple[str, ...] = field(default=())
     client_cert_header: str | None = None
     default_policy: str | None = None
@@ -73,6 +74,7 @@ def _gunicorn(factory, options: dict):
 def _https_factory(options: ServeOptions, linter, limiter):
     def build():
         from device_ca.keycloak.outbox import start_drainer
+        from device_ca.ra.batch_queue import BatchQueue
         from device_ca.ra.janitor import Janitor
         from device_ca.services import Services
         from device_ca.web.app import create_app
@@ -83,9 +85,19 @@ def _https_factory(options: ServeOptions, linter, limiter):
         Janitor(services.publisher, services.ra, services.settings.home / "run" / "janitor.lock").start()
         if services.settings.keycloak is not None:      # Keycloak outbox, every second
             start_drainer(services.store.queue, lambda: services.keycloak_drainer)
+        batch_dir = services.settings.home / "batches"
+
+        def run_batch(batch) -> None:
+            summary = services.bulk(batch.policy, (), batch_dir / batch.id, actor=batch.created_by, workers=1,
+                                    stored=batch).run()
+            log.info("batch %s: %d issued, %d failed", summary.batch_id, summary.issued, summary.failed)
+
+        queue = BatchQueue(services.store.batches, run_batch, services.settings.home / "run" / "batches",
+                           limit=options.max_batches)
+        queue.kick()                                  # batches queued or orphaned before this start
         app = create_app(est=services.est, policies=services.policies, ca_certificates=services.ca_certificates,
                          health=_health(services), store=services.store, clock=services.clock, bulk=services.bulk,
-                         batch_dir=services.settings.home / "batches",
+                         batch_dir=batch_dir, batch_queue=queue,
                          proxies=ProxySettings(frozenset(options.trusted_proxies), options.client_cert_header),
                          default_policy=options.default_policy, limiter=limiter)
         quiet_gc()

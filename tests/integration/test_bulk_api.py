@@ -348,3 +348,37 @@ def test_station_certificates_are_issued_with_a_valid_scope(served):
         proc = env.run(*args, check=False)
         assert proc.returncode != 0 and reason in proc.stderr, (case, proc.returncode, proc.stderr)
     assert _count(env) == before
+
+
+def test_batches_beyond_the_node_limit_wait_queued(tmp_path, database_url, serve):
+    """Attack (issue 14, item 6): a station submits batch after batch. With `--max-batches 1` the
+    node issues one batch at a time, whichever worker process received it: the others wait in
+    state `queued` (never two batches part-issued at the same moment), and all of them finish."""
+    env = new_ca_env(tmp_path, database_url)
+    env.run("init", "--organization", "BuildingCo")
+    csr = openssl_csr(tmp_path, "station-line-8", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-8")
+    env.run("issue", "--policy", "manufacturing-station", "--csr", str(csr), "--out",
+            str(tmp_path / "station-line-8.pem"), "--allow-policy", "env-sensor")
+    server = serve(env, "--rate-limit", "0", "--max-batches", "1", "--workers", "2")
+    station = (*_as(tmp_path, "station-line-8"), "-H", "Content-Type: application/x-ndjson")
+    names = [f"q{n}" for n in range(3)]
+    bodies = {name: _batch([f"env-{n}{i:03x}" for i in range(250)]) for n, name in enumerate(names, 7)}
+    for name in names:
+        status, answer = _api(server, f"/api/v1/batches?policy=env-sensor&batch_id={name}", *station, body=bodies[name])
+        assert status == 202, answer
+    seen_queued, deadline, states = False, time.monotonic() + 180, {}
+    while time.monotonic() < deadline:
+        for name in names:
+            status, body = _api(server, f"/api/v1/batches/{name}", *_as(tmp_path, "station-line-8"))
+            assert status == 200, body
+            states[name] = json.loads(body)
+        running = [n for n, s in states.items() if s["state"] == "running"]
+        part_done = [n for n, s in states.items() if 0 < s["issued"] + s["failed"] < s["items"]]
+        assert len(running) <= 1 and len(part_done) <= 1, states
+        seen_queued |= any(s["state"] == "queued" for s in states.values())
+        if all(s["state"] == "done" for s in states.values()):
+            break
+        time.sleep(0.1)
+    assert all(s["state"] == "done" and s["issued"] == 250 for s in states.values()), states
+    assert seen_queued
+    assert len(json.loads(env.run("list", "--policy", "env-sensor", "--json").stdout)) == 750
