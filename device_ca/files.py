@@ -50,8 +50,30 @@ def write_atomically(path: Path, data: bytes, mode: int = PRIVATE, durable: bool
 
 
 def publish(path: Path, data: bytes) -> None:
-    """A public file (CRL, CA certificates): world-readable, durable."""
-    write_atomically(path, data, PUBLIC, durable=True)
+    """A file of public content kept in the state directory (CRL, CA certificates): durable, and
+    like every file there readable by the CA's own user only (relying parties fetch them over
+    HTTP: /ca/*.crt, /crl/issuing.crl)."""
+    write_atomically(path, data, PRIVATE, durable=True)
+
+
+STATE_DIR_MODE = 0o700
+_SQLITE_FILES = ("device-ca.db", "device-ca.db-wal", "device-ca.db-shm", "device-ca.db-journal")
+
+
+def secure_state_dir(home: Path) -> None:
+    """The state directory exists with mode 0700, and everything this process creates from now on
+    is readable by its user only, whatever the umask it was started with (the SQLite database, its
+    WAL and SHM files, locks, batch outputs: pending CSRs, token digests and the audit log live
+    there). A directory or database files left open by an older version are closed down too."""
+    os.umask(0o077)
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
+    if home.stat().st_mode & 0o777 != STATE_DIR_MODE:
+        os.chmod(home, STATE_DIR_MODE)
+    for name in _SQLITE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            if (home / name).stat().st_mode & 0o077:
+                os.chmod(home / name, PRIVATE)
 
 
 def try_lock(path: Path) -> int | None:

@@ -16,6 +16,7 @@ from device_ca.ca.clock import Clock, SystemClock
 from device_ca.ca.issuer import Issuer, Linter, PublicUrls
 from device_ca.ca.lint import pkilint_gate
 from device_ca.ca.template_lint import TemplateLinter
+from device_ca import files
 from device_ca.config import Settings
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policies
@@ -42,7 +43,7 @@ class Services:
 
     @functools.cached_property
     def store(self) -> Store:
-        self.settings.home.mkdir(parents=True, exist_ok=True)
+        files.secure_state_dir(self.settings.home)
         return Store(self.settings.database_url)
 
     @functools.cached_property

@@ -140,8 +140,7 @@ class CaAdministration:
         files.write_atomically(directory / "server.key", key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         files.write_atomically(directory / "server.pem",
-                               issued.pem + ca_certificates(self.store)[ISSUING].public_bytes(Encoding.PEM),
-                               files.PUBLIC)
+                               issued.pem + ca_certificates(self.store)[ISSUING].public_bytes(Encoding.PEM))
         return issued.certificate
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from device_ca import files
 from device_ca.config import Settings
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.runtime import quiet_gc
@@ -188,6 +189,7 @@ def _prepare(options: ServeOptions) -> None:
 
 def run(options: ServeOptions) -> None:
     settings = Settings.load()
+    files.secure_state_dir(settings.home)       # before anything is created there (children inherit the umask)
     if bool(options.tls_cert) != bool(options.tls_key):
         raise DeviceCAError(Kind.MALFORMED, "--tls-cert and --tls-key go together")
     from device_ca.ra.failpoints import Failpoints

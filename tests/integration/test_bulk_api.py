@@ -382,3 +382,43 @@ def test_batches_beyond_the_node_limit_wait_queued(tmp_path, database_url, serve
     assert all(s["state"] == "done" and s["issued"] == 250 for s in states.values()), states
     assert seen_queued
     assert len(json.loads(env.run("list", "--policy", "env-sensor", "--json").stdout)) == 750
+
+
+def test_the_state_directory_is_private_whatever_the_umask(tmp_path, database_url, serve):
+    """Attack (issue 14, item 11): another local user reads the database (pending CSRs, token
+    digests, the audit log) or the batch outputs. Everything device-ca creates under
+    $DEVICE_CA_HOME, started with umask 000 in a directory made 0755, is 0700 / 0600: the SQLite
+    database with its WAL and SHM files, CA files, CRL, TLS key and certificate, locks and batches."""
+    import os
+    import stat
+
+    env = new_ca_env(tmp_path, database_url)
+    if database_url.startswith("sqlite"):
+        env.database_url = f"sqlite:///{env.home / 'device-ca.db'}"              # where device-ca puts it
+    env.home.chmod(0o755)
+    old = os.umask(0)
+    try:
+        env.run("init", "--organization", "BuildingCo")
+        csr = openssl_csr(tmp_path, "station-line-6", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-6")
+        env.run("issue", "--policy", "manufacturing-station", "--csr", str(csr), "--out",
+                str(tmp_path / "station-line-6.pem"), "--allow-policy", "env-sensor")
+        server = serve(env, "--rate-limit", "0")
+    finally:
+        os.umask(old)
+    status, answer = _api(server, "/api/v1/batches?policy=env-sensor&batch_id=private", *_as(tmp_path, "station-line-6"),
+                          "-H", "Content-Type: application/x-ndjson", body=_batch(["env-b001", "env-b002"]))
+    assert status == 202, answer
+    assert _wait_done_as(server, tmp_path, "private", "station-line-6")["issued"] == 2
+    serial = json.loads(env.run("list", "--device-id", "env-b001", "--json").stdout)[0]["serial"]
+    env.run("revoke", serial, "--reason", "superseded")              # a CRL is published on the way
+    ours = lambda p: not p.name.startswith(("serve-", "curl-", "api-", "hsm-pin"))   # the harness's own files
+    created = [p for p in env.home.rglob("*") if ours(p)]
+    names = {p.relative_to(env.home).as_posix() for p in created}
+    expected = {"ca/chain.pem", "crl/issuing.crl", "tls/server.key", "tls/server.pem", "batches/private/env-b001.pem"}
+    if database_url.startswith("sqlite"):
+        expected |= {"device-ca.db"}           # with its -wal (and -shm) while they exist: checked below
+    assert expected <= names, sorted(names)
+    assert stat.S_IMODE(env.home.stat().st_mode) == 0o700
+    loose = {p.relative_to(env.home).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in created
+             if stat.S_IMODE(p.stat().st_mode) & 0o077}
+    assert loose == {}, loose
