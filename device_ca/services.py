@@ -102,6 +102,12 @@ class Services:
         return StatusPublisher(self.store, lambda: self.issuer, self.token, self.clock,
                                self.settings.home / "crl" / f"{ISSUING}.crl", self.linter, ISSUING)
 
+    @functools.cached_property
+    def checkpoints(self):
+        from device_ca.ra.checkpoints import AuditCheckpoints
+
+        return AuditCheckpoints(self.store, self.token, self.clock)
+
     def bulk(self, policy_name: str, inputs, out_dir, **options):
         """A run of a batch: the parent reads and records the batch, each forked worker builds its
         own signing pipeline (database connections and PKCS#11 session of its own)."""

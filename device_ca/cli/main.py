@@ -5,6 +5,7 @@ Every error is one line on stderr and a non-zero exit code chosen by the error's
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import getpass
 import hashlib
@@ -340,9 +341,10 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def audit_verify(ctx, expect_head, as_json) -> None:
-    """Check every event's hash and link; exit 12 if anything was edited, deleted or reordered.
-    Prints the head as SEQ:HASH: keep it elsewhere and give it to --expect-head later, so that a
-    rollback or a rewrite of the newest events is caught too."""
+    """Check every event's hash and link, every signed checkpoint against the chain and the token's
+    audit key, and the certificates table against the chain; exit 12 if anything was edited,
+    deleted or reordered. Prints the head as SEQ:HASH: keep it elsewhere and give it to
+    --expect-head later, so that a rollback or a rewrite of the newest events is caught too."""
     expected = None
     if expect_head:
         seq, sep, digest = expect_head.partition(":")
@@ -350,10 +352,13 @@ def audit_verify(ctx, expect_head, as_json) -> None:
             raise DeviceCAError(Kind.MALFORMED, "--expect-head is SEQ:HASH as 'audit verify' prints it")
         expected = (int(seq), digest.lower())
     report, head = services(ctx).store.verify_audit(expected)
+    checked, signed_problems = services(ctx).checkpoints.verify()
+    report = dataclasses.replace(report, problems=report.problems + tuple(signed_problems))
     if as_json:
-        _emit_json({"ok": report.ok, "events": report.events, "head": head, "problems": list(report.problems)})
+        _emit_json({"ok": report.ok, "events": report.events, "head": head, "checkpoints": checked,
+                    "problems": list(report.problems)})
     elif report.ok:
-        click.echo(f"audit log OK: {report.events} events, head {head}")
+        click.echo(f"audit log OK: {report.events} events, {checked} signed checkpoints, head {head}")
     else:
         for problem in report.problems:
             click.echo(f"audit: {problem}", err=True)
@@ -361,6 +366,19 @@ def audit_verify(ctx, expect_head, as_json) -> None:
                    err=True)
     if not report.ok:
         ctx.exit(AUDIT_BROKEN)
+
+
+@audit.command("checkpoint")
+@click.pass_context
+def audit_checkpoint(ctx) -> None:
+    """Sign a checkpoint of the current head with the token's audit key now (the server signs one
+    every 30 s in which events were added and after every CRL) and print it as JSON, as served at
+    /audit/checkpoint."""
+    checkpoints = services(ctx).checkpoints
+    signed = checkpoints.sign(force=True)
+    if signed is None:
+        raise DeviceCAError(Kind.NOT_FOUND, "the audit log is empty: nothing to sign")
+    _emit_json(checkpoints.as_json(signed))
 
 
 from device_ca.cli import bulk_cmds, enroll_cmds, keycloak_cmds, status_cmds  # noqa: E402  (register on the group defined above)

@@ -26,6 +26,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policies
 from device_ca.policy.checks import certificate_request
 from device_ca.ra.authority import RegistrationAuthority
+from device_ca.ra.checkpoints import AUDIT_KEY, AUDIT_KEY_TYPE
 from device_ca.ra.issuance import Order
 from device_ca.store import AuditEvent, CaRecord, Store
 from device_ca.token import CaToken
@@ -55,7 +56,8 @@ class CaAdministration:
         self._policies = policies
 
     def init_ca(self, key_type: str, profile: CaProfile, actor: str) -> dict[str, x509.Certificate]:
-        """Generate both CA keys on the token and create the root and issuing certificates."""
+        """Generate both CA keys (and the audit checkpoint key) on the token and create the root
+        and issuing certificates."""
         if key_type not in CA_KEY_TYPES:
             raise DeviceCAError(Kind.MALFORMED, f"CA key type must be one of {', '.join(CA_KEY_TYPES)}")
         if self.store.ca_certificates():
@@ -66,6 +68,8 @@ class CaAdministration:
                                 f"{', '.join(sorted(present))}; refusing to overwrite")
         root_key = self.token.generate(KEY_LABELS[ROOT], key_type)
         issuing_key = self.token.generate(KEY_LABELS[ISSUING], key_type)
+        if self.token.find(AUDIT_KEY) is None:                 # signs the audit checkpoints
+            self.token.generate(AUDIT_KEY, AUDIT_KEY_TYPE)
         root = build_root(root_key, profile, self.clock, self.linter)
         issuing = build_issuing(root, root_key, issuing_key.public_key(), profile, self.clock, self.linter)
         now = self.clock.now()

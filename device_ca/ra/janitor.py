@@ -1,6 +1,7 @@
 """The periodic jobs of a running CA: publish a CRL when a revocation asks for one or half its
 validity has passed; pre-sign OCSP answers for new, revoked and ageing certificates; revoke
-superseded certificates whose rotation grace is over; rotate the OCSP responder certificate.
+superseded certificates whose rotation grace is over; rotate the OCSP responder certificate; sign
+an audit checkpoint every 30 s in which events were added and after every CRL.
 
 One process at a time runs them (an exclusive flock on ``run/janitor.lock`` under the state
 directory; when that process dies another takes over).
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from device_ca.files import try_lock
 from device_ca.ra.authority import RegistrationAuthority
+from device_ca.ra.checkpoints import AuditCheckpoints
 from device_ca.ra.publication import StatusPublisher
 
 log = logging.getLogger("device_ca.ra.janitor")
@@ -23,9 +25,11 @@ ROTATION_EVERY = 6           # superseded revocations and responder rotation eve
 
 
 class Janitor:
-    def __init__(self, publisher: StatusPublisher, ra: RegistrationAuthority, lock_path: Path):
+    def __init__(self, publisher: StatusPublisher, ra: RegistrationAuthority, lock_path: Path,
+                 checkpoints: AuditCheckpoints | None = None):
         self.publisher = publisher
         self.ra = ra
+        self.checkpoints = checkpoints
         self.lock_path = lock_path
         self.rounds = 0
         self._lock: int | None = None
@@ -37,8 +41,10 @@ class Janitor:
             if self._lock is None:
                 return False
         self.rounds += 1
+        published = False
         if self.publisher.crl_due():
             self.publisher.generate_crl()
+            published = True
         signed = self.publisher.presign()
         if signed:
             log.info("pre-signed %d OCSP answers", signed)
@@ -47,6 +53,8 @@ class Janitor:
             if done:
                 log.info("revoked %d superseded certificates", len(done))
             self.publisher.ensure_responder()
+        if self.checkpoints is not None and (published or self.rounds % ROTATION_EVERY == 0):
+            self.checkpoints.sign(force=published)
         return True
 
     def start(self, interval: float = JANITOR_SECONDS) -> threading.Thread:

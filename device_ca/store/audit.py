@@ -15,8 +15,8 @@ import json
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from device_ca.store.records import AuditEvent, AuditReport
-from device_ca.store.tables import AuditEventRow, AuditHeadRow
+from device_ca.store.records import AuditCheckpoint, AuditEvent, AuditReport
+from device_ca.store.tables import AuditCheckpointRow, AuditEventRow, AuditHeadRow, CertificateRow, RevocationRow
 
 GENESIS = "0" * 64
 
@@ -103,7 +103,66 @@ def verify(session: Session, expect_head: tuple[int, str] | None = None) -> tupl
     if not found_expected:
         problems.append(f"the log no longer holds event {expect_head[0]} with the hash that was kept "
                         "(rolled back, truncated or rewritten since)")
+    problems += cross_check(session)
     return AuditReport(events=count, problems=tuple(problems)), f"{head_seq}:{head_hash}"
+
+
+_SHOWN = 10
+
+
+def cross_check(session: Session) -> list[str]:
+    """The certificates table against the chain: every certificate has its issuance event, every
+    revoked one its revocation event, and every issuance event's certificate row is still there."""
+    def serials(statement) -> set[str]:
+        return set(session.exec(statement).all())
+
+    issued_events = serials(select(AuditEventRow.serial).where(AuditEventRow.action == "certificate.issued",
+                                                               AuditEventRow.serial.is_not(None)))
+    revoked_events = serials(select(AuditEventRow.serial).where(AuditEventRow.action == "certificate.revoked",
+                                                                AuditEventRow.serial.is_not(None)))
+    certificates = serials(select(CertificateRow.serial))
+    revoked = serials(select(RevocationRow.serial))
+    problems = []
+    for found, what in ((certificates - issued_events, "has no issuance event (inserted outside issuance, or "
+                                                       "its event deleted)"),
+                        (revoked - revoked_events, "is revoked without a revocation event"),
+                        (issued_events - certificates, "has an issuance event but its certificate row is gone")):
+        for serial in sorted(found)[:_SHOWN]:
+            problems.append(f"certificate {serial} {what}")
+        if len(found) > _SHOWN:
+            problems.append(f"... and {len(found) - _SHOWN} more certificates that {what.split(' (')[0]}")
+    return problems
+
+
+# -- checkpoints: the head signed by the token's audit key -----------------------------------
+
+def head(session: Session) -> tuple[int, str]:
+    row = session.exec(select(AuditHeadRow).where(AuditHeadRow.id == 1)).first()
+    return (row.seq, row.hash) if row else (0, GENESIS)
+
+
+def checkpoints(session: Session) -> list[AuditCheckpoint]:
+    return [AuditCheckpoint(r.seq, r.head_hash, _utc(r.at), bytes(r.signature))
+            for r in session.exec(select(AuditCheckpointRow).order_by(AuditCheckpointRow.id))]
+
+
+def newest_checkpoint(session: Session) -> AuditCheckpoint | None:
+    r = session.exec(select(AuditCheckpointRow).order_by(AuditCheckpointRow.id.desc()).limit(1)).first()
+    return None if r is None else AuditCheckpoint(r.seq, r.head_hash, _utc(r.at), bytes(r.signature))
+
+
+def event_hashes(session: Session, seqs: set[int]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    ordered = sorted(seqs)
+    for start in range(0, len(ordered), 500):
+        rows = session.exec(select(AuditEventRow.seq, AuditEventRow.hash)
+                            .where(AuditEventRow.seq.in_(ordered[start:start + 500])))
+        out.update((seq, digest) for seq, digest in rows)
+    return out
+
+
+def _utc(at: dt.datetime) -> dt.datetime:
+    return at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)
 
 
 def _iso(at: dt.datetime) -> str:

@@ -74,6 +74,14 @@ class OutboxMessage:
 
 
 @dataclass(frozen=True)
+class AuditCheckpoint:
+    seq: int
+    head_hash: str
+    at: dt.datetime
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class AuditReport:
     events: int
     problems: tuple[str, ...]

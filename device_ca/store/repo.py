@@ -18,9 +18,9 @@ from device_ca.store.issuance import IssuanceRepo
 from device_ca.store.issuance_sql import CERTIFICATES, DEVICES, INSERT_OUTBOX, SCOPES, outbox_row
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
-from device_ca.store.records import (AuditEvent, AuditReport, CaRecord, CertificateRecord, OutboxMessage,
+from device_ca.store.records import (AuditCheckpoint, AuditEvent, AuditReport, CaRecord, CertificateRecord, OutboxMessage,
                                      Reservation, StationScope, utc)
-from device_ca.store.tables import (BlockedKeyRow, CaCertificateRow, CertificateRow, OutboxRow, RevocationRow,
+from device_ca.store.tables import (AuditCheckpointRow, BlockedKeyRow, CaCertificateRow, CertificateRow, OutboxRow, RevocationRow,
                                     SerialReservationRow)
 
 
@@ -174,6 +174,27 @@ class Store:
         """The chain's report and its head as ``SEQ:HASH`` (see audit.verify)."""
         with self.db.read() as s:
             return audit.verify(s, expect_head)
+
+    def audit_head(self) -> tuple[int, str]:
+        with self.db.read() as s:
+            return audit.head(s)
+
+    def audit_checkpoints(self) -> list[AuditCheckpoint]:
+        with self.db.read() as s:
+            return audit.checkpoints(s)
+
+    def newest_audit_checkpoint(self) -> AuditCheckpoint | None:
+        with self.db.read() as s:
+            return audit.newest_checkpoint(s)
+
+    def audit_event_hashes(self, seqs: set[int]) -> dict[int, str]:
+        with self.db.read() as s:
+            return audit.event_hashes(s, seqs)
+
+    def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        with self.db.transaction() as c:
+            c.execute(sa.insert(AuditCheckpointRow.__table__).values(
+                seq=checkpoint.seq, head_hash=checkpoint.head_hash, at=checkpoint.at, signature=checkpoint.signature))
 
     def outbox(self, state: str | None = "pending") -> list[OutboxMessage]:
         with self.db.read() as s:

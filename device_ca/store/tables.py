@@ -115,6 +115,18 @@ class AuditHeadRow(SQLModel, table=True):
     hash: str = Field(max_length=64)
 
 
+class AuditCheckpointRow(SQLModel, table=True):
+    """The chain's head (event ``seq`` with ``head_hash``) signed at ``at`` by the token's audit key:
+    a chain rewritten afterwards no longer matches a checkpoint it cannot sign again."""
+
+    __tablename__ = "audit_checkpoints"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    seq: int = Field(index=True)
+    head_hash: str = Field(max_length=64)
+    at: dt.datetime = Field(sa_column=_ts())
+    signature: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+
+
 class OutboxRow(SQLModel, table=True):
     __tablename__ = "outbox"
     id: Optional[int] = Field(default=None, primary_key=True)

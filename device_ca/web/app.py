@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, jsonify, request
 
 from device_ca.errors import DeviceCAError
 from device_ca.web import batches, ops
@@ -96,6 +96,19 @@ def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: di
     return app
 
 
-def create_public_app(*, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]]) -> Flask:
-    """The plain-HTTP application for relying parties: CA certificates, health, metrics."""
-    return _base("device_ca.http", ca_certificates, health)
+def create_public_app(*, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]],
+                      audit_checkpoint: Callable[[], dict | None] = lambda: None) -> Flask:
+    """The plain-HTTP application for relying parties: CA certificates, health, metrics, and the
+    newest signed audit checkpoint (``audit_checkpoint``: AuditCheckpoints.newest)."""
+    app = _base("device_ca.http", ca_certificates, health)
+
+    @app.get("/audit/checkpoint")
+    def _checkpoint() -> Response:
+        newest = audit_checkpoint()
+        if newest is None:
+            return text(404, "no audit checkpoint yet")
+        response = jsonify(newest)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    return app

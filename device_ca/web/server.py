@@ -83,7 +83,8 @@ def _https_factory(options: ServeOptions, linter, limiter):
 
         services = Services(Settings.load(), linter=linter)
         _open_token(services)
-        Janitor(services.publisher, services.ra, services.settings.home / "run" / "janitor.lock").start()
+        Janitor(services.publisher, services.ra, services.settings.home / "run" / "janitor.lock",
+                services.checkpoints).start()
         if services.settings.keycloak is not None:      # Keycloak outbox, every second
             start_drainer(services.store.queue, lambda: services.keycloak_drainer)
         batch_dir = services.settings.home / "batches"
@@ -128,7 +129,8 @@ def http_app():
 
     services = Services(Settings.load())
     return StatusApp(services.publisher, create_public_app(ca_certificates=services.ca_certificates,
-                                                           health=_health(services)))
+                                                           health=_health(services),
+                                                           audit_checkpoint=services.checkpoints.newest))
 
 
 def _granian(options: ServeOptions):

@@ -4,6 +4,7 @@ Every command runs as a separate `device-ca` process, as an operator would run i
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 
@@ -133,6 +134,10 @@ def test_audit_rollback_and_sub_second_edits_are_caught(ca_env, tmp_path):
             previous = c.exec_driver_sql(f"SELECT hash FROM audit_events WHERE seq = {seq - 2}").scalar()
             c.exec_driver_sql(f"DELETE FROM audit_events WHERE seq > {seq - 2}")
             c.exec_driver_sql(f"UPDATE audit_head SET seq = {seq - 2}, hash = '{previous}'")
+        proc = ca_env.run("audit", "verify", check=False)      # lock-8's certificate has lost its event
+        assert proc.returncode == 12 and b"has no issuance event" in proc.stderr, proc.stderr
+        with engine.begin() as c:                 # ... so the attacker removes the certificate too
+            c.exec_driver_sql("DELETE FROM certificates WHERE device_id = 'lock-8'")
         assert ca_env.run("audit", "verify").returncode == 0            # consistent: alone, it cannot tell
         proc = ca_env.run("audit", "verify", "--expect-head", kept, check=False)
         assert proc.returncode == 12 and f"no longer holds event {seq}".encode() in proc.stderr, proc.stderr
@@ -178,3 +183,90 @@ def test_other_ca_key_types(tmp_path, database_url, key_type):
     assert _lint("lint_pkix_cert", cert) == []
     sig = openssl("x509", "-in", str(cert), "-noout", "-text").stdout
     assert ("ecdsa-with-SHA384" if key_type == "ec:P-384" else "sha256WithRSAEncryption") in sig
+
+
+def _rows(c, sql):
+    return [dict(r) for r in c.execute(sa.text(sql)).mappings()]
+
+
+def test_signed_checkpoints_catch_a_chain_rewritten_consistently(ca_env, tmp_path):
+    """Attack (issue 14, item 10, checkpoints): an event is edited and every hash after it, and the
+    head, recomputed: the chain alone is consistent, but the checkpoint signed on the token no
+    longer matches it (exit 12). A checkpoint forged with another key is reported as a bad signature."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from device_ca.store.audit import event_hash
+
+    for device in ("lock-7", "lock-8"):
+        ca_env.run("issue", "--policy", "door-lock", "--csr",
+                   str(openssl_csr(tmp_path, device, f"/O=BuildingCo/OU=door-lock/CN={device}")))
+    signed = json.loads(ca_env.run("audit", "checkpoint").stdout)
+    report = json.loads(ca_env.run("audit", "verify", "--json").stdout)
+    assert report["ok"] and report["checkpoints"] == 1 and report["head"] == f"{signed['seq']}:{signed['head']}"
+    engine = sa.create_engine(ca_env.database_url)
+    try:
+        with engine.begin() as c:
+            events = _rows(c, "SELECT * FROM audit_events ORDER BY seq")
+            prev = events[0]["hash"]
+            for e in events[1:]:
+                actor = "someone-else" if e["seq"] == 2 else e["actor"]
+                at = e["at"] if not isinstance(e["at"], str) else dt.datetime.fromisoformat(e["at"])
+                at = at if at.tzinfo else at.replace(tzinfo=dt.timezone.utc)
+                digest = event_hash(e["seq"], at, e["action"], actor, e["serial"], e["device_id"], e["details"], prev)
+                c.execute(sa.text("UPDATE audit_events SET actor = :a, prev_hash = :p, hash = :h WHERE seq = :s"),
+                          {"a": actor, "p": prev, "h": digest, "s": e["seq"]})
+                prev = digest
+            c.execute(sa.text("UPDATE audit_head SET hash = :h"), {"h": prev})
+        proc = ca_env.run("audit", "verify", check=False)
+        assert proc.returncode == 12, proc.stderr
+        problems = [line for line in proc.stderr.decode().splitlines() if line.startswith("audit:")]
+        assert problems == [f"audit: checkpoint of event {signed['seq']} at {signed['at']}: the chain no longer "
+                            "holds that event with the signed hash (rewritten, rolled back or truncated)"], problems
+        forger = ec.generate_private_key(ec.SECP256R1())
+        at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        forged = (f"device-ca audit checkpoint\nseq {signed['seq']}\nhead {prev}\n"
+                  f"at {at:%Y-%m-%dT%H:%M:%SZ}\n").encode()
+        with engine.begin() as c:
+            c.execute(sa.text("INSERT INTO audit_checkpoints (seq, head_hash, at, signature) VALUES (:s, :h, :a, :g)"),
+                      {"s": signed["seq"], "h": prev, "a": at, "g": forger.sign(forged, ec.ECDSA(hashes.SHA256()))})
+        proc = ca_env.run("audit", "verify", check=False)
+        assert proc.returncode == 12 and b"bad signature (not made by the token's audit key)" in proc.stderr, proc.stderr
+    finally:
+        engine.dispose()
+
+
+def test_verify_cross_checks_the_certificates_table_against_the_chain(ca_env, tmp_path):
+    """Attack (issue 14, item 10, cross-check): a certificate row inserted without issuance, a
+    certificate marked revoked without a revocation, an issued certificate's row deleted: the
+    chain itself is intact, and verify reports each (exit 12)."""
+    serials = {}
+    for device in ("lock-7", "lock-8", "lock-9"):
+        out = ca_env.run("issue", "--policy", "door-lock", "--csr",
+                         str(openssl_csr(tmp_path, device, f"/O=BuildingCo/OU=door-lock/CN={device}"))).stderr
+        serials[device] = out.decode().split("issued serial ")[1].split()[0]
+    assert ca_env.run("audit", "verify").returncode == 0
+    engine = sa.create_engine(ca_env.database_url)
+    try:
+        with engine.begin() as c:
+            planted = "7" * 36
+            reservation = _rows(c, f"SELECT * FROM serial_reservations WHERE serial = '{serials['lock-7']}'")[0]
+            reservation.update(serial=planted)
+            c.execute(sa.text(f"INSERT INTO serial_reservations ({', '.join(reservation)}) "
+                              f"VALUES ({', '.join(':' + k for k in reservation)})"), reservation)
+            row = _rows(c, f"SELECT * FROM certificates WHERE serial = '{serials['lock-7']}'")[0]
+            row.update(serial=planted, fingerprint="f" * 64)
+            c.execute(sa.text(f"INSERT INTO certificates ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})"),
+                      row)
+            c.execute(sa.text("UPDATE certificates SET status = 'revoked' WHERE serial = :s"), {"s": serials["lock-8"]})
+            c.execute(sa.text("INSERT INTO revocations (serial, reason, revoked_at, actor) VALUES (:s, 'unspecified', "
+                              ":t, 'intruder')"), {"s": serials["lock-8"], "t": dt.datetime.now(dt.timezone.utc)})
+            c.execute(sa.text("DELETE FROM certificates WHERE serial = :s"), {"s": serials["lock-9"]})
+    finally:
+        engine.dispose()
+    proc = ca_env.run("audit", "verify", check=False)
+    assert proc.returncode == 12, proc.stderr
+    problems = sorted(line for line in proc.stderr.decode().splitlines() if line.startswith("audit:"))
+    assert problems == sorted([
+        f"audit: certificate {planted} has no issuance event (inserted outside issuance, or its event deleted)",
+        f"audit: certificate {serials['lock-8']} is revoked without a revocation event",
+        f"audit: certificate {serials['lock-9']} has an issuance event but its certificate row is gone"]), problems

@@ -192,3 +192,36 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path, database_url, serve):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     left = [pid for pid in listeners.split() if os.path.exists(f"/proc/{pid}")]
     assert not left, f"processes of serve still running: {left}"
+
+
+def test_the_server_signs_audit_checkpoints_and_serves_the_newest(served):
+    """Issue 14, item 10 (checkpoints): after a revocation (its CRL is published within seconds) the
+    server signs the audit head with the token's audit key and serves the newest checkpoint at
+    /audit/checkpoint on the HTTP listener; its signature verifies with the key it names over the
+    documented message, and the chain holds the signed event with the signed hash."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    env, server, tmp = served
+    _, serial = _issue(env, tmp, "lock-20")
+    env.run("revoke", serial, "--reason", "superseded")
+    kept_seq = int(json.loads(env.run("audit", "verify", "--json").stdout)["head"].split(":")[0])
+    deadline, checkpoint = time.monotonic() + 45, None
+    while time.monotonic() < deadline:
+        proc = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", f"{server.http}/audit/checkpoint"],
+                              capture_output=True, text=True, timeout=30)
+        body, _, code = proc.stdout.rpartition("\n")
+        if code == "200" and json.loads(body)["seq"] >= kept_seq:
+            checkpoint = json.loads(body)
+            break
+        assert code in ("200", "404"), proc.stdout
+        time.sleep(1)
+    assert checkpoint is not None, "no checkpoint covering the revocation within 45 s"
+    message = base64.b64decode(checkpoint["message"])
+    assert message == (f"device-ca audit checkpoint\nseq {checkpoint['seq']}\nhead {checkpoint['head']}\n"
+                       f"at {checkpoint['at']}\n").encode()
+    load_der_public_key(base64.b64decode(checkpoint["public_key"])).verify(
+        base64.b64decode(checkpoint["signature"]), message, ec.ECDSA(hashes.SHA256()))   # raises if forged
+    assert env.run("audit", "verify", "--expect-head", f"{checkpoint['seq']}:{checkpoint['head']}").returncode == 0
+    assert json.loads(env.run("audit", "verify", "--json").stdout)["checkpoints"] >= 1
