@@ -366,19 +366,29 @@ def test_batches_beyond_the_node_limit_wait_queued(tmp_path, database_url, serve
     for name in names:
         status, answer = _api(server, f"/api/v1/batches?policy=env-sensor&batch_id={name}", *station, body=bodies[name])
         assert status == 202, answer
-    seen_queued, deadline, states = False, time.monotonic() + 180, {}
-    while time.monotonic() < deadline:
-        for name in names:
-            status, body = _api(server, f"/api/v1/batches/{name}", *_as(tmp_path, "station-line-8"))
-            assert status == 200, body
-            states[name] = json.loads(body)
-        running = [n for n, s in states.items() if s["state"] == "running"]
-        part_done = [n for n, s in states.items() if 0 < s["issued"] + s["failed"] < s["items"]]
-        assert len(running) <= 1 and len(part_done) <= 1, states
-        seen_queued |= any(s["state"] == "queued" for s in states.values())
-        if all(s["state"] == "done" for s in states.values()):
-            break
-        time.sleep(0.1)
+    import sqlalchemy as sa
+    snapshot = sa.text("SELECT b.id, b.state, SUM(CASE WHEN i.state IN ('issued', 'failed') THEN 1 ELSE 0 END), "
+                       "COUNT(*) FROM batches b JOIN batch_items i ON i.batch_id = b.id GROUP BY b.id, b.state")
+    engine = sa.create_engine(database_url)
+    seen_queued, deadline = False, time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:           # one statement: a consistent view of all three batches
+            with engine.connect() as c:
+                rows = c.execute(snapshot).all()
+            running = [r for r in rows if r[1] == "running"]
+            part_done = [r for r in rows if 0 < r[2] < r[3]]
+            assert len(running) <= 1 and len(part_done) <= 1, rows
+            seen_queued |= any(r[1] == "queued" for r in rows)
+            if len(rows) == 3 and all(r[1] == "done" for r in rows):
+                break
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    states = {}
+    for name in names:
+        status, body = _api(server, f"/api/v1/batches/{name}", *_as(tmp_path, "station-line-8"))
+        assert status == 200, body
+        states[name] = json.loads(body)
     assert all(s["state"] == "done" and s["issued"] == 250 for s in states.values()), states
     assert seen_queued
     assert len(json.loads(env.run("list", "--policy", "env-sensor", "--json").stdout)) == 750

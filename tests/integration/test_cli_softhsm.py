@@ -42,7 +42,7 @@ def test_init_creates_non_extractable_keys_and_refuses_to_overwrite(ca_env):
     assert listing.returncode == 0, listing.stderr
     blocks = [b for b in listing.stdout.split("Private Key Object") if b.strip()]
     assert {l.split(":", 1)[1].strip() for b in blocks for l in b.splitlines() if "label:" in l} == \
-        {"device-ca-root", "device-ca-issuing"}
+        {"device-ca-root", "device-ca-issuing", "device-ca-audit"}        # the audit key signs checkpoints
     for block in blocks:
         assert "never extractable" in block and "sensitive" in block
     again = ca_env.run("init", check=False)
