@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from device_ca import files
+from device_ca.errors import DeviceCAError
 
 
 def register(cli: click.Group, services, actor, iso) -> None:
@@ -20,10 +21,27 @@ def register(cli: click.Group, services, actor, iso) -> None:
         """Sign and publish a new CRL (the server also does this after revocations and on a schedule)."""
         svc = services(ctx)
         latest = svc.publisher.generate_crl()
-        if out:
-            files.publish(out, latest.der)
+        if out:                                       # for distribution: world-readable
+            files.write_atomically(out, latest.der, files.PUBLIC, durable=True)
         click.echo(f"CRL {latest.number}: thisUpdate {iso(latest.this_update)}, nextUpdate {iso(latest.next_update)}, "
                    f"written to {out or svc.publisher.crl_path}")
+
+    @cli.command()
+    @click.pass_context
+    def health(ctx) -> None:
+        """What /healthz answers only as ok or unavailable: each dependency with the reason it
+        failed (the network never sees the reasons). Exits with the first failure's code."""
+        svc = services(ctx)
+        failed = None
+        for name, check in (("database", svc.store.ping), ("hsm", svc.token.ping)):
+            try:
+                check()
+                click.echo(f"{name:<9} ok")
+            except DeviceCAError as exc:
+                click.echo(f"{name:<9} unavailable: {exc.detail}")
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     @cli.group()
     def ocsp() -> None:

@@ -26,6 +26,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.bulk import BulkInput, batch_id_for, certificate_pem, input_digest, read_jsonl
 from device_ca.ra.stations import GRANT, authorize_batch, authorize_devices
 from device_ca.store.batches import Batch
+from device_ca.web.bodies import body_stream, read_body
 from device_ca.web.ratelimit import limit_client
 from device_ca.web.tls import client_certificate
 
@@ -87,11 +88,8 @@ def _read_items() -> list[BulkInput]:
     """The submitted items; 413 for a batch over MAX_BATCH_BYTES (refused before it is read when
     its Content-Length says so), 400 for a line over MAX_LINE_BYTES or a body that is no batch."""
     media = (request.mimetype or "").lower()
-    length = request.content_length
-    if length is not None and length > MAX_BATCH_BYTES:
-        raise RequestEntityTooLarge()
-    stream, total = request.stream, 0
     if media == "application/x-ndjson":
+        stream, total = body_stream(MAX_BATCH_BYTES), 0      # 413 as soon as a chunked body passes the limit
         def lines():
             nonlocal total
             while True:
@@ -106,9 +104,7 @@ def _read_items() -> list[BulkInput]:
                 yield line.decode("utf-8", "replace")
         return read_jsonl(lines())
     if media == "application/json":
-        body = stream.read(MAX_BATCH_BYTES + 1)
-        if len(body) > MAX_BATCH_BYTES:
-            raise RequestEntityTooLarge()
+        body = read_body(MAX_BATCH_BYTES)
         try:
             items = json.loads(body)["items"]
             if not isinstance(items, list):

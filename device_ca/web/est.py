@@ -9,6 +9,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.enrollment import Caller
 from device_ca.web import est_codec
+from device_ca.web.bodies import read_body
 from device_ca.web.ratelimit import limit_client
 from device_ca.web.tls import client_certificate
 
@@ -45,7 +46,7 @@ def _csr_body() -> bytes:
     """The request's CSR (RFC 7030 §4.2.1): application/pkcs10, base64 DER."""
     if est_codec.media_type(request.content_type) != "application/pkcs10":
         raise UnsupportedMediaType("Content-Type must be application/pkcs10")
-    return est_codec.decode_base64_body(request.get_data(cache=False))
+    return est_codec.decode_base64_body(read_body(est_codec.MAX_BODY))
 
 
 def _certs_response(certificates) -> Response:

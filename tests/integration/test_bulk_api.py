@@ -262,9 +262,13 @@ def test_json_batches_and_refused_bodies(served):
         "a line over 16 KiB": ("application/x-ndjson",
                                json.dumps({"device_id": "env-f100", "csr": "A" * 17000}).encode() + b"\n", 400),
         "declared 70 MB": ("application/x-ndjson", _batch(["env-f101"]), 413),
+        # issue 15, item 4: no Content-Length, 65 MiB of lines: 413, not a batch cut at 64 MiB
+        "chunked 65 MiB": ("application/x-ndjson", _batch(["env-f102"]) + (json.dumps(
+            {"device_id": "env-f103", "csr": "A" * 16000}).encode() + b"\n") * (65 * 1024 * 1024 // 16000), 413),
     }
     for case, (media, body, expected) in refused.items():
-        extra = ("-H", "Content-Length: 70000000") if case == "declared 70 MB" else ()
+        extra = {"declared 70 MB": ("-H", "Content-Length: 70000000"),
+                 "chunked 65 MiB": ("-H", "Transfer-Encoding: chunked")}.get(case, ())
         status, answer = _api(server, "/api/v1/batches?policy=env-sensor", *station, "-H", f"Content-Type: {media}",
                               *extra, body=body)
         assert status == expected, (case, status, answer)
@@ -272,7 +276,7 @@ def test_json_batches_and_refused_bodies(served):
             assert answer == f"request body larger than {64 * 1024 * 1024} bytes\n".encode()
     assert batches() == before
     devices = {c["device_id"] for c in json.loads(env.run("list", "--policy", "env-sensor", "--json").stdout)}
-    assert not devices & {"env-f100", "env-f101"}
+    assert not devices & {"env-f100", "env-f101", "env-f102"}
 
 
 def _count(env, *args) -> int:
