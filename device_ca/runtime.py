@@ -16,3 +16,45 @@ def quiet_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+
+
+class BoundedCache:
+    """A dict bounded in bytes, not entries: each entry is charged ``size`` (its key and value
+    bytes plus a fixed overhead for the objects around them) and the whole cache is dropped when
+    the next entry would pass ``max_bytes`` (refilled by the requests that follow; cheaper on the
+    hot path than keeping an order). Reads take no lock; writes do."""
+
+    OVERHEAD = 256                    # the dict slot, tuple and small objects an entry holds besides its bytes
+
+    def __init__(self, max_bytes: int):
+        import threading
+
+        self.max_bytes = max_bytes
+        self._data: dict = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        return self._data.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def put(self, key, value, size: int) -> None:
+        charge = size + self.OVERHEAD
+        if charge > self.max_bytes:
+            return
+        with self._lock:
+            if self._bytes + charge > self.max_bytes:
+                self._data.clear()
+                self._bytes = 0
+            if key not in self._data:
+                self._bytes += charge
+            self._data[key] = value

@@ -101,6 +101,7 @@ class CertId:
 class ParsedRequest:
     cert_ids: tuple[CertId, ...]
     nonce: bytes | None
+    plain: bool = True       # nothing but CertIDs and a nonce: no requestor name, signature or other extension
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,16 @@ def parse_request(der: bytes) -> ParsedRequest:
         raw_ids = [(r["req_cert"]["hash_algorithm"]["algorithm"].native, r["req_cert"]["issuer_name_hash"].native,
                     r["req_cert"]["issuer_key_hash"].native, r["req_cert"]["serial_number"].native)
                    for r in requests]
-        nonces = [e["extn_value"] for e in (tbs["request_extensions"] or []) if e["extn_id"].native == "nonce"]
+        extensions = list(tbs["request_extensions"] or [])
+        single_extensions = [e for r in requests for e in (r["single_request_extensions"] or [])]
+        for e in extensions + single_extensions:       # RFC 6960 §4.4: unrecognised critical ones are refused
+            if e["critical"].native and e["extn_id"].native != "nonce":
+                raise MalformedRequest(f"OCSP request has a critical extension {e['extn_id'].dotted} this "
+                                       "responder does not understand")
+        nonces = [e["extn_value"] for e in extensions if e["extn_id"].native == "nonce"]
         nonce_values = [_nonce_value(n) for n in nonces]
+        plain = len(extensions) == len(nonces) and not single_extensions \
+            and tbs["requestor_name"].native is None and request["optional_signature"].native is None
     except MalformedRequest:
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
@@ -148,7 +157,7 @@ def parse_request(der: bytes) -> ParsedRequest:
     if len(nonce_values) > 1:
         raise MalformedRequest("OCSP request has more than one nonce extension")
     return ParsedRequest(cert_ids=tuple(_cert_id(*raw) for raw in raw_ids),
-                         nonce=nonce_values[0] if nonce_values else None)
+                         nonce=nonce_values[0] if nonce_values else None, plain=plain)
 
 
 def _nonce_value(extn_value: asn1_core.ParsableOctetString) -> bytes:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,6 +29,7 @@ from device_ca.ca.issuer import Issuer
 from device_ca.ca.serial import new_serial, to_hex
 from device_ca import files
 from device_ca.errors import DeviceCAError, Kind
+from device_ca.runtime import BoundedCache
 from device_ca.store import Store
 from device_ca.token import CaToken
 from device_ca.store.status import CertStatus, Presigned, StoredCrl
@@ -40,7 +40,13 @@ RESPONDER_VALIDITY = dt.timedelta(days=7)
 ROTATE_BEFORE = dt.timedelta(days=2)
 OCSP_VALIDITY = dt.timedelta(hours=24)
 CRL_VALIDITY = dt.timedelta(hours=24)
-CACHE_LIMIT = 200_000
+# OCSP caches, bounded in bytes (runtime.BoundedCache), per HTTP worker process: answers by CertID
+# and status; and, for the hot path, the answers and parses of small plain requests by their bytes
+# (at most FAST_REQUEST_BYTES, nothing in them but one or a few CertIDs: the bytes are the CertIDs'
+# encoding, so any other request with the same CertIDs differs only by what the answer ignores).
+ANSWER_CACHE_BYTES = 32 << 20
+FAST_CACHE_BYTES = 8 << 20
+FAST_REQUEST_BYTES = 512
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,10 +68,9 @@ class StatusPublisher:
         self.crl_path = crl_path
         self.linter = linter
         self._responder: tuple[ocsp.Responder, dt.datetime, int] | None = None
-        self._cache: dict[tuple, OcspAnswer] = {}
-        self._parsed: dict[bytes, ocsp.ParsedRequest] = {}
-        self._fast: dict[bytes, tuple[object, dt.datetime, OcspAnswer]] = {}
-        self._lock = threading.Lock()
+        self._cache = BoundedCache(ANSWER_CACHE_BYTES)      # (CertID, status, responder) -> OcspAnswer
+        self._parsed = BoundedCache(FAST_CACHE_BYTES)       # small plain request bytes -> ParsedRequest
+        self._fast = BoundedCache(FAST_CACHE_BYTES)         # ... -> (change marker, fresh until, OcspAnswer)
 
     # -- OCSP ------------------------------------------------------------------------------
 
@@ -81,12 +86,9 @@ class StatusPublisher:
         if hit is not None and hit[0] == marker and self.clock.now() < hit[1]:
             return hit[2]
         answer = self._respond(request_der)
-        if answer.cacheable:
-            with self._lock:
-                if len(self._fast) >= CACHE_LIMIT:
-                    self._fast.clear()
-                self._fast[request_der] = (marker, answer.this_update + (answer.next_update - answer.this_update) / 2,
-                                           answer)
+        if answer.cacheable and request_der in self._parsed:          # a small plain request (see _respond)
+            self._fast.put(request_der, (marker, answer.this_update + (answer.next_update - answer.this_update) / 2,
+                                         answer), len(request_der) + len(answer.der))
         return answer
 
     def _respond(self, request_der: bytes) -> OcspAnswer:
@@ -96,10 +98,8 @@ class StatusPublisher:
                 parsed = ocsp.parse_request(request_der)
             except ocsp.MalformedRequest:
                 return OcspAnswer(ocsp.error_response("malformedRequest"))
-            if parsed.nonce is None:                 # relying parties repeat the same request
-                if len(self._parsed) >= CACHE_LIMIT:
-                    self._parsed.clear()
-                self._parsed[request_der] = parsed
+            if parsed.nonce is None and parsed.plain and len(request_der) <= FAST_REQUEST_BYTES:
+                self._parsed.put(request_der, parsed, 2 * len(request_der))   # relying parties repeat requests
         try:
             responder, _, responder_id = self._active()
             if not all(responder.matches(c) for c in parsed.cert_ids):
@@ -133,10 +133,7 @@ class StatusPublisher:
         else:
             answer = OcspAnswer(responder.sign_response(cert_id, status), now,
                                 min(now + responder.validity, responder.responder_cert.not_valid_after_utc), True)
-        with self._lock:
-            if len(self._cache) >= CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = answer
+        self._cache.put(key, answer, len(answer.der))
         return answer
 
     def responder(self) -> ocsp.Responder:

@@ -11,11 +11,12 @@ import logging
 
 from device_ca.ca import ocsp
 from device_ca.ra.publication import OcspAnswer, StatusPublisher
+from device_ca.runtime import BoundedCache
 
 log = logging.getLogger("device_ca.web.status")
 
 OCSP_RESPONSE = "application/ocsp-response"
-HEADER_CACHE_LIMIT = 200_000
+HEADER_CACHE_BYTES = 8 << 20          # the headers of answers served again, by answer (bytes-bounded)
 
 
 def _http_date(when) -> str:
@@ -28,7 +29,7 @@ class StatusApp:
     def __init__(self, publisher: StatusPublisher, fallback):
         self.publisher = publisher
         self.fallback = fallback
-        self._headers: dict[int, tuple[OcspAnswer, tuple[tuple[str, str], ...]]] = {}
+        self._headers = BoundedCache(HEADER_CACHE_BYTES)   # id(answer) -> (answer, headers)
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -77,9 +78,7 @@ class StatusApp:
         if known is None or known[0] is not answer:
             known = (answer, _headers(answer))
             if answer.cacheable:                 # the same answer object is served many times
-                if len(self._headers) >= HEADER_CACHE_LIMIT:
-                    self._headers.clear()
-                self._headers[id(answer)] = known
+                self._headers.put(id(answer), known, len(answer.der) + 256)   # it keeps the answer alive
         start_response("200 OK", list(known[1]))
         return [answer.der]
 

@@ -57,3 +57,76 @@ def test_health_tells_the_network_only_ok_and_the_operator_everything(served):
     broken = env.run("health", check=False, DEVICE_CA_HSM_PIN_FILE="", DEVICE_CA_HSM_PIN="not-the-pin")
     assert broken.returncode == 9, broken.stderr
     assert "hsm       unavailable:" in broken.stdout.decode() and b"PIN" in broken.stdout + broken.stderr
+
+
+def _rss_of_tree(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (/proc)."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            with open(f"/proc/{current}/status") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def _ocsp_request(env, tmp) -> bytes:
+    out = tmp / "plain.req"
+    subprocess.run(["openssl", "ocsp", "-issuer", str(env.ca_dir / "issuing.pem"), "-serial", "0x1234abcd",
+                    "-no_nonce", "-reqout", str(out)], check=True, capture_output=True)
+    return out.read_bytes()
+
+
+def test_ocsp_caches_stay_bounded_in_bytes_and_critical_extensions_are_refused(served):
+    """Attack (issue 15, item 2): 1,500 nonce-less requests, each made unique by a 60 KB unknown
+    extension, grow the HTTP workers by less than 48 MiB (the caches key answers by CertID and
+    bound themselves in bytes); a request with an unknown critical extension is malformedRequest."""
+    import http.client
+    import os
+
+    from asn1crypto import ocsp as asn1_ocsp
+
+    env, server, tmp = served
+    plain = _ocsp_request(env, tmp)
+    request_list = [{"req_cert": r["req_cert"]} for r in asn1_ocsp.OCSPRequest.load(plain)["tbs_request"].native[
+        "request_list"]]
+
+    def with_extension(value: bytes, critical: bool = False) -> bytes:
+        return asn1_ocsp.OCSPRequest({"tbs_request": {"request_list": request_list, "request_extensions": [
+            {"extn_id": "1.3.6.1.4.1.99999.7", "critical": critical, "extn_value": value}]}}).dump()
+
+    host, port = server.http.rsplit("/", 1)[1].split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def post(body: bytes) -> bytes:
+        connection.request("POST", "/ocsp", body, {"Content-Type": "application/ocsp-request"})
+        response = connection.getresponse()
+        assert response.status == 200
+        return response.read()
+
+    for _ in range(200):
+        assert len(post(plain)) > 5                              # warm: a signed answer, not an error
+    for _ in range(3):
+        post(with_extension(os.urandom(60_000)))
+    before = _rss_of_tree(server.process.pid)
+    for _ in range(1500):
+        answer = post(with_extension(os.urandom(60_000)))
+        assert len(answer) > 5                                   # answered (the unknown extension ignored)
+    grown = _rss_of_tree(server.process.pid) - before
+    assert grown < 48 * 1024 * 1024, f"the server grew by {grown / 2**20:.0f} MiB"
+    assert post(with_extension(b"\x04\x02ab", critical=True)) == bytes.fromhex("3003 0a01 01".replace(" ", ""))
+    connection.close()

@@ -311,7 +311,29 @@ def test_signed_request_and_requestor_name_are_treated_as_unsigned(pki):
     cert_id = _cert_id(pki)
     name = asn1_ocsp.GeneralName(name="dns_name", value="client.example")
     parsed = parse_request(_request([cert_id], requestor_name=name, signed=True))
-    assert parsed == ParsedRequest((cert_id,), None)
+    assert parsed == ParsedRequest((cert_id,), None, plain=False)     # answered, but never cached by its bytes
+
+
+def _with_extension(der: bytes, oid: str, critical: bool, value: bytes) -> bytes:
+    request = asn1_ocsp.OCSPRequest.load(der)
+    tbs = request["tbs_request"].native
+    tbs["request_extensions"] = [{"extn_id": oid, "critical": critical, "extn_value": value}]
+    return asn1_ocsp.OCSPRequest({"tbs_request": {
+        "request_list": [{"req_cert": r["req_cert"]} for r in tbs["request_list"]],
+        "request_extensions": [{"extn_id": oid, "critical": critical, "extn_value": value}]}}).dump()
+
+
+def test_unknown_critical_extensions_are_refused_and_others_ignored(pki):
+    """RFC 6960 §4.4 (issue 15, item 2): an extension the responder does not understand is ignored
+    unless it is critical, which makes the request malformed; a request with one is never a key of
+    the bytes caches."""
+    cert_id = _cert_id(pki)
+    plain = _request([cert_id])
+    assert parse_request(plain).plain
+    ignored = parse_request(_with_extension(plain, "1.3.6.1.4.1.99999.1", False, b"\x04\x02ab"))
+    assert ignored == ParsedRequest((cert_id,), None, plain=False)
+    with pytest.raises(MalformedRequest, match="critical extension 1.3.6.1.4.1.99999.1"):
+        parse_request(_with_extension(plain, "1.3.6.1.4.1.99999.1", True, b"\x04\x02ab"))
 
 
 @pytest.mark.parametrize("status", ["malformedRequest", "internalError", "tryLater", "unauthorized"])
