@@ -12,6 +12,7 @@ expires. While the token or the database is unavailable, OCSP answers tryLater (
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -74,9 +75,12 @@ class StatusPublisher:
 
     # -- OCSP ------------------------------------------------------------------------------
 
-    def respond(self, request_der: bytes) -> OcspAnswer:
+    def respond(self, request_der: bytes, live_allowed: Callable[[], bool] | None = None) -> OcspAnswer:
         """The hot path: a relying party repeating a nonce-less request gets the same signed bytes,
-        as long as nothing was committed since their status was read and they are fresh."""
+        as long as nothing was committed since their status was read and they are fresh.
+        ``live_allowed``: whether this client's budget allows one more answer signed live for its
+        nonce; if not, it gets the nonce-less answer (RFC 8954 §2.1 lets a responder leave the nonce
+        out), pre-signed or cached."""
         try:
             marker = self.store.status.change_marker()
         except DeviceCAError as exc:
@@ -85,13 +89,13 @@ class StatusPublisher:
         hit = self._fast.get(request_der)
         if hit is not None and hit[0] == marker and self.clock.now() < hit[1]:
             return hit[2]
-        answer = self._respond(request_der)
+        answer = self._respond(request_der, live_allowed)
         if answer.cacheable and request_der in self._parsed:          # a small plain request (see _respond)
             self._fast.put(request_der, (marker, answer.this_update + (answer.next_update - answer.this_update) / 2,
                                          answer), len(request_der) + len(answer.der))
         return answer
 
-    def _respond(self, request_der: bytes) -> OcspAnswer:
+    def _respond(self, request_der: bytes, live_allowed: Callable[[], bool] | None = None) -> OcspAnswer:
         parsed = self._parsed.get(request_der)
         if parsed is None:
             try:
@@ -104,6 +108,8 @@ class StatusPublisher:
             responder, _, responder_id = self._active()
             if not all(responder.matches(c) for c in parsed.cert_ids):
                 return OcspAnswer(ocsp.error_response("unauthorized"))
+            if parsed.nonce is not None and live_allowed is not None and not live_allowed():
+                parsed = dataclasses.replace(parsed, nonce=None)      # over budget: answered without the nonce
             if parsed.nonce is None and len(parsed.cert_ids) == 1:
                 return self._cached(responder, responder_id, parsed.cert_ids[0])
             now = self.clock.now()

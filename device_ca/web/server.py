@@ -50,6 +50,7 @@ class ServeOptions:
     http_workers: int = 2
     rate_limit: float = 20.0
     max_batches: int = 2              # batch API batches run at once on this node (the others queue)
+    ocsp_nonce_rate: float = 50.0     # OCSP answers signed live for a nonce, per client address per second
     trusted_proxies: tuple[str, ...] = field(default=())
     client_cert_header: str | None = None
     default_policy: str | None = None
@@ -130,7 +131,11 @@ def http_app():
     services = Services(Settings.load())
     return StatusApp(services.publisher, create_public_app(ca_certificates=services.ca_certificates,
                                                            health=_health(services),
-                                                           audit_checkpoint=services.checkpoints.newest))
+                                                           audit_checkpoint=services.checkpoints.newest),
+                     live_budget=_OCSP_LIVE_BUDGET)
+
+
+_OCSP_LIVE_BUDGET: RateLimiter | None = None       # made by run() before the HTTP workers fork
 
 
 def _granian(options: ServeOptions):
@@ -208,6 +213,8 @@ def run(options: ServeOptions) -> None:
     common = {"timeout": options.timeout, "graceful_timeout": 10, "errorlog": "-", "loglevel": "warning",
               "accesslog": None, "preload_app": False, "limit_request_line": 4094, "limit_request_fields": 50,
               "limit_request_field_size": 16384}
+    global _OCSP_LIVE_BUDGET
+    _OCSP_LIVE_BUDGET = RateLimiter(options.ocsp_nonce_rate)    # before the fork: shared by the HTTP workers
     http = _granian(options)
     limiter = RateLimiter(options.rate_limit)     # before the fork: one set of buckets for every worker
     https = _gunicorn(_https_factory(options, linter, limiter), {

@@ -12,6 +12,7 @@ import logging
 from device_ca.ca import ocsp
 from device_ca.ra.publication import OcspAnswer, StatusPublisher
 from device_ca.runtime import BoundedCache
+from device_ca.web.ratelimit import RateLimiter
 
 log = logging.getLogger("device_ca.web.status")
 
@@ -26,9 +27,12 @@ def _http_date(when) -> str:
 class StatusApp:
     """Answers /ocsp and /crl/*; everything else goes to ``fallback`` (the Flask app)."""
 
-    def __init__(self, publisher: StatusPublisher, fallback):
+    def __init__(self, publisher: StatusPublisher, fallback, live_budget: RateLimiter | None = None):
+        """``live_budget``: answers signed live for a nonce, per client address (shared by the HTTP
+        workers when made before they fork); beyond it a client gets the nonce-less answer."""
         self.publisher = publisher
         self.fallback = fallback
+        self.live_budget = live_budget
         self._headers = BoundedCache(HEADER_CACHE_BYTES)   # id(answer) -> (answer, headers)
 
     def __call__(self, environ, start_response):
@@ -57,7 +61,7 @@ class StatusApp:
                 length = -1
             if not 0 < length <= ocsp.MAX_REQUEST_BYTES:
                 return self._send(start_response, OcspAnswer(ocsp.error_response("malformedRequest")))
-            answer = self.publisher.respond(environ["wsgi.input"].read(length))
+            answer = self.publisher.respond(environ["wsgi.input"].read(length), self._live_allowed(environ))
         elif method == "GET" and path.startswith("/ocsp/"):
             raw = environ.get("RAW_URI") or path      # undecoded, so %2F inside the base64 survives
             raw = raw.split("?", 1)[0]
@@ -66,12 +70,18 @@ class StatusApp:
                 request_der = ocsp.parse_get_path(segment)
             except ocsp.MalformedRequest:
                 return self._send(start_response, OcspAnswer(ocsp.error_response("malformedRequest")))
-            answer = self.publisher.respond(request_der)
+            answer = self.publisher.respond(request_der, self._live_allowed(environ))
         else:
             start_response("405 Method Not Allowed", [("Allow", "GET, POST"), ("Content-Type", "text/plain"),
                                                       ("Content-Length", "19")])
             return [b"method not allowed\n"]
         return self._send(start_response, answer)
+
+    def _live_allowed(self, environ):
+        budget = self.live_budget
+        if budget is None or budget.rate <= 0:
+            return None
+        return lambda: budget.check(environ.get("REMOTE_ADDR", "")) == 0
 
     def _send(self, start_response, answer: OcspAnswer):
         known = self._headers.get(id(answer))

@@ -130,3 +130,24 @@ def test_ocsp_caches_stay_bounded_in_bytes_and_critical_extensions_are_refused(s
     assert grown < 48 * 1024 * 1024, f"the server grew by {grown / 2**20:.0f} MiB"
     assert post(with_extension(b"\x04\x02ab", critical=True)) == bytes.fromhex("3003 0a01 01".replace(" ", ""))
     connection.close()
+
+
+def test_live_signing_for_nonces_has_a_budget_per_client(tmp_path, database_url, serve):
+    """Attack (issue 15, item 3): one client sends nonce after nonce, each a live signature on the
+    token. With `--ocsp-nonce-rate 1` (burst 2) the first answers echo the nonce; the rest come
+    without it (RFC 8954), still signed by the responder and stating the status (openssl ocsp)."""
+    from integration.cli_harness import openssl, openssl_csr
+
+    env = new_ca_env(tmp_path, database_url)
+    env.run("init", "--organization", "BuildingCo")
+    csr = openssl_csr(tmp_path, "lock-1", "/O=BuildingCo/OU=door-lock/CN=lock-1")
+    env.run("issue", "--policy", "door-lock", "--csr", str(csr), "--out", str(tmp_path / "lock-1.pem"))
+    server = serve(env, "--rate-limit", "0", "--ocsp-nonce-rate", "1")
+    outputs = []
+    for _ in range(8):
+        proc = openssl("ocsp", "-issuer", str(env.ca_dir / "issuing.pem"), "-cert", str(tmp_path / "lock-1.pem"),
+                       "-url", f"{server.http}/ocsp", "-CAfile", str(env.ca_dir / "root.pem"))
+        outputs.append(proc.stdout + proc.stderr)
+        assert "Response verify OK" in outputs[-1] and f"{tmp_path / 'lock-1.pem'}: good" in outputs[-1], outputs[-1]
+    without = ["WARNING: no nonce in response" in o for o in outputs]
+    assert not without[0] and any(without), without
