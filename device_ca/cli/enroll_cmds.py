@@ -28,6 +28,8 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.option("--ocsp-nonce-rate", default=50.0, show_default=True, type=click.FloatRange(min=0),
                   help="OCSP answers signed live for a nonce, per client address per second (burst 2x; 0: "
                   "no limit); beyond it the answer comes without the nonce.")
+    @click.option("--request-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.5),
+                  help="Seconds a client has to send a whole request, headers and body (408 or closed after).")
     @click.option("--trusted-proxy", multiple=True, help="Address allowed to pass the client certificate in a header.")
     @click.option("--client-cert-header", help="Header carrying the proxy-verified client certificate (URL-encoded PEM).")
     @click.option("--default-policy", help="Policy for EST paths without a label.")
@@ -36,13 +38,15 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.option("--idle-timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1),
                   help="Seconds of silence after which an HTTPS connection is closed.")
     def serve(host, port, http_port, tls_cert, tls_key, workers, threads, http_workers, rate_limit, max_batches,
-              ocsp_nonce_rate, trusted_proxy, client_cert_header, default_policy, handshake_timeout, idle_timeout) -> None:
+              ocsp_nonce_rate, request_timeout, trusted_proxy, client_cert_header, default_policy, handshake_timeout,
+              idle_timeout) -> None:
         """Serve EST over HTTPS (gunicorn) and OCSP, CRLs, CA files, health and metrics over HTTP (granian)."""
         from device_ca.web.server import DEFAULT_THREADS, DEFAULT_WORKERS, ServeOptions, run
 
         run(ServeOptions(host=host, port=port, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,
                          workers=workers or DEFAULT_WORKERS, threads=threads or DEFAULT_THREADS, http_workers=http_workers, rate_limit=rate_limit,
                          max_batches=max_batches, ocsp_nonce_rate=ocsp_nonce_rate,
+                         request_timeout=request_timeout,
                          trusted_proxies=tuple(trusted_proxy), client_cert_header=client_cert_header,
                          default_policy=default_policy, handshake_timeout=handshake_timeout,
                          idle_timeout=idle_timeout))

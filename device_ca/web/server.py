@@ -51,6 +51,7 @@ class ServeOptions:
     rate_limit: float = 20.0
     max_batches: int = 2              # batch API batches run at once on this node (the others queue)
     ocsp_nonce_rate: float = 50.0     # OCSP answers signed live for a nonce, per client address per second
+    request_timeout: float = 5.0      # seconds for a whole request (headers and body), both listeners
     trusted_proxies: tuple[str, ...] = field(default=())
     client_cert_header: str | None = None
     default_policy: str | None = None
@@ -128,14 +129,18 @@ def http_app():
     from device_ca.web.app import create_public_app
     from device_ca.web.status import StatusApp
 
+    from device_ca.ca.ocsp import MAX_REQUEST_BYTES
+    from device_ca.web.front import BufferingFront
+
     services = Services(Settings.load())
-    return StatusApp(services.publisher, create_public_app(ca_certificates=services.ca_certificates,
-                                                           health=_health(services),
-                                                           audit_checkpoint=services.checkpoints.newest),
-                     live_budget=_OCSP_LIVE_BUDGET)
+    public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
+                               audit_checkpoint=services.checkpoints.newest)
+    status = StatusApp(services.publisher, public, live_budget=_OCSP_LIVE_BUDGET)
+    return BufferingFront(status, public, deadline=_REQUEST_DEADLINE, max_body=MAX_REQUEST_BYTES)
 
 
 _OCSP_LIVE_BUDGET: RateLimiter | None = None       # made by run() before the HTTP workers fork
+_REQUEST_DEADLINE = 5.0                             # set by run(): seconds for a whole request
 
 
 def _granian(options: ServeOptions):
@@ -143,10 +148,11 @@ def _granian(options: ServeOptions):
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
 
-    return Granian("device_ca.web.server:http_app", factory=True, interface=Interfaces.WSGI,
+    return Granian("device_ca.web.server:http_app", factory=True, interface=Interfaces.RSGI,
                    address=options.host, port=options.http_port, workers=options.http_workers,
-                   blocking_threads=1, http="1", websockets=False, backlog=1024,
-                   http1_settings=HTTP1Settings(header_read_timeout=10_000, keep_alive=True),
+                   http="1", websockets=False, backlog=1024,
+                   http1_settings=HTTP1Settings(header_read_timeout=int(options.request_timeout * 1000),
+                                                keep_alive=True),
                    log_level="warning", respawn_failed_workers=True)
 
 
@@ -213,8 +219,9 @@ def run(options: ServeOptions) -> None:
     common = {"timeout": options.timeout, "graceful_timeout": 10, "errorlog": "-", "loglevel": "warning",
               "accesslog": None, "preload_app": False, "limit_request_line": 4094, "limit_request_fields": 50,
               "limit_request_field_size": 16384}
-    global _OCSP_LIVE_BUDGET
+    global _OCSP_LIVE_BUDGET, _REQUEST_DEADLINE
     _OCSP_LIVE_BUDGET = RateLimiter(options.ocsp_nonce_rate)    # before the fork: shared by the HTTP workers
+    _REQUEST_DEADLINE = options.request_timeout
     http = _granian(options)
     limiter = RateLimiter(options.rate_limit)     # before the fork: one set of buckets for every worker
     https = _gunicorn(_https_factory(options, linter, limiter), {

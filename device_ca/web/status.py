@@ -36,77 +36,91 @@ class StatusApp:
         self._headers = BoundedCache(HEADER_CACHE_BYTES)   # id(answer) -> (answer, headers)
 
     def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO", "")
+        """As a WSGI application (the body read from wsgi.input as its Content-Length says)."""
         method = environ.get("REQUEST_METHOD", "GET")
-        try:
-            if path == "/ocsp" or path.startswith("/ocsp/"):
-                return self._ocsp(environ, start_response, path, method)
-            if path.startswith("/crl/") and path.endswith(".crl"):
-                return self._crl(start_response, path[len("/crl/"):-len(".crl")], method)
-        except Exception:   # noqa: BLE001 - one answer per protocol, never a stack trace
-            log.exception("%s %s failed", method, path)
-            if path.startswith("/ocsp"):
-                return self._send(start_response, OcspAnswer(ocsp.error_response("internalError")))
-            body = b"CRL temporarily unavailable\n"
-            start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "30"),
-                                                       ("Content-Length", str(len(body)))])
-            return [body]
-        return self.fallback(environ, start_response)
-
-    def _ocsp(self, environ, start_response, path, method):
+        path = environ.get("PATH_INFO", "")
+        body = b""
         if method == "POST" and path == "/ocsp":
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
             except ValueError:
                 length = -1
             if not 0 < length <= ocsp.MAX_REQUEST_BYTES:
-                return self._send(start_response, OcspAnswer(ocsp.error_response("malformedRequest")))
-            answer = self.publisher.respond(environ["wsgi.input"].read(length), self._live_allowed(environ))
+                length = -1
+            body = environ["wsgi.input"].read(length) if length > 0 else b""
+        reply = self.handle(method, path, environ.get("RAW_URI") or path, body, environ.get("REMOTE_ADDR", ""))
+        if reply is None:
+            return self.fallback(environ, start_response)
+        status, headers, data = reply
+        start_response(_STATUS_LINES[status], list(headers))
+        return [data]
+
+    def handle(self, method: str, path: str, raw_path: str, body: bytes, remote: str):
+        """(status, headers, body) for /ocsp and /crl/*, None for anything else. ``raw_path``: the
+        path as sent (undecoded, so %2F inside a GET request's base64 survives), ``body``: the
+        whole request body, ``remote``: the client address (the nonce budget's key)."""
+        try:
+            if path == "/ocsp" or path.startswith("/ocsp/"):
+                return self._ocsp(method, path, raw_path, body, remote)
+            if path.startswith("/crl/") and path.endswith(".crl"):
+                return self._crl(path[len("/crl/"):-len(".crl")], method)
+        except Exception:   # noqa: BLE001 - one answer per protocol, never a stack trace
+            log.exception("%s %s failed", method, path)
+            if path.startswith("/ocsp"):
+                return self._send(OcspAnswer(ocsp.error_response("internalError")))
+            data = b"CRL temporarily unavailable\n"
+            return 503, (("Content-Type", "text/plain"), ("Retry-After", "30"), ("Content-Length", str(len(data)))), \
+                data
+        return None
+
+    def _ocsp(self, method, path, raw_path, body, remote):
+        if method == "POST" and path == "/ocsp":
+            if not 0 < len(body) <= ocsp.MAX_REQUEST_BYTES:
+                return self._send(OcspAnswer(ocsp.error_response("malformedRequest")))
+            answer = self.publisher.respond(body, self._live_allowed(remote))
         elif method == "GET" and path.startswith("/ocsp/"):
-            raw = environ.get("RAW_URI") or path      # undecoded, so %2F inside the base64 survives
-            raw = raw.split("?", 1)[0]
+            raw = raw_path.split("?", 1)[0]
             segment = raw[raw.index("/ocsp/") + len("/ocsp/"):] if "/ocsp/" in raw else ""
             try:
                 request_der = ocsp.parse_get_path(segment)
             except ocsp.MalformedRequest:
-                return self._send(start_response, OcspAnswer(ocsp.error_response("malformedRequest")))
-            answer = self.publisher.respond(request_der, self._live_allowed(environ))
+                return self._send(OcspAnswer(ocsp.error_response("malformedRequest")))
+            answer = self.publisher.respond(request_der, self._live_allowed(remote))
         else:
-            start_response("405 Method Not Allowed", [("Allow", "GET, POST"), ("Content-Type", "text/plain"),
-                                                      ("Content-Length", "19")])
-            return [b"method not allowed\n"]
-        return self._send(start_response, answer)
+            return 405, (("Allow", "GET, POST"), ("Content-Type", "text/plain"), ("Content-Length", "19")), \
+                b"method not allowed\n"
+        return self._send(answer)
 
-    def _live_allowed(self, environ):
+    def _live_allowed(self, remote: str):
         budget = self.live_budget
         if budget is None or budget.rate <= 0:
             return None
-        return lambda: budget.check(environ.get("REMOTE_ADDR", "")) == 0
+        return lambda: budget.check(remote) == 0
 
-    def _send(self, start_response, answer: OcspAnswer):
+    def _send(self, answer: OcspAnswer):
         known = self._headers.get(id(answer))
         if known is None or known[0] is not answer:
             known = (answer, _headers(answer))
             if answer.cacheable:                 # the same answer object is served many times
                 self._headers.put(id(answer), known, len(answer.der) + 256)   # it keeps the answer alive
-        start_response("200 OK", list(known[1]))
-        return [answer.der]
+        return 200, known[1], answer.der
 
-    def _crl(self, start_response, name, method):
+    def _crl(self, name, method):
         if method not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [("Allow", "GET"), ("Content-Length", "0")])
-            return [b""]
+            return 405, (("Allow", "GET"), ("Content-Length", "0")), b""
         latest = self.publisher.latest_crl() if name == "issuing" else None
         if latest is None:
-            body = b"no such CRL\n"
-            start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-            return [body]
+            data = b"no such CRL\n"
+            return 404, (("Content-Type", "text/plain"), ("Content-Length", str(len(data)))), data
         max_age = max(0, int((latest.next_update - latest.this_update).total_seconds()) // 2)
-        start_response("200 OK", [
+        return 200, (
             ("Content-Type", "application/pkix-crl"), ("Content-Length", str(len(latest.der))),
             ("Last-Modified", _http_date(latest.this_update)), ("Expires", _http_date(latest.next_update)),
-            ("ETag", f'"crl-{latest.number}"'), ("Cache-Control", f"max-age={max_age}, public, no-transform")])
-        return [b"" if method == "HEAD" else latest.der]
+            ("ETag", f'"crl-{latest.number}"'), ("Cache-Control", f"max-age={max_age}, public, no-transform")), \
+            b"" if method == "HEAD" else latest.der
+
+
+_STATUS_LINES = {200: "200 OK", 404: "404 Not Found", 405: "405 Method Not Allowed", 503: "503 Service Unavailable"}
 
 
 def _headers(answer: OcspAnswer) -> tuple[tuple[str, str], ...]:

@@ -151,3 +151,55 @@ def test_live_signing_for_nonces_has_a_budget_per_client(tmp_path, database_url,
         assert "Response verify OK" in outputs[-1] and f"{tmp_path / 'lock-1.pem'}: good" in outputs[-1], outputs[-1]
     without = ["WARNING: no nonce in response" in o for o in outputs]
     assert not without[0] and any(without), without
+
+
+def test_slow_ocsp_bodies_do_not_silence_the_responder(served):
+    """Attack (issue 15, item 1, HTTP listener): 50 connections send `POST /ocsp` with
+    `Content-Length: 60000` and then a body byte every second. Every normal OCSP request sent
+    meanwhile is answered, p99 under 200 ms; each slow client gets 408 within the request deadline
+    (5 s) and is closed."""
+    import http.client
+    import socket
+    import threading
+    import time
+
+    env, server, tmp = served
+    plain = _ocsp_request(env, tmp)
+    host, port = server.http.rsplit("/", 1)[1].split(":")
+    slow, answers, stop = [], [], threading.Event()
+    try:
+        for _ in range(50):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            s.sendall(b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
+                      b"Content-Length: 60000\r\n\r\n0")
+            slow.append(s)
+
+        def trickle():
+            while not stop.wait(1.0):
+                for s in slow:
+                    try:
+                        s.sendall(b"0")
+                    except OSError:
+                        pass
+        threading.Thread(target=trickle, daemon=True).start()
+        latencies = []
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            connection = http.client.HTTPConnection(host, int(port), timeout=5)
+            connection.request("POST", "/ocsp", plain, {"Content-Type": "application/ocsp-request"})
+            response = connection.getresponse()
+            answers.append((response.status, len(response.read())))
+            connection.close()
+            latencies.append(time.perf_counter() - started)
+        assert all(status == 200 and size > 5 for status, size in answers), answers[:5]
+        latencies.sort()
+        assert len(latencies) > 20 and latencies[int(len(latencies) * 0.99) - 1] < 0.2, latencies[-5:]
+        for s in slow[:5]:                                     # the slow ones are cut off at the deadline
+            s.settimeout(8)
+            first = s.recv(200)
+            assert first.startswith(b"HTTP/1.1 408"), first
+    finally:
+        stop.set()
+        for s in slow:
+            s.close()
