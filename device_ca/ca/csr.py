@@ -75,7 +75,7 @@ def load(data: bytes) -> CsrInfo:
     der = decode(data)
     try:
         csr = x509.load_der_x509_csr(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:     # InvalidVersion is no ValueError (found by fuzzing)
         raise malformed(f"not a PKCS#10 certificate request ({_short(exc)})") from None
     try:
         public_key = csr.public_key()

@@ -86,6 +86,8 @@ def load_policy(path: Path) -> Policy:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise PolicyError(path.name, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(path.name, f"not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(path.name, f"not valid TOML: {exc}") from None
     try:
@@ -109,7 +111,10 @@ def _from_dict(name: str, data: dict, base: Path) -> Policy:
         kw["key_types"] = _subset(data, "key_types", ALLOWED_KEY_TYPES)
     if "device_id_pattern" in data:
         pattern = _str(data, "device_id_pattern")
-        re.compile(pattern)
+        try:
+            re.compile(pattern)
+        except re.error as exc:                   # not a ValueError (found by fuzzing)
+            raise ValueError(f"device_id_pattern is not a regular expression: {exc}") from None
         kw["device_id_pattern"] = pattern
     if "san" in data:
         sans = _strings(data, "san")
