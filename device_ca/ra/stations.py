@@ -8,8 +8,10 @@ batch: it is issued again with ``--allow-policy``.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+import time
+from typing import Callable, Iterable
 
+from device_ca.ca.serial import to_hex
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policy
 from device_ca.ra.issuance import check_method
@@ -78,3 +80,43 @@ def authorize_devices(scope: StationScope, device_ids: Iterable[str]) -> None:
             if not pattern.fullmatch(device_id):
                 raise DeviceCAError(Kind.FORBIDDEN, f"device id {device_id!r} is outside this station's scope "
                                     f"({scope.devices})")
+
+
+class Callers:
+    """What the holder of a client certificate may do as a caller: the ``authorizes`` of its
+    policy, if the certificate is one this CA issued and it is good and unexpired (nothing
+    otherwise). ``proves_proxy`` answers whether a TLS peer is a front proxy whose header may name
+    the client certificate, remembered per certificate for ``ttl`` seconds (a revoked proxy
+    certificate stops working within that time)."""
+
+    PROXY = "proxy"
+
+    def __init__(self, store, policies, clock, is_ours: Callable, ttl: float = 10.0):
+        self.store = store
+        self.policies = policies
+        self.clock = clock
+        self.is_ours = is_ours
+        self.ttl = ttl
+        self._proxies: dict[int, tuple[float, bool]] = {}
+
+    def grants(self, certificate) -> tuple[str, ...]:
+        if not self.is_ours(certificate):
+            return ()
+        record = self.store.certificate(to_hex(certificate.serial_number))
+        if record is None or record.status != "good" or record.not_after <= self.clock.now():
+            return ()
+        try:
+            return self.policies.get(record.policy).authorizes
+        except DeviceCAError:                         # its policy file is gone: it authorises nothing
+            return ()
+
+    def proves_proxy(self, certificate) -> bool:
+        now = time.monotonic()
+        known = self._proxies.get(certificate.serial_number)
+        if known is not None and known[0] > now:
+            return known[1]
+        proved = self.PROXY in self.grants(certificate)
+        if len(self._proxies) > 1024:
+            self._proxies.clear()
+        self._proxies[certificate.serial_number] = (now + self.ttl, proved)
+        return proved

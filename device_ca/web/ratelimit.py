@@ -22,6 +22,7 @@ import time
 from flask import Response, current_app, g, request
 
 from device_ca.web.errors import text
+from device_ca.web.tls import from_proxy
 
 
 class RateLimiter:
@@ -65,7 +66,7 @@ def client_address() -> str:
     """The client's address: from X-Forwarded-For when the request comes through a trusted proxy
     (so the rate limit applies per device, not to the proxy), else the peer address."""
     remote = request.remote_addr or "-"
-    if remote in current_app.config["DEVICE_CA_PROXIES"].trusted:
+    if from_proxy(request.environ, current_app.config["DEVICE_CA_PROXIES"]):
         forwarded = request.headers.get("X-Forwarded-For", "")
         if forwarded:
             return forwarded.split(",")[-1].strip() or remote

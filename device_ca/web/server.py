@@ -79,6 +79,7 @@ def _https_factory(options: ServeOptions, linter, limiter):
         from device_ca.keycloak.outbox import start_drainer
         from device_ca.ra.batch_queue import BatchQueue
         from device_ca.ra.janitor import Janitor
+        from device_ca.ra.stations import Callers
         from device_ca.services import Services
         from device_ca.web.app import create_app
         from device_ca.web.tls import ProxySettings
@@ -102,7 +103,9 @@ def _https_factory(options: ServeOptions, linter, limiter):
         app = create_app(est=services.est, policies=services.policies, ca_certificates=services.ca_certificates,
                          health=_health(services), store=services.store, clock=services.clock, bulk=services.bulk,
                          batch_dir=batch_dir, batch_queue=queue,
-                         proxies=ProxySettings(frozenset(options.trusted_proxies), options.client_cert_header),
+                         proxies=ProxySettings(frozenset(options.trusted_proxies), options.client_cert_header,
+                                               Callers(services.store, services.policies, services.clock,
+                                                       services.est.is_ours).proves_proxy),
                          default_policy=options.default_policy, limiter=limiter)
         quiet_gc()
         return app

@@ -73,3 +73,48 @@ def test_reenroll_through_nginx_and_header_only_from_the_proxy(proxied, tmp_path
     status, data = _curl(f"{via_nginx}/simplereenroll", chain, "-H", f"{HEADER}: {forged}", body=renew)
     assert status == 401 and b"current certificate" in data
     assert len(json.loads(env.run("list", "--device-id", "br-5", "--json").stdout)) == 2
+
+
+
+def test_the_header_is_believed_from_a_proxy_that_proves_it_with_its_certificate(tmp_path, database_url, serve):
+    """Attack (issue 15, item 6): trust by address lets any local process put any certificate in
+    the header. With no --trusted-proxy at all, nginx proves it is the proxy with a front-proxy
+    certificate on its own connection (proxy_ssl_certificate): a device renews through it; a direct
+    caller from the same address with a forged header is not believed."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from integration.cli_harness import openssl_csr
+
+    env = new_ca_env(tmp_path, database_url)
+    env.run("init", "--organization", "BuildingCo")
+    csr = openssl_csr(tmp_path, "proxy-nginx-1", "/O=BuildingCo/OU=front-proxy/CN=proxy-nginx-1")
+    env.run("issue", "--policy", "front-proxy", "--csr", str(csr), "--out", str(tmp_path / "proxy-nginx-1.pem"))
+    server = serve(env, "--rate-limit", "0", "--client-cert-header", HEADER)
+    tls = env.home / "tls"
+    port = free_port()
+    config = mtls_server_block(port, tls / "server.pem", tls / "server.key", tls / "client-ca.pem", "optional", f"""
+            location /.well-known/est/ {{
+                proxy_pass https://127.0.0.1:{server.port};
+                proxy_ssl_certificate {tmp_path / "proxy-nginx-1.pem"};
+                proxy_ssl_certificate_key {tmp_path / "proxy-nginx-1.key"};
+                proxy_set_header {HEADER} $ssl_client_escaped_cert;
+            }}""")
+    chain = env.ca_dir / "chain.pem"
+    with Nginx(config) as nginx:
+        via_nginx = f"https://127.0.0.1:{nginx.port}/.well-known/est/badge-reader"
+        secret = env.run("token", "create", "--policy", "badge-reader", "--device-id", "br-6").stdout.decode().strip()
+        key, body = device_csr(tmp_path, "br-6", "/O=BuildingCo/OU=badge-reader/CN=br-6")
+        status, data = _curl(f"{via_nginx}/simpleenroll", chain, "-u", f"br-6:{secret}", body=body)
+        assert status == 200, data
+        current = tmp_path / "br-6.pem"
+        current.write_bytes(pkcs7_certificates(data)[0].public_bytes(Encoding.PEM))
+        _, renew = device_csr(tmp_path, "br-6r", "/O=BuildingCo/OU=badge-reader/CN=br-6",
+                              san="URI:urn:dev:ops:buildingco-badge-reader-br-6", key=key)
+        status, data = _curl(f"{via_nginx}/simplereenroll", chain, "--cert", str(current), "--key", str(key),
+                             body=renew)
+        assert status == 200, data                              # the header, believed from the proven proxy
+        forged = urllib.parse.quote(current.read_text())
+        direct = f"https://127.0.0.1:{server.port}/.well-known/est/badge-reader/simplereenroll"
+        status, data = _curl(direct, chain, "-H", f"{HEADER}: {forged}", body=renew)       # same address as nginx
+        assert status == 401 and b"current certificate" in data, data
+    assert len(json.loads(env.run("list", "--device-id", "br-6", "--json").stdout)) == 2
