@@ -34,7 +34,10 @@ def parse_duration(text: str) -> dt.timedelta:
     match = _DURATION.fullmatch(str(text).strip())
     if not match or int(match[1]) == 0:
         raise ValueError(f"not a duration: {text!r} (examples: 5m, 24h, 365d)")
-    return dt.timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    try:
+        return dt.timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    except OverflowError:                         # more days than a timedelta holds (found by fuzzing)
+        raise ValueError(f"duration {text!r} is too long") from None
 
 
 @dataclass(frozen=True)

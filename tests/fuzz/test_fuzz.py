@@ -31,10 +31,12 @@ def test_finding_csr_with_an_invalid_version_is_malformed():
 @pytest.mark.parametrize("content, reason", [
     (b'device_id_pattern = "*"\nsubject = "CN={device_id}"\n', "device_id_pattern is not a regular expression"),
     (b"\xc9", "not UTF-8 text"),
+    (b'subject = "CN={device_id}"\nvalidity = "99999999999999999999d"\n', "too long"),
 ])
 def test_findings_policy_files_are_refused_with_the_reason(tmp_path, content, reason):
-    """Found by fuzzing: a pattern that is no regular expression (re.error) and a file that is no
-    UTF-8 (UnicodeDecodeError) escaped load_policy as other exceptions than PolicyError."""
+    """Found by fuzzing: a pattern that is no regular expression (re.error), a file that is no
+    UTF-8 (UnicodeDecodeError) and a duration longer than a timedelta holds (OverflowError)
+    escaped load_policy as other exceptions than PolicyError."""
     from device_ca.policy.model import PolicyError, load_policy
 
     path = tmp_path / "broken.toml"
