@@ -231,7 +231,7 @@ def run(options: ServeOptions) -> None:
         **common, "bind": f"{options.host}:{options.port}", "workers": options.workers,
         "worker_class": "gthread", "threads": options.threads, "keepalive": 5,
         "certfile": str(cert), "keyfile": str(key), "ca_certs": str(bundle), "cert_reqs": ssl.CERT_OPTIONAL,
-        "ssl_context": ssl_context_hook(options.handshake_timeout, options.idle_timeout),
+        "ssl_context": ssl_context_hook(options.handshake_timeout, options.idle_timeout, options.request_timeout),
         "proc_name": "device-ca-https"})
 
     child = os.fork()

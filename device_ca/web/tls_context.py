@@ -9,7 +9,7 @@ import ssl
 from device_ca.web.tls_timeouts import TimedSocket
 
 
-def ssl_context_hook(handshake_timeout: float, idle_timeout: float):
+def ssl_context_hook(handshake_timeout: float, idle_timeout: float, request_timeout: float = 5.0):
     """gunicorn's ``ssl_context`` hook: the context is built once per worker (gunicorn calls the
     hook for every connection, and building a context, CA bundle, key and chain parsed again,
     cost more than the handshake) and hands out ``TimedSocket``s (handshake deadline, idle limit).
@@ -23,7 +23,7 @@ def ssl_context_hook(handshake_timeout: float, idle_timeout: float):
             context = default_ssl_context_factory()
             context.num_tickets = 0
             context.minimum_version = ssl.TLSVersion.TLSv1_2
-            TimedSocket.configure(context, handshake_timeout, idle_timeout)
+            TimedSocket.configure(context, handshake_timeout, idle_timeout, request_timeout)
             contexts[os.getpid()] = context
         return context
     return context_for

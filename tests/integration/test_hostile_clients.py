@@ -203,3 +203,39 @@ def test_slow_ocsp_bodies_do_not_silence_the_responder(served):
         stop.set()
         for s in slow:
             s.close()
+
+
+def test_trickled_https_headers_hit_the_request_deadline(tmp_path, database_url, serve):
+    """Attack (issue 15, item 1, HTTPS listener): a client finishes the TLS handshake and then
+    sends its request headers one byte a second, which the per-read idle limit alone never stops.
+    With `--request-timeout 2` the server closes it within about two seconds; a normal
+    `GET cacerts` is answered meanwhile."""
+    import socket
+    import ssl
+    import time
+
+    env = new_ca_env(tmp_path, database_url)
+    env.run("init", "--organization", "BuildingCo")
+    server = serve(env, "--rate-limit", "0", "--request-timeout", "2")
+    context = ssl.create_default_context(cafile=str(server.chain))
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    slow = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    started, closed_after = time.monotonic(), None
+    try:
+        for byte in b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 30:
+            try:
+                slow.sendall(bytes([byte]))
+                slow.settimeout(1.0)
+                if slow.recv(100) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except (ConnectionError, ssl.SSLError, OSError):
+                closed_after = time.monotonic() - started
+                break
+    finally:
+        slow.close()
+    assert closed_after is not None and closed_after < 5, closed_after
+    status, body, _ = server.curl("/cacerts")
+    assert status == 200 and body
