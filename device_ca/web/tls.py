@@ -34,7 +34,7 @@ def from_proxy(environ: dict, proxies: ProxySettings) -> bool:
     trusted)? Only then are its client-certificate and X-Forwarded-For headers believed."""
     if environ.get("REMOTE_ADDR", "") in proxies.trusted:
         return True
-    if proxies.proves_proxy is None:
+    if proxies.proves_proxy is None or proxies.header is None:     # no header to pass on: no proof asked
         return False
     peer = _peer_certificate(environ)
     return peer is not None and proxies.proves_proxy(peer)
