@@ -12,11 +12,11 @@ import os
 
 from cryptography import x509
 
+from device_ca import files
 from device_ca.ca.clock import Clock, SystemClock
 from device_ca.ca.issuer import Issuer, Linter, PublicUrls
 from device_ca.ca.lint import pkilint_gate
 from device_ca.ca.template_lint import TemplateLinter
-from device_ca import files
 from device_ca.config import Settings
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policies
