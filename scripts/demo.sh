@@ -84,5 +84,8 @@ device-ca revoke "$serial" --reason keyCompromise
 openssl ocsp -issuer "$DEVICE_CA_HOME/ca/issuing.pem" -cert "$out/$lock.pem" -url "$ocsp_url" \
     -CAfile "$DEVICE_CA_HOME/ca/root.pem" 2>&1 | grep -E "verify|: |Reason"
 
-step "Audit log"
+step "Audit log: the head signed on the token, then every hash, checkpoint and certificate checked"
+device-ca audit checkpoint > /dev/null          # the server also signs one every 30 s with new events
+curl -s "${ocsp_url%/ocsp}/audit/checkpoint" | python3 -c 'import json, sys; c = json.load(sys.stdin)
+print("checkpoint served at /audit/checkpoint: event", c["seq"], "head", c["head"][:16] + "...", "at", c["at"])'
 device-ca audit verify
