@@ -35,6 +35,7 @@ class BatchQueue:
         self.limit = limit
         self.poll = poll
         self._wake = threading.Event()
+        self._stopped = False
         self._started = False
         self._start_lock = threading.Lock()
 
@@ -52,12 +53,19 @@ class BatchQueue:
                 self._started = True
         self._wake.set()
 
+    def stop(self) -> None:
+        """No more looks (a batch running now finishes); for tests and an orderly shutdown."""
+        self._stopped = True
+        self._wake.set()
+
     # -- the runner ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
             self._wake.wait(self.poll)
             self._wake.clear()
+            if self._stopped:
+                return
             try:
                 self._requeue_orphans()
                 self._dispatch()
@@ -82,6 +90,9 @@ class BatchQueue:
             except Exception as exc:  # noqa: BLE001 - the batch stays; resubmitting resumes it
                 log.error("batch %s stopped: %s", batch.id, exc)
                 self.batches.move(batch.id, ("running",), "open")
+            else:
+                if self.batches.move(batch.id, ("running",), "open"):    # returned with items left to do
+                    log.warning("batch %s stopped with items left; resubmitting resumes it", batch.id)
         finally:
             if held is not None:
                 if (self.batches.get(batch.id) or batch).state == "done":
