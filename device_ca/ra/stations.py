@@ -15,7 +15,7 @@ from device_ca.ca.serial import to_hex
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policy
 from device_ca.ra.issuance import check_method
-from device_ca.store import StationScope
+from device_ca.store import CertificateRecord, StationScope
 
 GRANT = "batch-api"              # what a station's policy must authorise (policy key 'authorizes')
 REPLACE_GRANT = "batch-replace"  # ... to replace devices' current certificates (replace=true)
@@ -99,15 +99,25 @@ class Callers:
         self.ttl = ttl
         self._proxies: dict[int, tuple[float, bool]] = {}
 
-    def grants(self, certificate) -> tuple[str, ...]:
+    def holder(self, certificate) -> tuple[CertificateRecord, tuple[str, ...]]:
+        """The certificate's record and what its policy authorises; UNAUTHORIZED if this CA did
+        not issue it or it is not good and unexpired."""
         if not self.is_ours(certificate):
-            return ()
+            raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate was not issued by this CA")
         record = self.store.certificate(to_hex(certificate.serial_number))
         if record is None or record.status != "good" or record.not_after <= self.clock.now():
-            return ()
+            raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate is revoked, expired or unknown")
         try:
-            return self.policies.get(record.policy).authorizes
+            return record, self.policies.get(record.policy).authorizes
         except DeviceCAError:                         # its policy file is gone: it authorises nothing
+            return record, ()
+
+    def grants(self, certificate) -> tuple[str, ...]:
+        try:
+            return self.holder(certificate)[1]
+        except DeviceCAError as exc:
+            if exc.kind is not Kind.UNAUTHORIZED:
+                raise
             return ()
 
     def proves_proxy(self, certificate) -> bool:

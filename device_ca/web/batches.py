@@ -21,10 +21,9 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from device_ca.ca.serial import to_hex
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.bulk import BulkInput, batch_id_for, certificate_pem, input_digest, read_jsonl
-from device_ca.ra.stations import GRANT, authorize_batch, authorize_devices
+from device_ca.ra.stations import GRANT, Callers, authorize_batch, authorize_devices
 from device_ca.store.batches import Batch
 from device_ca.web.bodies import body_stream, read_body
 from device_ca.web.ratelimit import limit_client
@@ -55,15 +54,9 @@ def _station() -> tuple[str, tuple[str, ...], str]:
     certificate = client_certificate(request.environ, current_app.config["DEVICE_CA_PROXIES"])
     if certificate is None:
         raise DeviceCAError(Kind.UNAUTHORIZED, "a manufacturing station's client certificate is required")
-    if not current_app.config["DEVICE_CA_EST"].is_ours(certificate):
-        raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate was not issued by this CA")
-    record = _store().certificate(to_hex(certificate.serial_number))
-    if record is None or record.status != "good" or record.not_after <= current_app.config["DEVICE_CA_CLOCK"].now():
-        raise DeviceCAError(Kind.UNAUTHORIZED, "client certificate is revoked, expired or unknown")
-    try:
-        granted = current_app.config["DEVICE_CA_POLICIES"].get(record.policy).authorizes
-    except DeviceCAError:                               # its policy file is gone: it authorises nothing
-        granted = ()
+    config = current_app.config
+    record, granted = Callers(_store(), config["DEVICE_CA_POLICIES"], config["DEVICE_CA_CLOCK"],
+                              config["DEVICE_CA_EST"].is_ours).holder(certificate)
     if GRANT not in granted:
         raise DeviceCAError(Kind.FORBIDDEN, f"certificates of policy {record.policy} do not authorise the batch API")
     return record.device_id, granted, record.serial

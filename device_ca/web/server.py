@@ -138,7 +138,7 @@ def http_app():
     services = Services(Settings.load())
     public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
                                audit_checkpoint=services.checkpoints.newest)
-    status = StatusApp(services.publisher, public, live_budget=_OCSP_LIVE_BUDGET)
+    status = StatusApp(services.publisher, live_budget=_OCSP_LIVE_BUDGET)
     return BufferingFront(status, public, deadline=_REQUEST_DEADLINE, max_body=MAX_REQUEST_BYTES)
 
 

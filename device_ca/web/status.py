@@ -1,4 +1,4 @@
-"""The relying parties' hot path as a bare WSGI callable in front of the Flask app:
+"""The relying parties' hot path, answered before the Flask app (web/front.py calls ``handle``):
 OCSP (RFC 6960 Appendix A.1: POST /ocsp, GET /ocsp/<url-encoded base64>) and the CRL
 (GET /crl/<ca>.crl, application/pkix-crl). Caching headers per RFC 5019 §6.2 / RFC 9919 §7.
 """
@@ -25,35 +25,15 @@ def _http_date(when) -> str:
 
 
 class StatusApp:
-    """Answers /ocsp and /crl/*; everything else goes to ``fallback`` (the Flask app)."""
+    """Answers /ocsp and /crl/* (``handle``; the listener's front, web/front.py, reads the request
+    and sends everything else to the Flask app)."""
 
-    def __init__(self, publisher: StatusPublisher, fallback, live_budget: RateLimiter | None = None):
+    def __init__(self, publisher: StatusPublisher, live_budget: RateLimiter | None = None):
         """``live_budget``: answers signed live for a nonce, per client address (shared by the HTTP
         workers when made before they fork); beyond it a client gets the nonce-less answer."""
         self.publisher = publisher
-        self.fallback = fallback
         self.live_budget = live_budget
         self._headers = BoundedCache(HEADER_CACHE_BYTES)   # id(answer) -> (answer, headers)
-
-    def __call__(self, environ, start_response):
-        """As a WSGI application (the body read from wsgi.input as its Content-Length says)."""
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "")
-        body = b""
-        if method == "POST" and path == "/ocsp":
-            try:
-                length = int(environ.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                length = -1
-            if not 0 < length <= ocsp.MAX_REQUEST_BYTES:
-                length = -1
-            body = environ["wsgi.input"].read(length) if length > 0 else b""
-        reply = self.handle(method, path, environ.get("RAW_URI") or path, body, environ.get("REMOTE_ADDR", ""))
-        if reply is None:
-            return self.fallback(environ, start_response)
-        status, headers, data = reply
-        start_response(_STATUS_LINES[status], list(headers))
-        return [data]
 
     def handle(self, method: str, path: str, raw_path: str, body: bytes, remote: str):
         """(status, headers, body) for /ocsp and /crl/*, None for anything else. ``raw_path``: the
@@ -118,9 +98,6 @@ class StatusApp:
             ("Last-Modified", _http_date(latest.this_update)), ("Expires", _http_date(latest.next_update)),
             ("ETag", f'"crl-{latest.number}"'), ("Cache-Control", f"max-age={max_age}, public, no-transform")), \
             b"" if method == "HEAD" else latest.der
-
-
-_STATUS_LINES = {200: "200 OK", 404: "404 Not Found", 405: "405 Method Not Allowed", 503: "503 Service Unavailable"}
 
 
 def _headers(answer: OcspAnswer) -> tuple[tuple[str, str], ...]:
