@@ -44,20 +44,28 @@ def _curl(url, chain, *args, body=None):
     return int(status or 0), data
 
 
+def _enroll_through(env, tmp_path, via_nginx, chain, device):
+    """A badge reader enrolled through nginx with a bootstrap token: (its certificate, the PEM
+    file, its key file, a renewal CSR body with the same key)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    secret = env.run("token", "create", "--policy", "badge-reader", "--device-id", device).stdout.decode().strip()
+    key, body = device_csr(tmp_path, device, f"/O=BuildingCo/OU=badge-reader/CN={device}")
+    status, data = _curl(f"{via_nginx}/simpleenroll", chain, "-u", f"{device}:{secret}", body=body)
+    assert status == 200, data
+    (cert,) = pkcs7_certificates(data)
+    current = tmp_path / f"{device}.pem"
+    current.write_bytes(cert.public_bytes(Encoding.PEM))
+    _, renew = device_csr(tmp_path, f"{device}r", f"/O=BuildingCo/OU=badge-reader/CN={device}",
+                          san=f"URI:urn:dev:ops:buildingco-badge-reader-{device}", key=key)
+    return cert, current, key, renew
+
+
 def test_reenroll_through_nginx_and_header_only_from_the_proxy(proxied, tmp_path):
     env, server, nginx = proxied
     chain = env.ca_dir / "chain.pem"
     via_nginx = f"https://127.0.0.1:{nginx.port}/.well-known/est/badge-reader"
-    secret = env.run("token", "create", "--policy", "badge-reader", "--device-id", "br-5").stdout.decode().strip()
-    key, body = device_csr(tmp_path, "br-5", "/O=BuildingCo/OU=badge-reader/CN=br-5")
-    status, data = _curl(f"{via_nginx}/simpleenroll", chain, "-u", f"br-5:{secret}", body=body)
-    assert status == 200, data
-    current = tmp_path / "br-5.pem"
-    (cert,) = pkcs7_certificates(data)
-    from cryptography.hazmat.primitives.serialization import Encoding
-    current.write_bytes(cert.public_bytes(Encoding.PEM))
-    _, renew = device_csr(tmp_path, "br-5r", "/O=BuildingCo/OU=badge-reader/CN=br-5",
-                          san="URI:urn:dev:ops:buildingco-badge-reader-br-5", key=key)
+    cert, current, key, renew = _enroll_through(env, tmp_path, via_nginx, chain, "br-5")
 
     # nginx verifies the certificate and passes it on; device-ca renews
     status, data = _curl(f"{via_nginx}/simplereenroll", chain, "--cert", str(current), "--key", str(key), body=renew)
@@ -81,8 +89,6 @@ def test_the_header_is_believed_from_a_proxy_that_proves_it_with_its_certificate
     the header. With no --trusted-proxy at all, nginx proves it is the proxy with a front-proxy
     certificate on its own connection (proxy_ssl_certificate): a device renews through it; a direct
     caller from the same address with a forged header is not believed."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     from integration.cli_harness import openssl_csr
 
     env = new_ca_env(tmp_path, database_url)
@@ -102,14 +108,7 @@ def test_the_header_is_believed_from_a_proxy_that_proves_it_with_its_certificate
     chain = env.ca_dir / "chain.pem"
     with Nginx(config) as nginx:
         via_nginx = f"https://127.0.0.1:{nginx.port}/.well-known/est/badge-reader"
-        secret = env.run("token", "create", "--policy", "badge-reader", "--device-id", "br-6").stdout.decode().strip()
-        key, body = device_csr(tmp_path, "br-6", "/O=BuildingCo/OU=badge-reader/CN=br-6")
-        status, data = _curl(f"{via_nginx}/simpleenroll", chain, "-u", f"br-6:{secret}", body=body)
-        assert status == 200, data
-        current = tmp_path / "br-6.pem"
-        current.write_bytes(pkcs7_certificates(data)[0].public_bytes(Encoding.PEM))
-        _, renew = device_csr(tmp_path, "br-6r", "/O=BuildingCo/OU=badge-reader/CN=br-6",
-                              san="URI:urn:dev:ops:buildingco-badge-reader-br-6", key=key)
+        _, current, key, renew = _enroll_through(env, tmp_path, via_nginx, chain, "br-6")
         status, data = _curl(f"{via_nginx}/simplereenroll", chain, "--cert", str(current), "--key", str(key),
                              body=renew)
         assert status == 200, data                              # the header, believed from the proven proxy
