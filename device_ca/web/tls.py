@@ -57,10 +57,16 @@ def client_certificate(environ: dict, proxies: ProxySettings) -> x509.Certificat
     return _peer_certificate(environ)
 
 
+_PEER = "device_ca.peer_certificate"
+
+
 def _peer_certificate(environ: dict) -> x509.Certificate | None:
+    """The TLS peer's certificate, parsed once per request (the rate limit, the proxy proof and
+    the caller's identity all ask for it)."""
+    if _PEER in environ:
+        return environ[_PEER]
     sock = environ.get("gunicorn.socket")
     getpeercert = getattr(sock, "getpeercert", None)
-    if getpeercert is None:
-        return None
-    der = getpeercert(binary_form=True)
-    return x509.load_der_x509_certificate(der) if der else None
+    der = getpeercert(binary_form=True) if getpeercert is not None else None
+    environ[_PEER] = x509.load_der_x509_certificate(der) if der else None
+    return environ[_PEER]
