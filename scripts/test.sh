@@ -5,6 +5,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
+# PostgreSQL: started for the run and stopped again after it, unless it was running before.
+if ! pg_isready -q -h /var/run/postgresql 2>/dev/null; then
+    trap 'pg_ctlcluster "$(ls /usr/lib/postgresql | sort -V | tail -1)" main stop >/dev/null 2>&1 || true' EXIT
+fi
 scripts/pg-start.sh || exit 1
 # Keycloak 26.7.3 from Maven Central (cached); the tests marked keycloak start and stop their own instance.
 scripts/keycloak.sh install || exit 1
