@@ -116,7 +116,7 @@ def _from_dict(name: str, data: dict, base: Path) -> Policy:
         pattern = _str(data, "device_id_pattern")
         try:
             re.compile(pattern)
-        except re.error as exc:                   # not a ValueError (found by fuzzing)
+        except (re.error, OverflowError, RecursionError) as exc:     # not ValueErrors (found by fuzzing)
             raise ValueError(f"device_id_pattern is not a regular expression: {exc}") from None
         kw["device_id_pattern"] = pattern
     if "san" in data:

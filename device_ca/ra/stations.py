@@ -46,7 +46,7 @@ def scope_for(policy: Policy, allow_policies: Iterable[str], allow_devices: str 
             raise DeviceCAError(Kind.MALFORMED, f"--allow-devices is a regular expression of 1-{MAX_PATTERN} characters")
         try:
             re.compile(allow_devices)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             raise DeviceCAError(Kind.MALFORMED, f"--allow-devices {allow_devices!r} is not a regular expression: "
                                 f"{exc}") from None
     return StationScope(tuple(allow_policies), allow_devices)

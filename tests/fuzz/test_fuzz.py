@@ -32,9 +32,11 @@ def test_finding_csr_with_an_invalid_version_is_malformed():
     (b'device_id_pattern = "*"\nsubject = "CN={device_id}"\n', "device_id_pattern is not a regular expression"),
     (b"\xc9", "not UTF-8 text"),
     (b'subject = "CN={device_id}"\nvalidity = "99999999999999999999d"\n', "too long"),
+    (b'device_id_pattern = "a{99999999999}"\nsubject = "CN={device_id}"\n', "device_id_pattern is not a regular"),
 ])
 def test_findings_policy_files_are_refused_with_the_reason(tmp_path, content, reason):
-    """Found by fuzzing: a pattern that is no regular expression (re.error), a file that is no
+    """Found by fuzzing: a pattern that is no regular expression (re.error, or OverflowError for a
+    repetition count over what re allows), a file that is no
     UTF-8 (UnicodeDecodeError) and a duration longer than a timedelta holds (OverflowError)
     escaped load_policy as other exceptions than PolicyError."""
     from device_ca.policy.model import PolicyError, load_policy

@@ -344,6 +344,8 @@ def test_station_certificates_are_issued_with_a_valid_scope(served):
         "unknown policy": ((*base, "--allow-policy", "no-such-policy"), b"no-such-policy"),
         "bad pattern": ((*base, "--allow-policy", "env-sensor", "--allow-devices", "env-[0-9"),
                         b"is not a regular expression"),
+        "repetition too large": ((*base, "--allow-policy", "env-sensor", "--allow-devices", "a{99999999999}"),
+                                 b"is not a regular expression"),
         "scope on a device": (("issue", "--policy", "env-sensor", "--csr", str(device), "--allow-policy", "env-sensor"),
                               b"scope station certificates"),
     }
