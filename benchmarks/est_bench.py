@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """EST enrollments per second over mutual TLS vs. nginx's mutual-TLS ceiling, in the same run.
 
-device-ca: `device-ca serve` (gunicorn, its default HTTPS workers and threads unless given) with a SoftHSM token and a database of
+device-ca: `device-ca serve` (its default HTTPS workers and threads unless given) with a SoftHSM token and a database of
 its own. 16 concurrent clients, a new TLS connection per request (as devices do, no session
 resumption), each presenting a factory client certificate that the server verifies, each
 request a real enrollment (`simpleenroll` with its own one-time bootstrap token and CSR): CSR
@@ -40,7 +40,7 @@ from tls_ceiling import Measure, nginx_conf, process_cpu  # noqa: E402
 
 
 def session_pids(session: int) -> list[int]:
-    """The processes of one session: `device-ca serve`, its gunicorn workers and HTTP listener."""
+    """The processes of one session: `device-ca serve`, its workers and HTTP listener."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

@@ -4,7 +4,7 @@ ocspserve, in the same run (wrk, 4 keep-alive connections, 10 s each, the three 
 over --rounds rounds and the best round of each compared), then CRL generation for
 10,000 and 100,000 revoked entries vs `openssl ca -gencrl` on the same entries.
 
-device-ca runs as `device-ca serve` (the plain-HTTP listener, granian) with a SoftHSM token and
+device-ca runs as `device-ca serve` (the plain-HTTP listener) with a SoftHSM token and
 its own database; the request is a nonce-less OCSP request for one of its certificates.
 openssl's responder runs inside a private network namespace (it binds every address);
 cfssl serves a response pre-signed with `cfssl ocspsign`.

@@ -19,8 +19,8 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
     @click.option("--workers", type=click.IntRange(1, 256), help="HTTPS worker processes (default: one per core, "
                   "at least 2).")
-    @click.option("--threads", type=click.IntRange(1, 256), help="Threads per HTTPS worker (default: 8); a "
-                  "worker's threads share their issuing transactions.")
+    @click.option("--threads", type=click.IntRange(1, 256), help="Threads per HTTPS worker (default: 8) that "
+                  "answer complete requests; a worker's threads share their issuing transactions.")
     @click.option("--http-workers", default=2, show_default=True, help="Plain-HTTP worker processes (OCSP, CRL).")
     @click.option("--rate-limit", default=20.0, show_default=True, help="EST requests/s per client address (0: off).")
     @click.option("--max-batches", default=2, show_default=True, type=click.IntRange(1, 64),
@@ -36,11 +36,11 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.option("--handshake-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
                   help="Seconds a client has to finish its TLS handshake (HTTPS).")
     @click.option("--idle-timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1),
-                  help="Seconds of silence after which an HTTPS connection is closed.")
+                  help="Seconds a keep-alive connection may stay silent between requests (both listeners).")
     def serve(host, port, http_port, tls_cert, tls_key, workers, threads, http_workers, rate_limit, max_batches,
               ocsp_nonce_rate, request_timeout, trusted_proxy, client_cert_header, default_policy, handshake_timeout,
               idle_timeout) -> None:
-        """Serve EST over HTTPS (gunicorn) and OCSP, CRLs, CA files, health and metrics over HTTP (granian)."""
+        """Serve EST and the batch API over HTTPS, and OCSP, CRLs, CA files, health and metrics over HTTP."""
         from device_ca.web.server import DEFAULT_THREADS, DEFAULT_WORKERS, ServeOptions, run
 
         run(ServeOptions(host=host, port=port, http_port=http_port, tls_cert=tls_cert, tls_key=tls_key,

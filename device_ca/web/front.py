@@ -1,129 +1,513 @@
-"""The plain-HTTP listener's front: an RSGI application (granian's native interface) on granian's
-event loop that reads each request whole, under a deadline, before OCSP, the CRL or the Flask
-application behind them sees it.
+"""Both listeners' front: an event loop (uvloop) in each worker process that reads every request
+whole, under a deadline, before anything answers it, as nginx does in front of an application.
 
-A client that trickles its body (``POST /ocsp`` with ``Content-Length: 60000`` and a byte every
-few seconds) used to hold the worker's one blocking thread in ``wsgi.input.read`` and so silence
-OCSP for everyone. Here waiting for a body is an await on the event loop: every other connection
-is served meanwhile, and a body not complete within ``deadline`` seconds is answered 408 and the
-connection closed (headers have the same deadline: granian's ``header_read_timeout``). A body over
-``max_body`` bytes is 413, refused on its Content-Length or as soon as a chunked one passes it.
-What runs then is synchronous and short (a cached answer in microseconds, a live signature in about
-a millisecond), as it was on the single blocking thread before; the rare other paths (health,
-metrics, CA files, the audit checkpoint) go to the Flask application through a WSGI call.
+Slow clients used to hold what serves everyone: a trickled OCSP body held the HTTP worker's one
+blocking thread in ``wsgi.input.read``, and TLS clients trickling their headers held gunicorn's
+threads, one each. Here a connection that is still sending costs a few hundred bytes on the loop,
+never a thread:
+
+- the TLS handshake (HTTPS) must be over within ``handshake_timeout`` seconds;
+- a request, request line, headers and body, must arrive within ``Limits.deadline`` seconds of
+  its first byte, extended by a second for every ``MIN_RATE`` bytes received (Apache's
+  mod_reqtimeout: a batch upload at a real rate goes on, a byte now and then does not); past it
+  the client gets 408 and the connection is closed;
+- between requests a keep-alive connection may stay silent for ``Limits.idle`` seconds;
+- request line and headers are at most ``max_header`` bytes and ``max_fields`` fields (431), a
+  body at most ``max_body(path)`` bytes (413, on its Content-Length or as soon as a chunked one
+  passes it); a body over ``SPOOL_BYTES`` waits in a temporary file, not in memory.
+
+A complete request then goes to the ``Site``: ``inline`` answers on the loop what is short and
+never waits (OCSP and CRLs from the caches, StatusApp.handle); everything else is a WSGI call on
+one of the worker's ``threads`` threads (the EST and batch API Flask app, health, metrics, CA
+files). The verified TLS client certificate reaches the WSGI app as ``environ["device_ca.peer_der"]``.
+
+``LoopWorker`` is the gunicorn worker class that runs it: gunicorn keeps the processes (forks
+them after the listening sockets are bound, starts them again when they die, stops them).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
+import email.utils
 import io
 import logging
+import os
+import resource
+import signal
+import ssl
 import sys
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Callable
+
+import httptools
+from gunicorn.workers.base import Worker
 
 log = logging.getLogger("device_ca.web.front")
 
-DEFAULT_DEADLINE = 5.0
-_CLOSE = [("content-type", "text/plain"), ("connection", "close")]
+MIN_RATE = 64 * 1024          # bytes a second that extend a request's deadline by a second
+SPOOL_BYTES = 1 << 20         # bodies larger than this wait in a temporary file
+SWEEP_SECONDS = 0.25          # how often deadlines are checked
+
+Reply = tuple[int, "list[tuple[str, str]] | tuple[tuple[str, str], ...]", bytes]
 
 
-class TooLarge(Exception):
-    pass
+@dataclass(frozen=True)
+class Limits:
+    deadline: float = 5.0                         # seconds for a whole request (+1 s per MIN_RATE bytes)
+    idle: float = 15.0                            # seconds a connection may be silent between requests
+    max_header: int = 16 * 1024                   # bytes of request line and header fields
+    max_fields: int = 50
+    max_body: Callable[[str], int] = lambda path: 64 * 1024     # by path
 
 
-class BufferingFront:
-    def __init__(self, status, fallback, *, deadline: float = DEFAULT_DEADLINE, max_body: int = 64 * 1024):
-        """``status``: the StatusApp (its ``handle``); ``fallback``: the WSGI application for every other path."""
-        self.status = status
-        self.fallback = fallback
-        self.deadline = deadline
-        self.max_body = max_body
+@dataclass
+class Site:
+    """What a listener serves: ``app`` (WSGI, on the worker's threads) and, before it, ``inline``
+    (on the loop: a Reply, or None to pass the request on)."""
+    app: Callable
+    inline: Callable[["Request"], Reply | None] | None = None
+    limits: Limits = field(default_factory=Limits)
+    threads: int = 2
+    ssl_context: ssl.SSLContext | None = None
+    handshake_timeout: float = 10.0
 
-    def __rsgi_init__(self, loop) -> None:
-        pass
 
-    def __rsgi_del__(self, loop) -> None:
-        pass
+class Request:
+    __slots__ = ("method", "target", "path", "query", "headers", "body", "version", "keep_alive", "remote",
+                 "peer_der", "server")
 
-    async def __rsgi__(self, scope, protocol) -> None:
-        if scope.proto != "http":
+    def __init__(self, method, target, headers, body, version, keep_alive, remote, peer_der, server):
+        self.method = method                 # str
+        self.target = target                 # str: the request target as sent (path and query)
+        path, _, self.query = target.partition("?")
+        self.path = urllib.parse.unquote(path, "latin-1") if "%" in path else path
+        self.headers = headers               # list of (lower-case name, value), both str
+        self.body = body                     # bytes, or a file for a spooled body
+        self.version = version
+        self.keep_alive = keep_alive
+        self.remote = remote
+        self.peer_der = peer_der
+        self.server = server
+
+    def body_bytes(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
+        self.body.seek(0)
+        return self.body.read()
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, text: str):
+        self.status, self.text = status, text
+
+
+_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 301: "Moved Permanently",
+            302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+            410: "Gone", 411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
+            422: "Unprocessable Content", 429: "Too Many Requests",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n".encode()
+    return line
+
+
+class _Clock:
+    """The Date header, formatted once a second."""
+    second = 0
+    value = b""
+
+    @classmethod
+    def date(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second, cls.value = now, b"Date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+        return cls.value
+
+
+class Front:
+    """One worker's connections and the sweep that holds them to their deadlines."""
+
+    def __init__(self, site: Site, loop: asyncio.AbstractEventLoop):
+        self.site = site
+        self.loop = loop
+        self.connections: set[Connection] = set()
+        self.pool = concurrent.futures.ThreadPoolExecutor(site.threads, thread_name_prefix="request")
+        self.accepting = True
+        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def protocol(self) -> "Connection":
+        return Connection(self)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        limits = self.site.limits
+        for connection in list(self.connections):
+            connection.check(now, limits)
+        self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def idle(self) -> bool:
+        return all(not c.busy for c in self.connections)
+
+    def close_idle(self) -> None:
+        for connection in list(self.connections):
+            if not connection.busy and connection.started is None:
+                connection.transport.close()
+
+    def stop(self) -> None:
+        self._sweeper.cancel()
+        for connection in list(self.connections):
+            connection.transport.abort()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: httptools parses, the request is buffered, then answered in order."""
+
+    def __init__(self, front: Front):
+        self.front = front
+        self.site = front.site
+        self.limits = front.site.limits
+        self.transport = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.remote = ""
+        self.peer_der = None
+        self.server = ("", "")
+        self.since = time.monotonic()      # silent since (between requests)
+        self.started: float | None = None  # first byte of the request being read
+        self.received = 0                  # bytes of that request so far
+        self.busy = False                  # a request of this connection is being answered
+        self.pending: collections.deque = collections.deque()
+        self.paused = False
+        self.closing = False
+        self.close_after = False           # answer what was read, then close (after an Upgrade request)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.fields: list = []
+        self.body_parts: list = []
+        self.body_size = 0
+        self.spool = None
+        self.limit = 0
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if peer else ""
+        sock = transport.get_extra_info("sockname")
+        self.server = (str(sock[0]), str(sock[1])) if sock else ("", "")
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.peer_der = ssl_object.getpeercert(binary_form=True)
+        self.front.connections.add(self)
+
+    def connection_lost(self, exc) -> None:
+        self.closing = True
+        self.front.connections.discard(self)
+        if self.spool is not None:
+            self.spool.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
             return
-        headers = scope.headers
-        body = b""
-        if headers.get("content-length") not in (None, "0") or headers.get("transfer-encoding") is not None:
-            try:
-                async with asyncio.timeout(self.deadline):
-                    body = await self._body(headers, protocol)
-            except TimeoutError:
-                protocol.response_bytes(408, _CLOSE, b"request not received in time\n")
-                return
-            except TooLarge:
-                protocol.response_bytes(413, _CLOSE, f"request body larger than {self.max_body} bytes\n".encode())
-                return
-        method, path = scope.method, scope.path
-        query = scope.query_string
-        raw_path = f"{path}?{query}" if query else path
-        reply = self.status.handle(method, path, raw_path, body, _address(scope.client))
-        if reply is None:
-            reply = self._wsgi(scope, body)
-        status, reply_headers, data = reply
-        protocol.response_bytes(status, list(reply_headers), data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if isinstance(refused, _Refused):
+                self._refuse(refused.status, refused.text)
+            else:
+                log.error("request from %s failed in the front", self.remote, exc_info=refused)
+                self._refuse(500, "internal error")
+        except httptools.HttpParserUpgrade:      # the request is answered (over HTTP/1.1), what follows is not read
+            self.close_after = True
+            if not self.busy and not self.closing:
+                self.closing = True
+                self.transport.close()
+        except httptools.HttpParserError:
+            self._refuse(400, "malformed request")
 
-    async def _body(self, headers, protocol) -> bytes:
-        declared = headers.get("content-length")
+    def eof_received(self):
+        """The client sent all it will: answer what is being answered, then close."""
+        if self.busy or self.pending:
+            self.close_after = True
+            return True
+        return None
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.started = time.monotonic()
+        self.received = 0
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+        self._count(len(name) + len(value) + 4)
+        if len(self.fields) > self.limits.max_fields:
+            raise _Refused(431, "too many header fields")
+
+    def _count(self, size: int) -> None:
+        self.received += size
+        if self.received > self.limits.max_header:
+            raise _Refused(431, "request line and headers too large")
+
+    def on_headers_complete(self) -> None:
+        target = self.url.decode("latin-1")
+        self.limit = self.limits.max_body(target.partition("?")[0])
+        declared = None
+        for name, value in self.fields:
+            if len(name) == 14 and name.lower() == b"content-length":
+                declared = value
         if declared is not None:
             try:
-                if int(declared) > self.max_body:
-                    raise TooLarge()
+                size = int(declared)
             except ValueError:
-                pass
-            else:
-                return await protocol()
-        parts, size = [], 0
-        async for chunk in protocol:                     # chunked: counted as it arrives
-            size += len(chunk)
-            if size > self.max_body:
-                raise TooLarge()
-            parts.append(chunk)
-        return b"".join(parts)
+                raise _Refused(400, "bad Content-Length") from None
+            if size > self.limit:
+                raise _Refused(413, f"request body larger than {self.limit} bytes")
 
-    def _wsgi(self, scope, body: bytes):
-        environ = _environ(scope, body)
-        started: list = []
+    def on_body(self, chunk: bytes) -> None:
+        self.body_size += len(chunk)
+        self.received += len(chunk)
+        if self.body_size > self.limit:
+            raise _Refused(413, f"request body larger than {self.limit} bytes")
+        if self.spool is not None:
+            self.spool.write(chunk)
+        elif self.body_size > SPOOL_BYTES:
+            self.spool = tempfile.TemporaryFile()
+            self.spool.writelines(self.body_parts)
+            self.spool.write(chunk)
+            self.body_parts = []
+        else:
+            self.body_parts.append(chunk)
 
-        def start_response(status, headers, exc_info=None):
-            started[:] = [status, headers]
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        headers = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in self.fields]
+        if self.spool is not None:
+            body, self.spool = self.spool, None
+        else:
+            parts = self.body_parts
+            body = parts[0] if len(parts) == 1 else b"".join(parts)
+        request = Request(parser.get_method().decode("ascii", "replace"), self.url.decode("latin-1"), headers, body,
+                          parser.get_http_version(), parser.should_keep_alive(), self.remote, self.peer_der,
+                          self.server)
+        self.started = None
+        self._reset()
+        if self.busy or self.pending:
+            self.pending.append(request)
+            if not self.paused:
+                self.paused = True
+                self.transport.pause_reading()         # no unbounded pipeline
+        else:
+            self._answer(request)
 
-        result = self.fallback(environ, start_response)
+    # answering
+
+    def _answer(self, request: Request) -> None:
+        inline = self.site.inline
+        if inline is not None:
+            try:
+                reply = inline(request)
+            except Exception:   # noqa: BLE001 - one answer, never a stack trace to the client
+                log.exception("%s %s failed", request.method, request.path)
+                reply = (500, (("Content-Type", "text/plain"),), b"internal error\n")
+            if reply is not None:
+                self._send(request, reply)
+                return
+        self.busy = True
+        future = self.front.loop.run_in_executor(self.front.pool, _call_wsgi, self.site.app, request,
+                                                 self.site.ssl_context is not None)
+        future.add_done_callback(lambda done: self._answered(request, done))
+
+    def _answered(self, request: Request, done) -> None:
+        self.busy = False
+        if not isinstance(request.body, bytes):
+            request.body.close()
         try:
-            data = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        status, headers = started
-        return int(status.split(" ", 1)[0]), headers, data
+            reply = done.result()
+        except Exception:   # noqa: BLE001
+            log.exception("%s %s failed", request.method, request.path)
+            reply = (500, (("Content-Type", "text/plain"),), b"internal error\n")
+        if self.closing:
+            return
+        self._send(request, reply)
+        while self.pending and not self.busy and not self.closing:     # pipelined behind it, in order
+            self._answer(self.pending.popleft())
+        if self.paused and not self.pending and not self.closing:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _send(self, request: Request, reply: Reply) -> None:
+        status, headers, data = reply
+        keep = request.keep_alive and self.front.accepting and not self.close_after
+        out = [_status_line(status), _Clock.date()]
+        length_given = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "content-length":
+                length_given = True
+            elif lower == "connection":
+                if value.lower() == "close":
+                    keep = False
+                continue
+            elif lower == "transfer-encoding":
+                continue
+            out.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if not length_given:
+            out.append(b"Content-Length: %d\r\n" % len(data))
+        if not keep:
+            out.append(b"Connection: close\r\n")
+        out.append(b"\r\n")
+        if request.method != "HEAD":
+            out.append(data)
+        self.transport.write(b"".join(out))
+        if keep:
+            self.since = time.monotonic()
+        else:
+            self.closing = True
+            self.transport.close()
+
+    def _refuse(self, status: int, text: str) -> None:
+        """Answer a request that is not read further (408, 413, 431, 400) and close the connection."""
+        if self.closing:
+            return
+        self.closing = True
+        self.started = None
+        data = (text + "\n").encode()
+        self.transport.write(_status_line(status) + _Clock.date() + b"Content-Type: text/plain\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(data) + data)
+        self.transport.close()
+
+    def check(self, now: float, limits: Limits) -> None:
+        """The sweep: a request past its deadline is 408, a connection silent for too long is closed."""
+        if self.closing or self.busy:
+            return
+        if self.started is not None:
+            if now - self.started > limits.deadline + self.received / MIN_RATE:
+                log.info("request from %s not received within the deadline: 408", self.remote)
+                self._refuse(408, "request not received in time")
+        elif not self.pending and now - self.since > limits.idle:
+            self.closing = True
+            self.transport.close()
 
 
-def _address(client: str) -> str:
-    host, sep, _ = client.rpartition(":")
-    return host.strip("[]") if sep else client
+def _call_wsgi(app, request: Request, https: bool) -> Reply:
+    environ = _environ(request, https)
+    started: list = []
+
+    def start_response(status, headers, exc_info=None):
+        started[:] = [status, headers]
+
+    result = app(environ, start_response)
+    try:
+        data = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status, headers = started
+    return int(status.split(" ", 1)[0]), headers, data
 
 
-def _environ(scope, body: bytes) -> dict:
-    server_host, _, server_port = scope.server.rpartition(":")
+def _environ(request: Request, https: bool) -> dict:
+    body = request.body
+    if isinstance(body, bytes):
+        length, stream = len(body), io.BytesIO(body)
+    else:
+        length = body.seek(0, io.SEEK_END)
+        body.seek(0)
+        stream = body
+    host, port = request.server
     environ = {
-        "REQUEST_METHOD": scope.method, "SCRIPT_NAME": "", "PATH_INFO": scope.path,
-        "QUERY_STRING": scope.query_string, "RAW_URI": scope.path,
-        "SERVER_NAME": server_host, "SERVER_PORT": server_port,
-        "SERVER_PROTOCOL": f"HTTP/{scope.http_version}", "REMOTE_ADDR": _address(scope.client),
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.version": (1, 0), "wsgi.url_scheme": scope.scheme, "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
-        "wsgi.input_terminated": True,
+        "REQUEST_METHOD": request.method, "SCRIPT_NAME": "", "PATH_INFO": request.path,
+        "QUERY_STRING": request.query, "RAW_URI": request.target, "REQUEST_URI": request.target,
+        "SERVER_NAME": host, "SERVER_PORT": port, "SERVER_PROTOCOL": f"HTTP/{request.version}",
+        "REMOTE_ADDR": request.remote, "CONTENT_LENGTH": str(length),
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "https" if https else "http", "wsgi.input": stream,
+        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+        "wsgi.input_terminated": True, "device_ca.peer_der": request.peer_der,
     }
-    for name, value in scope.headers.items():
-        key = name.upper().replace("-", "_")
-        if key == "CONTENT_TYPE":
+    for name, value in request.headers:
+        if name == "content-type":
             environ["CONTENT_TYPE"] = value
-        elif key != "CONTENT_LENGTH":
-            environ["HTTP_" + key] = value
+        elif name in ("content-length", "transfer-encoding"):
+            continue
+        else:
+            key = "HTTP_" + name.upper().replace("-", "_")
+            environ[key] = environ[key] + "," + value if key in environ else value
     return environ
+
+
+class LoopWorker(Worker):
+    """gunicorn worker class: the application its factory returns is a ``Site``; it is served on
+    gunicorn's listening sockets by an event loop (uvloop when installed)."""
+
+    def init_signals(self) -> None:
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        signal.siginterrupt(signal.SIGUSR1, False)
+
+    def run(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:                   # connections cost a descriptor each, not a thread: allow many
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            import uvloop
+            loop = uvloop.new_event_loop()
+        except ImportError:
+            loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve(loop))
+        finally:
+            loop.close()
+
+    async def _serve(self, loop) -> None:
+        site: Site = self.wsgi
+        front = Front(site, loop)
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            loop.add_signal_handler(sig, stopping.set)
+        servers = [await loop.create_server(front.protocol, sock=listener.sock, ssl=site.ssl_context,
+                                            ssl_handshake_timeout=site.handshake_timeout if site.ssl_context else None,
+                                            backlog=self.cfg.backlog)
+                   for listener in self.sockets]
+        interval = max(0.5, min(2.0, self.timeout / 4)) if self.timeout else 1.0
+        while not stopping.is_set() and self.alive:
+            self.notify()
+            if self.ppid != os.getppid():
+                log.info("worker %d: parent changed, stopping", os.getpid())
+                break
+            try:
+                await asyncio.wait_for(stopping.wait(), interval)
+            except TimeoutError:
+                pass
+        front.accepting = False
+        for server in servers:
+            server.close()
+        front.close_idle()
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while not front.idle() and time.monotonic() < deadline:
+            self.notify()
+            await asyncio.sleep(0.1)
+        front.stop()

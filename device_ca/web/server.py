@@ -1,11 +1,12 @@
-"""`device-ca serve`: the supervision of its two listeners, HTTPS (EST, batch API; gunicorn) and
-plain HTTP (OCSP, CRL, CA files, health, metrics; granian), each in its own process group.
+"""`device-ca serve`: the supervision of its two listeners, HTTPS (EST, batch API) and plain HTTP
+(OCSP, CRL, CA files, health, metrics), each a gunicorn master with its own process group whose
+workers run the event-loop front (front.py: whole requests under deadlines, then the application).
 
 Workers build their own objects (services.py) after the fork, so PKCS#11 is opened in each worker
 and never in a parent (SoftHSM refuses a C_Initialize inherited through fork); what the parent
 needs signed before it starts the listeners (its TLS certificate, an OCSP responder, a first CRL)
 is done by a function call in a short-lived forked child. The TLS context is tls_context.py's; the
-periodic jobs run in one HTTPS worker (ra/janitor.py).
+periodic jobs run in one HTTPS worker at a time (ra/janitor.py).
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,6 @@ from device_ca.config import Settings
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.runtime import quiet_gc
 from device_ca.web.ratelimit import RateLimiter
-from device_ca.web.tls_context import ssl_context_hook
 
 log = logging.getLogger("device_ca.serve")
 
@@ -74,15 +73,33 @@ def _gunicorn(factory, options: dict):
     return _App()
 
 
-def _https_factory(options: ServeOptions, linter, limiter):
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_cas: Path
+
+
+def _https_body_limit(path: str) -> int:
+    from device_ca.web.batches import MAX_BATCH_BYTES
+    from device_ca.web.est_codec import MAX_BODY
+
+    return MAX_BATCH_BYTES if path.startswith("/api/v1/batches") else MAX_BODY
+
+
+def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
     def build():
+        """The HTTPS listener's site, built in each worker after the fork: the EST and batch API
+        Flask app on ``options.threads`` threads, behind TLS with optional client certificates."""
         from device_ca.keycloak.outbox import start_drainer
         from device_ca.ra.batch_queue import BatchQueue
         from device_ca.ra.janitor import Janitor
         from device_ca.ra.stations import Callers
         from device_ca.services import Services
         from device_ca.web.app import create_app
+        from device_ca.web.front import Limits, Site
         from device_ca.web.tls import ProxySettings
+        from device_ca.web.tls_context import server_context
 
         services = Services(Settings.load(), linter=linter)
         _open_token(services)
@@ -108,7 +125,11 @@ def _https_factory(options: ServeOptions, linter, limiter):
                                                        services.est.is_ours).proves_proxy),
                          default_policy=options.default_policy, limiter=limiter)
         quiet_gc()
-        return app
+        return Site(app, threads=options.threads,
+                    limits=Limits(deadline=options.request_timeout, idle=options.idle_timeout,
+                                  max_body=_https_body_limit),
+                    ssl_context=server_context(tls.cert, tls.key, tls.client_cas),
+                    handshake_timeout=options.handshake_timeout)
     return build
 
 
@@ -126,37 +147,30 @@ def _open_token(services) -> None:
         log.warning("worker %d: signing key not available yet: %s", os.getpid(), exc)
 
 
-def http_app():
-    """granian's factory for the plain-HTTP listener, called in each worker after the fork."""
-    from device_ca.services import Services
-    from device_ca.web.app import create_public_app
-    from device_ca.web.status import StatusApp
+def _http_factory(options: ServeOptions, live_budget: RateLimiter):
+    def build():
+        """The plain-HTTP listener's site, built in each worker after the fork: OCSP and CRLs
+        answered on the loop (StatusApp), health, metrics, CA files and the audit checkpoint by the
+        Flask app on the worker's threads."""
+        from device_ca.ca.ocsp import MAX_REQUEST_BYTES
+        from device_ca.services import Services
+        from device_ca.web.app import create_public_app
+        from device_ca.web.front import Limits, Site
+        from device_ca.web.status import StatusApp
 
-    from device_ca.ca.ocsp import MAX_REQUEST_BYTES
-    from device_ca.web.front import BufferingFront
+        services = Services(Settings.load())
+        public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
+                                   audit_checkpoint=services.checkpoints.newest)
+        status = StatusApp(services.publisher, live_budget=live_budget)
 
-    services = Services(Settings.load())
-    public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
-                               audit_checkpoint=services.checkpoints.newest)
-    status = StatusApp(services.publisher, live_budget=_OCSP_LIVE_BUDGET)
-    return BufferingFront(status, public, deadline=_REQUEST_DEADLINE, max_body=MAX_REQUEST_BYTES)
+        def inline(request):
+            return status.handle(request.method, request.path, request.target, request.body_bytes(), request.remote)
 
-
-_OCSP_LIVE_BUDGET: RateLimiter | None = None       # made by run() before the HTTP workers fork
-_REQUEST_DEADLINE = 5.0                             # set by run(): seconds for a whole request
-
-
-def _granian(options: ServeOptions):
-    from granian import Granian
-    from granian.constants import Interfaces
-    from granian.http import HTTP1Settings
-
-    return Granian("device_ca.web.server:http_app", factory=True, interface=Interfaces.RSGI,
-                   address=options.host, port=options.http_port, workers=options.http_workers,
-                   http="1", websockets=False, backlog=1024,
-                   http1_settings=HTTP1Settings(header_read_timeout=int(options.request_timeout * 1000),
-                                                keep_alive=True),
-                   log_level="warning", respawn_failed_workers=True)
+        quiet_gc()
+        return Site(public, inline=inline, threads=2,
+                    limits=Limits(deadline=options.request_timeout, idle=options.idle_timeout,
+                                  max_body=lambda path: MAX_REQUEST_BYTES))
+    return build
 
 
 def _in_child(work, what: str):
@@ -220,26 +234,25 @@ def run(options: ServeOptions) -> None:
 
     linter, bundle = _preload(settings)
     common = {"timeout": options.timeout, "graceful_timeout": 10, "errorlog": "-", "loglevel": "warning",
-              "accesslog": None, "preload_app": False, "limit_request_line": 4094, "limit_request_fields": 50,
-              "limit_request_field_size": 16384}
-    global _OCSP_LIVE_BUDGET, _REQUEST_DEADLINE
-    _OCSP_LIVE_BUDGET = RateLimiter(options.ocsp_nonce_rate)    # before the fork: shared by the HTTP workers
-    _REQUEST_DEADLINE = options.request_timeout
-    http = _granian(options)
+              "accesslog": None, "preload_app": False, "worker_class": "device_ca.web.front.LoopWorker",
+              "backlog": 1024}
+    live_budget = RateLimiter(options.ocsp_nonce_rate)    # before the fork: shared by the HTTP workers
+    http = _gunicorn(_http_factory(options, live_budget), {
+        **common, "bind": f"{options.host}:{options.http_port}", "workers": options.http_workers,
+        "proc_name": "device-ca-http"})
     limiter = RateLimiter(options.rate_limit)     # before the fork: one set of buckets for every worker
-    https = _gunicorn(_https_factory(options, linter, limiter), {
+    https = _gunicorn(_https_factory(options, linter, limiter, TlsFiles(cert, key, bundle)), {
         **common, "bind": f"{options.host}:{options.port}", "workers": options.workers,
-        "worker_class": "gthread", "threads": options.threads, "keepalive": 5,
-        "certfile": str(cert), "keyfile": str(key), "ca_certs": str(bundle), "cert_reqs": ssl.CERT_OPTIONAL,
-        "ssl_context": ssl_context_hook(options.handshake_timeout, options.idle_timeout, options.request_timeout),
         "proc_name": "device-ca-https"})
 
     child = os.fork()
     if child == 0:
         os.setpgrp()                          # the HTTP listener and its workers: one group to stop
         _die_with_parent()
-        http.serve()
-        os._exit(0)
+        try:
+            http.run()
+        finally:
+            os._exit(0)
     print(f"device-ca serving EST on https://{options.host}:{options.port}/.well-known/est "
           f"and OCSP/CRL/CA files on http://{options.host}:{options.http_port}", flush=True)
     try:
@@ -272,7 +285,7 @@ def _preload(settings: Settings):
 
 def _stop_group(leader: int, grace: float = HTTP_STOP_GRACE) -> None:
     """SIGTERM to the HTTP listener's process group, SIGKILL if it has not exited after ``grace``
-    seconds (granian's main process was seen to hang in its shutdown, which left it running)."""
+    seconds (a master that hangs in its shutdown must not stay running)."""
     try:
         os.killpg(leader, signal.SIGTERM)
     except ProcessLookupError:

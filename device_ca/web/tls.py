@@ -1,7 +1,8 @@
 """Who is on the other end: the verified TLS client certificate, from the socket or from a proxy.
 
-gunicorn (with ``cert_reqs`` = CERT_OPTIONAL and ``ca_certs``) verifies the client chain during
-the handshake and exposes the socket as ``environ["gunicorn.socket"]``. Behind nginx the
+The listener's TLS context (CERT_OPTIONAL, the client-CA bundle) verifies the client chain during
+the handshake, and the front passes the peer's certificate on as ``environ["device_ca.peer_der"]``
+(DER, None without one). Behind nginx the
 verified certificate arrives URL-encoded PEM in a configured header (nginx's
 ``$ssl_client_escaped_cert``); that header is believed only from a proxy that proves it is one:
 by presenting, on its own TLS connection to device-ca, a good certificate of this CA whose policy
@@ -65,8 +66,6 @@ def _peer_certificate(environ: dict) -> x509.Certificate | None:
     the caller's identity all ask for it)."""
     if _PEER in environ:
         return environ[_PEER]
-    sock = environ.get("gunicorn.socket")
-    getpeercert = getattr(sock, "getpeercert", None)
-    der = getpeercert(binary_form=True) if getpeercert is not None else None
+    der = environ.get("device_ca.peer_der")
     environ[_PEER] = x509.load_der_x509_certificate(der) if der else None
     return environ[_PEER]

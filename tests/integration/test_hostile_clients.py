@@ -239,3 +239,59 @@ def test_trickled_https_headers_hit_the_request_deadline(tmp_path, database_url,
     assert closed_after is not None and closed_after < 5, closed_after
     status, body, _ = server.curl("/cacerts")
     assert status == 200 and body
+
+
+def test_many_trickling_tls_clients_do_not_delay_enrollment_clients(tmp_path, database_url, serve):
+    """Attack (issue 15, item 1, HTTPS listener): 3 x workers x threads TLS connections (2 x 2 here,
+    so 12) finish their handshakes and then send their headers a byte every 0.3 s. Every normal
+    `GET cacerts` sent meanwhile is answered 200, p99 under 1 s; each slow client gets 408 and is
+    closed within about the request deadline (2 s)."""
+    import socket
+    import ssl
+    import threading
+    import time
+
+    env = new_ca_env(tmp_path, database_url)
+    env.run("init", "--organization", "BuildingCo")
+    server = serve(env, "--rate-limit", "0", "--request-timeout", "2", "--workers", "2", "--threads", "2")
+    context = ssl.create_default_context(cafile=str(server.chain))
+    slow = []
+    for _ in range(3 * 2 * 2):
+        s = context.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=10),
+                                server_hostname="127.0.0.1")
+        s.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        slow.append(s)
+    stop, replies = threading.Event(), {}
+
+    def trickle():
+        while not stop.wait(0.3):
+            for s in slow:
+                try:
+                    s.sendall(b"a")
+                except OSError:
+                    pass
+    threading.Thread(target=trickle, daemon=True).start()
+    started = time.monotonic()
+    try:
+        latencies, statuses = [], []
+        while time.monotonic() - started < 2.5:
+            t0 = time.perf_counter()
+            status, body, _ = server.curl("/cacerts")
+            latencies.append(time.perf_counter() - t0)
+            statuses.append(status)
+        for i, s in enumerate(slow):
+            s.settimeout(4)
+            first = b""
+            try:
+                first = s.recv(200)
+            except (ConnectionError, ssl.SSLError, OSError):
+                pass
+            replies[i] = first
+    finally:
+        stop.set()
+        for s in slow:
+            s.close()
+    assert statuses and all(status == 200 for status in statuses), statuses
+    latencies.sort()
+    assert latencies[max(0, int(len(latencies) * 0.99) - 1)] < 1.0, latencies[-3:]
+    assert all(first.startswith(b"HTTP/1.1 408") for first in replies.values()), replies

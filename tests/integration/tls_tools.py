@@ -77,7 +77,7 @@ On the wire (HTTP/1.1 only; one request per process, so one TLS connection per c
 - POST simpleenroll/simplereenroll/serverkeygen send ``Content-Type: application/pkcs10``,
   ``Content-Transfer-Encoding: base64``, ``Accept: application/pkcs7-mime`` (serverkeygen:
   ``Accept: multipart/mixed``), and the body with ``Transfer-Encoding: chunked`` and NO
-  Content-Length: the server must read chunked request bodies (gunicorn does and sets
+  Content-Length: the server must read chunked request bodies (the front reads them whole and sets
   wsgi.input_terminated, so Flask's request.get_data() works; a size limit must not rely on
   Content-Length). The body is base64 (standard alphabet, padded) of the DER CSR, broken into
   lines of 76 characters each ended by CRLF, including a CRLF after the last line.

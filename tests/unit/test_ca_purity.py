@@ -25,7 +25,7 @@ import ast  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parents[2] / "device_ca"
-THIRD_PARTY = {"hsm", "flask", "sqlmodel", "sqlalchemy", "pkcs11", "click", "gunicorn", "granian"}
+THIRD_PARTY = {"hsm", "flask", "sqlmodel", "sqlalchemy", "pkcs11", "click", "gunicorn", "httptools", "uvloop"}
 _BASE = {"errors"}
 ALLOWED = {
     "ca": _BASE,
@@ -36,8 +36,8 @@ ALLOWED = {
     "keycloak": _BASE | {"ca", "config", "policy", "store"},
     "ra": _BASE | {"ca", "config", "files", "keycloak", "policy", "runtime", "store", "token"},
     "services": _BASE | {"ca", "config", "hsm", "keycloak", "policy", "ra", "store", "token"},
-    "web": _BASE | {"ca", "config", "files", "flask", "granian", "gunicorn", "hsm", "keycloak", "policy", "ra",
-                    "runtime", "services", "store", "token"},
+    "web": _BASE | {"ca", "config", "files", "flask", "gunicorn", "hsm", "httptools", "keycloak", "policy", "ra",
+                    "runtime", "services", "store", "token", "uvloop"},
     "cli": _BASE | {"ca", "click", "config", "files", "keycloak", "policy", "ra", "services", "store", "web"},
 }
 # The composition root is built only by the command line and by the server's process factories.
