@@ -10,6 +10,7 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 
 import pytest
 from cryptography import x509
@@ -73,24 +74,31 @@ def _connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
+_BUFFERS: "weakref.WeakKeyDictionary[socket.socket, bytearray]" = weakref.WeakKeyDictionary()
+
+
 def _read_reply(sock: socket.socket, head: bool = False) -> tuple[int, dict, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
+    """One response off ``sock``; bytes of the responses after it stay buffered for the next call."""
+    buffer = _BUFFERS.setdefault(sock, bytearray())
+    while b"\r\n\r\n" not in buffer:
         chunk = sock.recv(65536)
         if not chunk:
             break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+        buffer += chunk
+    head_bytes, sep, _ = bytes(buffer).partition(b"\r\n\r\n")
+    del buffer[:len(head_bytes) + len(sep)]
+    lines = head_bytes.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1]) if lines[0] else 0
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     length = 0 if head else int(headers.get("content-length", 0))
-    while len(rest) < length:
+    while len(buffer) < length:
         chunk = sock.recv(65536)
         if not chunk:
             break
-        rest += chunk
-    return status, headers, rest
+        buffer += chunk
+    body = bytes(buffer[:length])
+    del buffer[:length]
+    return status, headers, body
 
 
 def _get(port: int, path: str = "/x") -> tuple[int, bytes]:
@@ -247,7 +255,7 @@ def test_head_has_no_body_and_http_1_0_closes():
         status, headers, body = _read_reply(s, head=True)
         assert (status, headers["content-length"], body) == (200, "4", b"")
         s.settimeout(3)
-        rest = body
+        rest = bytes(_BUFFERS.pop(s, b""))
         while chunk := s.recv(1000):
             rest += chunk
         assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b"/y 0") and b"Connection: close" in rest
