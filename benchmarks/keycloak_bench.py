@@ -128,7 +128,7 @@ def run(args, work: Path, state: Path, ports, password: str, kc_env: dict[str, s
         import dataclasses
 
         m = dataclasses.replace(mapping, realm=realm)
-        return [DesiredClient.for_certificate(m, r.device_id, x509.load_der_x509_certificate(r.der), anchor)
+        return [DesiredClient.for_certificate(m, r.device_id, x509.load_der_x509_certificate(r.der), anchor, r.serial, r.policy)
                 .representation() for r in records]
 
     def create_all(realm: str, bodies) -> float:

@@ -165,7 +165,15 @@ wait_ready() {
             rm -f "$STATE/keycloak.pid"
             die "Keycloak exited during start (log: $STATE/keycloak.log)"
         fi
-        [ "$waited" -lt "$READY_TIMEOUT" ] || die "Keycloak not ready after ${READY_TIMEOUT}s (log: $STATE/keycloak.log)"
+        if [ "$waited" -ge "$READY_TIMEOUT" ]; then
+            tail -n 30 "$STATE/keycloak.log" >&2 || true
+            # Not ready in time: stop it rather than leave a JVM behind (its own session: the whole group).
+            kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+            sleep 5
+            kill -KILL -- "-$pid" 2>/dev/null || true
+            rm -f "$STATE/keycloak.pid"
+            die "Keycloak not ready after ${READY_TIMEOUT}s, stopped (log: $STATE/keycloak.log)"
+        fi
         sleep 1
         waited=$((waited + 1))
     done

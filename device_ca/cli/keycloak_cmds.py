@@ -1,4 +1,4 @@
-"""CLI: Keycloak in step with the fleet (``device-ca keycloak sync | status``)."""
+"""CLI: Keycloak in step with the fleet (``device-ca keycloak init-realm | sync | status``)."""
 from __future__ import annotations
 
 import json
@@ -28,14 +28,50 @@ def _domain_error(exc) -> DeviceCAError:
 def register(cli: click.Group, services, actor, iso) -> None:
     @cli.group()
     def keycloak() -> None:
-        """Keycloak client-x509 clients, one per device."""
+        """Keycloak: the realms the policies name, and one client per device."""
+
+    @keycloak.command("init-realm")
+    @click.option("--dry-run", is_flag=True, help="Print what would be created or changed; change nothing.")
+    @click.option("--event-retention", default="30d", show_default=True,
+                  help="How long Keycloak keeps login and admin events (e.g. 7d, 90d).")
+    @click.pass_context
+    def keycloak_init_realm(ctx, dry_run, event_retention) -> None:
+        """Create or update every realm the policies name (idempotent).
+
+        Each realm is enabled, with brute-force detection, login and admin events kept for
+        --event-retention, and the client scopes the policies list. Device clients, their claims
+        (device_id, device_class, cert_serial) and audiences are then set by `keycloak sync`.
+        """
+        from device_ca.keycloak import KeycloakError
+        from device_ca.keycloak.realm import RealmSetup
+        from device_ca.policy.model import parse_duration
+
+        svc = services(ctx)
+        try:
+            retention = parse_duration(event_retention)
+        except ValueError as exc:
+            raise DeviceCAError(Kind.MALFORMED, f"--event-retention: {exc}") from None
+        setup = RealmSetup(svc.keycloak.admin, svc.policies, retention)
+        try:
+            changes = setup.plan()
+            if not changes:
+                click.echo("no policy maps devices to a Keycloak realm ([keycloak] realm = ...)")
+                return
+            for change in changes:
+                click.echo(("would " if dry_run and change.action != "unchanged" else "") + change.describe())
+            if not dry_run:
+                setup.apply([c for c in changes if c.action != "unchanged" or c.scopes])
+        except KeycloakError as exc:
+            raise _domain_error(exc) from None
 
     @keycloak.command("sync")
     @click.option("--dry-run", is_flag=True, help="Print the creates, updates and disables; change nothing.")
     @click.option("--json", "as_json", is_flag=True)
     @click.option("--all", "show_all", is_flag=True, help="Also list the clients that are already right.")
+    @click.option("--create-realms", is_flag=True, help="Create the policies' realms that do not exist yet "
+                  "(as `keycloak init-realm` does).")
     @click.pass_context
-    def keycloak_sync(ctx, dry_run, as_json, show_all) -> None:
+    def keycloak_sync(ctx, dry_run, as_json, show_all, create_realms) -> None:
         """Reconcile every device's Keycloak client with the certificates (idempotent).
 
         Creates the clients of devices with a valid certificate, updates clients whose settings
@@ -44,8 +80,20 @@ def register(cli: click.Group, services, actor, iso) -> None:
         """
         from device_ca.keycloak import KeycloakError
 
-        sync = services(ctx).keycloak
+        svc = services(ctx)
+        sync = svc.keycloak
         try:
+            if create_realms:
+                from device_ca.keycloak.realm import RealmSetup
+
+                missing = set(sync.missing_realms(sync.realms()))
+                if missing:
+                    setup = RealmSetup(sync.admin, svc.policies)
+                    changes = setup.plan(only=missing)
+                    for change in changes:
+                        click.echo(("would " if dry_run else "") + change.describe(), err=as_json)
+                    if not dry_run:
+                        setup.apply(changes)
             if dry_run:
                 report = sync.sync(dry_run=True)
             else:
@@ -57,8 +105,13 @@ def register(cli: click.Group, services, actor, iso) -> None:
                 else:
                     report = sync.sync(planned=planned)
         except KeycloakError as exc:
+            if not dry_run:
+                svc.store.state.record("keycloak.sync", {"error": str(exc)}, svc.clock.now())
             raise _domain_error(exc) from None
         failed = {(c.realm, c.client_id): error for c, error in report.failures}
+        if not dry_run:
+            svc.store.state.record("keycloak.sync", {"error": report.failures[0][1] if report.failures else None,
+                                                     **_summary(report)}, svc.clock.now())
         if as_json:
             click.echo(json.dumps({
                 "dry_run": dry_run,
@@ -95,12 +148,18 @@ def register(cli: click.Group, services, actor, iso) -> None:
         applied = [e for e in entries if e.applied_at is not None]
         errors = [e for e in pending if e.last_error]
         last_error = max(errors, key=lambda e: (e.attempts, e.id), default=None)
+        drain_note = svc.store.state.get("keycloak.drain")
+        sync_note = svc.store.state.get("keycloak.sync")
         settings = svc.settings.keycloak
         data = {
             "configured": settings is not None, "url": settings.url if settings else None,
             "pending": len(pending), "oldest_pending": iso(pending[0].created_at) if pending else None,
             "last_applied": iso(max(e.applied_at for e in applied)) if applied else None,
             "last_error": last_error.last_error if last_error else None,
+            "last_drain_error": drain_note[0]["error"] if drain_note else None,
+            "last_drain_error_at": iso(drain_note[1]) if drain_note else None,
+            "last_sync_at": iso(sync_note[1]) if sync_note else None,
+            "last_sync_error": sync_note[0].get("error") if sync_note else None,
             "entries": [{"id": e.id, "topic": e.topic, "device_id": e.device_id, "realm": e.payload.get("realm"),
                          "serial": e.payload.get("serial"), "created_at": iso(e.created_at), "attempts": e.attempts,
                          "next_attempt_at": iso(e.next_attempt_at), "last_error": e.last_error} for e in pending],
@@ -112,6 +171,11 @@ def register(cli: click.Group, services, actor, iso) -> None:
         click.echo(f"pending: {data['pending']}" + (f" (oldest {data['oldest_pending']})" if pending else ""))
         click.echo(f"last applied: {data['last_applied'] or '-'}")
         click.echo(f"last error: {data['last_error'] or '-'}")
+        click.echo("last drain error: " + (f"{data['last_drain_error_at']}  {data['last_drain_error']}"
+                                           if data["last_drain_error"] else "-"))
+        click.echo("last sync: " + (f"{data['last_sync_at']}  " + (f"failed: {data['last_sync_error']}"
+                                                                   if data["last_sync_error"] else "ok")
+                                    if data["last_sync_at"] else "-"))
         for e in data["entries"]:
             click.echo(f"  {e['id']:>6}  {e['topic']:<17} {e['device_id']:<20} {e['realm'] or '-':<12} "
                        f"attempts {e['attempts']}" + (f"  {e['last_error']}" if e["last_error"] else ""))

@@ -157,6 +157,14 @@ class AdminClient:
         status, _, _ = self.request("GET", f"/admin/realms/{_q(realm)}", expect=(200, 404))
         return status == 200
 
+    def get_realm(self, realm: str) -> dict | None:
+        status, body, _ = self.request("GET", f"/admin/realms/{_q(realm)}", expect=(200, 404))
+        return body if status == 200 else None
+
+    def update_realm(self, realm: str, representation: dict) -> None:
+        """PUT the given fields; Keycloak leaves the fields not given as they are."""
+        self.request("PUT", f"/admin/realms/{_q(realm)}", {"realm": realm, **representation}, expect=(204,))
+
     def create_realm(self, realm: str, **attributes) -> None:
         self.request("POST", "/admin/realms", {"realm": realm, "enabled": True, **attributes}, expect=(201,))
 
@@ -194,6 +202,27 @@ class AdminClient:
 
     def delete_client(self, realm: str, uuid: str) -> None:
         self.request("DELETE", f"/admin/realms/{_q(realm)}/clients/{_q(uuid)}", expect=(204, 404))
+
+    def logout_service_account(self, realm: str, uuid: str) -> None:
+        """End every session of the client's service account (its refresh tokens and sessions)."""
+        status, user, _ = self.request("GET", f"/admin/realms/{_q(realm)}/clients/{_q(uuid)}/service-account-user",
+                                       expect=(200, 400, 404))
+        if status == 200 and user and user.get("id"):
+            self.request("POST", f"/admin/realms/{_q(realm)}/users/{_q(user['id'])}/logout", expect=(204, 404))
+
+    # -- a client's own protocol mappers ------------------------------------------------------
+
+    def add_protocol_mapper(self, realm: str, uuid: str, mapper: dict) -> None:
+        self.request("POST", f"/admin/realms/{_q(realm)}/clients/{_q(uuid)}/protocol-mappers/models", mapper,
+                     expect=(201,))
+
+    def update_protocol_mapper(self, realm: str, uuid: str, mapper: dict) -> None:
+        self.request("PUT", f"/admin/realms/{_q(realm)}/clients/{_q(uuid)}/protocol-mappers/models/{_q(mapper['id'])}",
+                     mapper, expect=(204,))
+
+    def delete_protocol_mapper(self, realm: str, uuid: str, mapper_id: str) -> None:
+        self.request("DELETE", f"/admin/realms/{_q(realm)}/clients/{_q(uuid)}/protocol-mappers/models/{_q(mapper_id)}",
+                     expect=(204, 404))
 
     # -- client scopes ---------------------------------------------------------------------------
 

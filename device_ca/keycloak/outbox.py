@@ -24,6 +24,7 @@ from device_ca.ca.clock import Clock
 from device_ca.keycloak.admin import KeycloakError
 from device_ca.keycloak.sync import TOPIC_PREFIX, KeycloakSync
 from device_ca.store.outbox import OutboxRepo
+from device_ca.store.state import StateRepo
 
 log = logging.getLogger("device_ca.keycloak")
 
@@ -48,9 +49,11 @@ class DrainReport:
 
 
 class OutboxDrainer:
-    def __init__(self, sync: KeycloakSync, queue: OutboxRepo, clock: Clock, holder: str | None = None):
+    def __init__(self, sync: KeycloakSync, queue: OutboxRepo, clock: Clock, holder: str | None = None,
+                 state: StateRepo | None = None):
         self.sync = sync
         self.queue = queue
+        self.state = state                   # where the last failure is noted, with its time (keycloak status)
         self.clock = clock
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._paused_until: dt.datetime | None = None
@@ -106,6 +109,7 @@ class OutboxDrainer:
             # Unavailable: the whole drain pauses (nothing overtakes this row); refused: this row waits.
             retry = None if exc.unavailable else now + backoff(entry.attempts + 1, 300.0)
             self.queue.failed(entry.id, error, retry)
+            self._note(entry, error, now)
             if exc.unavailable:
                 self._unavailable_rounds += 1
                 self._paused_until = now + backoff(self._unavailable_rounds)
@@ -119,12 +123,21 @@ class OutboxDrainer:
             report.failed += 1
             report.last_error = error
             self.queue.failed(entry.id, error, now + backoff(entry.attempts + 1))
+            self._note(entry, error, now)
             log.error("outbox row %s for %s failed: %s", entry.id, entry.device_id, error)
             return False
         self.queue.applied(entry.id, self.clock.now(), change.outcome)
         report.applied += 1
         log.info("keycloak: %s (outbox %s)", change.describe(), entry.id)
         return True
+
+    def _note(self, entry, error: str, now: dt.datetime) -> None:
+        if self.state is None:
+            return
+        try:
+            self.state.record("keycloak.drain", {"error": error, "outbox": entry.id, "device_id": entry.device_id}, now)
+        except Exception:  # noqa: BLE001 - the note is for the operator; the row already holds the error
+            log.warning("could not note the drain's failure", exc_info=True)
 
     def release(self) -> None:
         self.queue.release_lease(LEASE, self.holder)

@@ -18,7 +18,7 @@ from device_ca.ca.clock import Clock
 from device_ca.errors import DeviceCAError
 from device_ca.keycloak.admin import AdminClient, KeycloakError
 from device_ca.keycloak.fleet import desired_clients
-from device_ca.keycloak.representation import DesiredClient
+from device_ca.keycloak.representation import MAPPER_PREFIX, DesiredClient
 from device_ca.policy import Policies
 from device_ca.policy.model import KeycloakMapping
 from device_ca.store import Store
@@ -107,7 +107,15 @@ class KeycloakSync:
     def reconcile_device(self, realm: str, device_id: str, dry_run: bool = False) -> Change:
         """Bring one device's client in one realm in line with the store (the outbox drainer's step)."""
         desired = self.desired(device_id, {device_id: {realm}})[(realm, device_id)]
-        change = plan(desired, self.admin.find_client(realm, device_id))
+        try:
+            actual = self.admin.find_client(realm, device_id)
+        except KeycloakError as exc:
+            if exc.status != 404 or self.admin.realm_exists(realm):
+                raise
+            if desired.enabled:
+                raise KeycloakError(_missing_realm([realm]), status=404) from None
+            return Change("absent", desired)          # no realm, no client to disable
+        change = plan(desired, actual)
         if not dry_run:
             self._apply_and_read_back(change)
         return change
@@ -122,12 +130,24 @@ class KeycloakSync:
                 realms_of_device.setdefault(entry.device_id, set()).add(entry.payload["realm"])
         desired = self.desired(realms_of_device=realms_of_device)
         changes = []
-        for realm in sorted({realm for realm, _ in desired}):
-            actual = {c.get("clientId"): c for c in self.admin.clients(realm)}
+        realms = {realm for realm, _ in desired}
+        missing = self.missing_realms(realms)
+        needed = [r for r in missing if r in self.realms() or any(d.enabled for (x, _), d in desired.items() if x == r)]
+        if needed:
+            raise KeycloakError(_missing_realm(needed), status=404)
+        for realm in sorted(realms):        # a realm no policy maps to any more, and gone: nothing to disable there
+            actual = {} if realm in missing else {c.get("clientId"): c for c in self.admin.clients(realm)}
             for (r, device_id), want in sorted(desired.items()):
                 if r == realm:
                     changes.append(plan(want, actual.get(device_id)))
         return Plan(changes, tuple(e.id for e in pending))
+
+    def realms(self) -> set[str]:
+        """The realms the policies map devices to."""
+        return {p.keycloak.realm for p in self.policies if p.keycloak is not None}
+
+    def missing_realms(self, realms: set[str]) -> list[str]:
+        return [realm for realm in sorted(realms) if not self.admin.realm_exists(realm)]
 
     def sync(self, dry_run: bool = False, on_change: Callable[[Change], None] | None = None,
              planned: Plan | None = None) -> SyncReport:
@@ -181,6 +201,9 @@ class KeycloakSync:
                 return change.uuid
         if change.action in ("update", "disable"):
             self.admin.update_client(desired.realm, change.uuid, desired.patched(change.actual))
+            if change.action == "disable":          # what Keycloak lets us revoke of what it already issued
+                self.admin.logout_service_account(desired.realm, change.uuid)
+            self._apply_mappers(desired, change.uuid, change.actual)
             add, remove = desired.scope_changes(_scope_names(change.actual))
             if add or remove:
                 scopes = self._ensure_scopes(desired.realm, add)
@@ -191,6 +214,15 @@ class KeycloakSync:
                     if name in current:
                         self.admin.remove_default_client_scope(desired.realm, change.uuid, current[name])
         return change.uuid
+
+    def _apply_mappers(self, desired: DesiredClient, uuid: str, actual: dict | None) -> None:
+        add, update, remove = desired.mapper_changes(actual)
+        for mapper in add:
+            self.admin.add_protocol_mapper(desired.realm, uuid, mapper)
+        for mapper in update:
+            self.admin.update_protocol_mapper(desired.realm, uuid, mapper)
+        for mapper in remove:
+            self.admin.delete_protocol_mapper(desired.realm, uuid, mapper["id"])
 
     @staticmethod
     def verify(change: Change, actual: dict | None) -> None:
@@ -217,6 +249,11 @@ class KeycloakSync:
             return known
 
 
+def _missing_realm(realms: list[str]) -> str:
+    return (f"realm {', '.join(realms)} does not exist in Keycloak: create it with 'device-ca keycloak init-realm' "
+            f"(or 'keycloak sync --create-realms')")
+
+
 def plan(desired: DesiredClient, actual: dict | None) -> Change:
     """Compare one client in Keycloak with what it should be."""
     if actual is None:
@@ -228,6 +265,10 @@ def plan(desired: DesiredClient, actual: dict | None) -> Change:
     fields = desired.differences(actual)
     add, remove = desired.scope_changes(_scope_names(actual))
     fields += [f"defaultClientScopes+{s}" for s in sorted(add)] + [f"defaultClientScopes-{s}" for s in sorted(remove)]
+    added, updated, removed = desired.mapper_changes(actual)
+    fields += [f"protocolMappers+{m['name'][len(MAPPER_PREFIX):]}" for m in added] + \
+        [f"protocolMappers~{m['name'][len(MAPPER_PREFIX):]}" for m in updated] + \
+        [f"protocolMappers-{m['name'][len(MAPPER_PREFIX):]}" for m in removed]
     return Change("update" if fields else "unchanged", desired, tuple(fields), uuid, actual)
 
 

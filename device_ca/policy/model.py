@@ -40,12 +40,21 @@ def parse_duration(text: str) -> dt.timedelta:
         raise ValueError(f"duration {text!r} is too long") from None
 
 
+CLIENT_AUTHENTICATORS = ("client-x509", "client-jwt")
+MAX_CLIENT_SESSION = dt.timedelta(days=30)
+
+
 @dataclass(frozen=True)
 class KeycloakMapping:
     realm: str
     default_client_scopes: tuple[str, ...] = ()
     access_token_lifespan: dt.timedelta = dt.timedelta(minutes=5)
     certificate_bound_tokens: bool = True
+    audience: tuple[str, ...] = ()                  # resource servers that may introspect the device's tokens
+    client_authenticator: str = "client-x509"       # or "client-jwt" (RFC 7523 private_key_jwt, the device's key)
+    device_authorization_grant: bool = False        # RFC 8628, for devices that act for a person
+    client_session_idle: dt.timedelta | None = None
+    client_session_max: dt.timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,8 @@ class Policy:
 _TOP_KEYS = {"description", "key_types", "device_id_pattern", "subject", "san", "eku", "key_agreement",
              "validity", "renewal_window", "rotation_grace", "enrollment", "require_approval",
              "manufacturer_cas", "keycloak", "authorizes", "idevid_reenroll"}
-_KEYCLOAK_KEYS = {"realm", "default_client_scopes", "access_token_lifespan", "certificate_bound_tokens"}
+_KEYCLOAK_KEYS = {"realm", "default_client_scopes", "access_token_lifespan", "certificate_bound_tokens", "audience",
+                  "client_authenticator", "device_authorization_grant", "client_session_idle", "client_session_max"}
 
 
 class PolicyError(DeviceCAError):
@@ -174,6 +184,19 @@ def _keycloak(data) -> KeycloakMapping:
         kw["access_token_lifespan"] = _duration(data, "access_token_lifespan", MAX_ACCESS_TOKEN_LIFESPAN)
     if "certificate_bound_tokens" in data:
         kw["certificate_bound_tokens"] = _bool(data, "certificate_bound_tokens")
+    if "audience" in data:
+        kw["audience"] = _strings(data, "audience")
+    if "client_authenticator" in data:
+        kw["client_authenticator"] = _str(data, "client_authenticator")
+        if kw["client_authenticator"] not in CLIENT_AUTHENTICATORS:
+            raise ValueError(f"[keycloak] client_authenticator must be one of {', '.join(CLIENT_AUTHENTICATORS)}")
+        if kw["client_authenticator"] == "client-jwt" and "certificate_bound_tokens" not in data:
+            kw["certificate_bound_tokens"] = False        # a signed JWT needs no TLS client certificate
+    if "device_authorization_grant" in data:
+        kw["device_authorization_grant"] = _bool(data, "device_authorization_grant")
+    for key in ("client_session_idle", "client_session_max"):
+        if key in data:
+            kw[key] = _duration(data, key, MAX_CLIENT_SESSION)
     return KeycloakMapping(**kw)
 
 

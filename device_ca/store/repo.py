@@ -17,6 +17,7 @@ from device_ca.store.enrollment import EnrollmentRepo
 from device_ca.store.issuance import IssuanceRepo
 from device_ca.store.issuance_sql import CERTIFICATES, DEVICES, INSERT_OUTBOX, SCOPES, outbox_row
 from device_ca.store.outbox import OutboxRepo
+from device_ca.store.state import StateRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
 from device_ca.store.records import (AuditCheckpoint, AuditEvent, AuditReport, CaRecord, CertificateRecord, OutboxMessage,
                                      Reservation, StationScope, utc)
@@ -35,6 +36,7 @@ class Store:
         self.queue = OutboxRepo(self.db)
         self.batches = BatchRepo(self.db)
         self.issuance = IssuanceRepo(self.db)
+        self.state = StateRepo(self.db)
 
     def ping(self) -> None:
         with self.db.read() as s:

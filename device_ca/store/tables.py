@@ -269,3 +269,12 @@ class BatchItemRow(SQLModel, table=True):
     not_after: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
     error: Optional[str] = Field(default=None, max_length=512)
     csr: Optional[bytes] = Field(default=None, sa_column=sa.Column(sa.LargeBinary, nullable=True))
+
+
+class ServiceStateRow(SQLModel, table=True):
+    """Small named facts about a service's last run, e.g. ``keycloak.sync``: its outcome and error."""
+
+    __tablename__ = "service_state"
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_column=sa.Column(sa.Text, nullable=False))      # JSON
+    at: dt.datetime = Field(sa_column=_ts())

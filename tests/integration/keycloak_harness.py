@@ -55,14 +55,37 @@ class Keycloak:
             raise RuntimeError(f"scripts/keycloak.sh {command} failed ({proc.returncode}): "
                                f"{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
 
-    def start(self, truststore: Path | None = None, fresh: bool = False) -> None:
+    def start(self, truststore: Path | None = None, fresh: bool = False, ready_timeout: int | None = None) -> None:
+        """Start and wait until ready; if that fails in any way (not ready in time, the script
+        itself timing out), nothing is left running and the error carries the log's tail."""
         extra = {"KEYCLOAK_FRESH": "1" if fresh else "0"}
         if truststore is not None:
             extra["KEYCLOAK_TRUSTSTORE"] = str(truststore)
-        self._run("start", **extra)
+        if ready_timeout is not None:
+            extra["KEYCLOAK_READY_TIMEOUT"] = str(ready_timeout)
+        try:
+            self._run("start", **extra)
+        except BaseException as exc:
+            self.stop()
+            log = self.state / "keycloak.log"
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "(no log)"
+            raise RuntimeError(f"Keycloak did not start: {exc}\n--- keycloak.log ---\n{tail}") from None
 
     def stop(self) -> None:
-        self._run("stop", timeout=60)
+        """Stop it, whatever state it is in: the script first, then a kill of its process group."""
+        import signal
+
+        try:
+            self._run("stop", timeout=60)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            pass
+        pid_file = self.state / "keycloak.pid"
+        if pid_file.exists():
+            try:
+                os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError, PermissionError):
+                pass
+            pid_file.unlink(missing_ok=True)
 
     def running(self) -> bool:
         return subprocess.run([str(SCRIPT), "status"], env=self._env(), capture_output=True).returncode == 0
@@ -84,11 +107,15 @@ class Keycloak:
 
     def token(self, realm: str, client_id: str, cert: Path, key: Path) -> tuple[int, dict]:
         """A device's client-credentials grant over mutual TLS to the HTTPS port, no secret (curl)."""
+        return self.post_mtls(f"/realms/{realm}/protocol/openid-connect/token", cert, key,
+                              grant_type="client_credentials", client_id=client_id)
+
+    def post_mtls(self, path: str, cert: Path, key: Path, **form: str) -> tuple[int, dict]:
+        """A form POST to the HTTPS port with the device's certificate (curl); (status, JSON answer)."""
+        data = [arg for name, value in form.items() for arg in ("-d", f"{name}={value}")]
         proc = subprocess.run(
             ["curl", "-s", "-w", "\n%{http_code}", "--max-time", "30", "--cacert", str(self.server_cert),
-             "--cert", str(cert), "--key", str(key), "-d", "grant_type=client_credentials", "-d",
-             f"client_id={client_id}",
-             f"https://127.0.0.1:{self.https_port}/realms/{realm}/protocol/openid-connect/token"],
+             "--cert", str(cert), "--key", str(key), *data, f"https://127.0.0.1:{self.https_port}{path}"],
             capture_output=True, text=True, timeout=60)
         body, _, status = proc.stdout.rpartition("\n")
         try:
@@ -96,6 +123,68 @@ class Keycloak:
         except ValueError:
             answer = {"raw": body}
         return int(status or 0), answer
+
+    def add_user(self, realm: str, username: str, password: str) -> str:
+        """A person in the realm (complete profile, permanent password, nothing left to do at login)."""
+        admin = self.admin()
+        _, _, headers = admin.request("POST", f"/admin/realms/{realm}/users", {
+            "username": username, "enabled": True, "emailVerified": True, "email": f"{username}@example.com",
+            "firstName": username.title(), "lastName": "Tester", "requiredActions": []}, expect=(201,))
+        user_id = headers["location"].rstrip("/").rsplit("/", 1)[-1]
+        admin.request("PUT", f"/admin/realms/{realm}/users/{user_id}/reset-password",
+                      {"type": "password", "value": password, "temporary": False}, expect=(204,))
+        return user_id
+
+    def approve_device(self, verification_uri_complete: str, username: str, password: str) -> str:
+        """What the person does on their phone for RFC 8628: open the verification URI, log in,
+        grant access if asked; no browser, the forms are posted over HTTPS. Returns the last page."""
+        import html
+        import http.cookiejar
+        import re
+        import ssl
+        import urllib.parse
+        import urllib.request
+
+        context = ssl.create_default_context(cafile=str(self.server_cert))
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+                                             urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+        where = [verification_uri_complete]
+
+        def fetch(url: str, form: dict | None = None) -> str:
+            data = urllib.parse.urlencode(form).encode() if form is not None else None
+            with opener.open(urllib.request.Request(url, data), timeout=30) as r:
+                where[0] = r.geturl()
+                return r.read().decode("utf-8", "replace")
+
+        def action(page: str) -> str:
+            found = re.search(r'<form[^>]*action="([^"]+)"', page)
+            if not found:
+                raise AssertionError(f"no form on the page: {page[:500]}")
+            return urllib.parse.urljoin(where[0], html.unescape(found.group(1)))
+
+        page = fetch(verification_uri_complete)
+        if 'name="device_user_code"' in page:                    # asked for the code although it was in the URI
+            code = urllib.parse.parse_qs(urllib.parse.urlsplit(verification_uri_complete).query)["user_code"][0]
+            page = fetch(action(page), {"device_user_code": code})
+        page = fetch(action(page), {"username": username, "password": password, "credentialId": ""})
+        if 'name="accept"' in page:                               # the consent screen
+            page = fetch(action(page), {"accept": "Yes"})
+        return page
+
+
+def processes_using(path: Path) -> list[int]:
+    """Processes whose command line names ``path`` (a Keycloak's state directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if str(path).encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 def new_keycloak(state: Path) -> Keycloak:

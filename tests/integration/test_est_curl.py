@@ -19,7 +19,7 @@ from integration.server_harness import policy_dir_with
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BR_SAN = "URI:urn:dev:ops:buildingco-badge-reader-{}"
+BR_SAN = "URI:urn:dev:org:32473-{}"
 
 
 @pytest.fixture(scope="module")

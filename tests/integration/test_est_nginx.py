@@ -57,7 +57,7 @@ def _enroll_through(env, tmp_path, via_nginx, chain, device):
     current = tmp_path / f"{device}.pem"
     current.write_bytes(cert.public_bytes(Encoding.PEM))
     _, renew = device_csr(tmp_path, f"{device}r", f"/O=BuildingCo/OU=badge-reader/CN={device}",
-                          san=f"URI:urn:dev:ops:buildingco-badge-reader-{device}", key=key)
+                          san=f"URI:urn:dev:org:32473-{device}", key=key)
     return cert, current, key, renew
 
 

@@ -39,7 +39,7 @@ def test_chunked_bodies_over_the_limit_are_413(served):
                                       "-H", "Content-Type: application/pkcs10", *framing, body=big)
         assert status == 413, (framing, status, body)
     _, csr = device_csr(tmp, "br-901", "/O=BuildingCo/OU=badge-reader/CN=br-901",
-                        san="URI:urn:dev:ops:buildingco-badge-reader-br-901")
+                        san="URI:urn:dev:org:32473-br-901")
     status, body, _ = server.curl("/badge-reader/simpleenroll", "-u", f"br-901:{secret}",
                                   "-H", "Content-Type: application/pkcs10", body=csr)
     assert status == 200, body                                   # the token was still unused

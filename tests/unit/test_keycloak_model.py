@@ -68,14 +68,69 @@ def test_the_client_representation_follows_the_policy():
     assert body["attributes"] == {
         "x509.subjectdn": "CN=lock-1,O=BuildingCo", "x509.allow.regex.pattern.comparison": "false",
         "x509.casubjectdn": "CN=Root CA,O=BuildingCo", "access.token.lifespan": "300",
-        "tls.client.certificate.bound.access.tokens": "true"}
+        "tls.client.certificate.bound.access.tokens": "true", "oauth2.device.authorization.grant.enabled": "false"}
     assert body["defaultClientScopes"] == ["door-lock"]
+    assert [m["name"] for m in body["protocolMappers"]] == ["device-ca device_id"]     # no serial, no policy given
+
+
+def test_the_policy_puts_claims_audiences_sessions_and_the_jwt_credential_into_the_client():
+    import base64
+
+    cert = _cert(_name((NameOID.ORGANIZATION_NAME, "BuildingCo"), (NameOID.COMMON_NAME, "lock-1")))
+    mapping = dataclasses.replace(MAPPING, audience=("mqtt-broker", "building-api"), client_authenticator="client-jwt",
+                                  certificate_bound_tokens=False, device_authorization_grant=True,
+                                  client_session_idle=dt.timedelta(minutes=30), client_session_max=dt.timedelta(hours=8))
+    want = DesiredClient.for_certificate(mapping, "lock-1", cert, cert, "0a1b", "door-lock")
+    body = want.representation()
+    assert body["clientAuthenticatorType"] == "client-jwt"
+    assert body["attributes"] == {
+        "access.token.lifespan": "300", "tls.client.certificate.bound.access.tokens": "false",
+        "oauth2.device.authorization.grant.enabled": "true", "use.jwks.url": "false",
+        "jwt.credential.certificate": base64.b64encode(cert.public_bytes(Encoding.DER)).decode(),
+        "client.session.idle.timeout": "1800", "client.session.max.lifespan": "28800"}
+    claims = {m["config"]["claim.name"]: m["config"]["claim.value"] for m in body["protocolMappers"]
+              if m["protocolMapper"] == "oidc-hardcoded-claim-mapper"}
+    assert claims == {"device_id": "lock-1", "device_class": "door-lock", "cert_serial": "0a1b"}
+    assert [m["config"]["included.custom.audience"] for m in body["protocolMappers"]
+            if m["protocolMapper"] == "oidc-audience-mapper"] == ["mqtt-broker", "building-api"]
+    # a renewal changes the serial: one mapper to update, nothing else; a mapper device-ca no longer wants goes
+    actual = {**body, "id": "u1", "defaultClientScopes": ["door-lock"],
+              "protocolMappers": [{**m, "id": f"m{i}"} for i, m in enumerate(body["protocolMappers"])]
+              + [{"name": "device-ca audience old", "id": "mx", "protocolMapper": "oidc-audience-mapper", "config": {}},
+                 {"name": "hand-made", "id": "my", "protocolMapper": "oidc-audience-mapper", "config": {}}]}
+    renewed = dataclasses.replace(want, serial="0c2d")
+    change = plan(renewed, actual)
+    assert change.action == "update"
+    assert change.fields == ("protocolMappers~cert_serial", "protocolMappers-audience old")
+    add, update, remove = renewed.mapper_changes(actual)
+    assert (add, [m["id"] for m in update], [m["id"] for m in remove]) == ([], ["m2"], ["mx"])
+    assert "protocolMappers" not in renewed.patched(actual)          # mappers have their own endpoints
+
+
+def test_policy_keycloak_settings_are_checked(tmp_path):
+    from device_ca.policy.model import PolicyError, load_policy
+
+    def load(text):
+        path = tmp_path / "p.toml"
+        path.write_text('subject = "CN={device_id}"\n[keycloak]\nrealm = "r"\n' + text)
+        return load_policy(path).keycloak
+
+    jwt = load('client_authenticator = "client-jwt"\naudience = ["mqtt-broker"]\nclient_session_idle = "30m"\n')
+    assert (jwt.client_authenticator, jwt.certificate_bound_tokens, jwt.audience, jwt.client_session_idle) == \
+        ("client-jwt", False, ("mqtt-broker",), dt.timedelta(minutes=30))
+    assert load("").certificate_bound_tokens is True and load("").client_authenticator == "client-x509"
+    for bad, reason in (('client_authenticator = "client-secret"', "client_authenticator must be one of"),
+                        ('audience = "mqtt"', "must be a list"), ('client_session_max = "90d"', "exceeds the ceiling"),
+                        ("device_authorization_grant = 1", "must be true or false")):
+        with pytest.raises(PolicyError, match=reason):
+            load(bad + "\n")
 
 
 def test_plan_names_what_differs_and_nothing_when_equal():
     cert = _cert(_name((NameOID.COMMON_NAME, "lock-1")))
     want = DesiredClient.for_certificate(MAPPING, "lock-1", cert, cert)
     actual = {**want.representation(), "id": "u1", "defaultClientScopes": ["service_account", "door-lock"]}
+    actual["protocolMappers"] = [{**m, "id": "m1"} for m in actual["protocolMappers"]]
     assert plan(want, actual).action == "unchanged"
     assert plan(want, None).action == "create"
     edited = {**actual, "directAccessGrantsEnabled": True, "defaultClientScopes": ["service_account", "email"],
@@ -154,3 +209,14 @@ def test_keycloak_settings_and_secrets_from_environment_or_file(tmp_path):
     (tmp_path / "device-ca.toml").write_text('keycloak_password = "no"\n')
     with pytest.raises(DeviceCAError, match="unknown settings keycloak_password"):
         Settings.load(home)
+
+
+def test_realm_settings_name_what_differs():
+    from device_ca.keycloak.realm import _differences, realm_settings
+
+    wanted = realm_settings(dt.timedelta(days=7))
+    assert wanted["eventsExpiration"] == 7 * 86400 and wanted["bruteForceProtected"] is True
+    actual = {**wanted, "displayName": "kept", "attributes": {"adminEventsExpiration": str(7 * 86400), "other": "x"}}
+    assert _differences(wanted, actual) == []
+    edited = {**actual, "bruteForceProtected": False, "attributes": {"other": "x"}}
+    assert _differences(wanted, edited) == ["bruteForceProtected", "attributes.adminEventsExpiration"]

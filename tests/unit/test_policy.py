@@ -31,6 +31,27 @@ def test_shipped_policies_load(policies):
     assert policies.get("env-sensor").keycloak.access_token_lifespan == dt.timedelta(minutes=10)
 
 
+def test_shipped_policies_take_the_articles_names_with_rfc9039_urns(policies):
+    """Descriptive device ids (`door-lock-floor-1-room-101`, `badge-reader-entrance`) besides the
+    short ones; the SAN is an RFC 9039 `urn:dev:org:<PEN>-<id>`; realm and scopes as in the
+    smart-building example."""
+    import re
+
+    for policy, device in (("door-lock", "door-lock-floor-1-room-101"), ("door-lock", "lock-101"),
+                           ("badge-reader", "badge-reader-entrance"), ("badge-reader", "br-7")):
+        request = apply(policies.get(policy), csrs.load(make_csr(None)), device)
+        (san,) = request.sans
+        assert san == x509.UniformResourceIdentifier(f"urn:dev:org:32473-{device}")
+        assert re.fullmatch(r"urn:dev:org:[1-9][0-9]*-[A-Za-z0-9._~-]+", san.value)       # RFC 9039 §4.4
+    with pytest.raises(DeviceCAError):
+        apply(policies.get("door-lock"), csrs.load(make_csr(None)), "badge-reader-entrance")
+    assert {p.keycloak.realm for p in policies if p.keycloak} == {"smart-building"}
+    assert policies.get("door-lock").keycloak.default_client_scopes == ("door-access",)
+    assert policies.get("env-sensor").keycloak.default_client_scopes == ("device-telemetry",)
+    assert policies.get("badge-reader").keycloak.device_authorization_grant is True
+    assert policies.get("door-lock").keycloak.client_session_idle == dt.timedelta(minutes=30)
+
+
 def test_minimal_policy_gets_defaults(tmp_path):
     p = load_policy(write(tmp_path, BASE))
     assert p.name == "cam" and p.key_types == ("ec:P-256",) and p.eku == ("clientAuth",)
@@ -70,7 +91,7 @@ def test_apply_builds_the_template(policies):
     policy = policies.get("door-lock")
     request = apply(policy, csrs.load(make_csr("lock-101")), "lock-101")
     assert request.subject.rfc4514_string() == "CN=lock-101,OU=door-lock,O=BuildingCo"
-    assert request.sans == (x509.UniformResourceIdentifier("urn:dev:ops:buildingco-door-lock-lock-101"),)
+    assert request.sans == (x509.UniformResourceIdentifier("urn:dev:org:32473-lock-101"),)
     assert request.validity == dt.timedelta(days=365)
 
 
