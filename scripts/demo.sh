@@ -46,7 +46,7 @@ secret=$(device-ca token create --policy badge-reader --device-id "$dev" --ttl 1
 echo "device $dev, token ${secret:0:6}... (shown once, stored only as a hash)"
 
 step "The device makes its key and CSR (openssl) and enrolls over EST (curl, HTTP Basic with the token)"
-san="URI:urn:dev:ops:buildingco-badge-reader-$dev"
+san="URI:urn:dev:org:32473-$dev"
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/$dev.key" \
     -subj "/O=BuildingCo/OU=badge-reader/CN=$dev" -addext "subjectAltName=$san" -outform DER -out "$out/$dev.csr" 2>/dev/null
 base64 "$out/$dev.csr" > "$out/$dev.b64"
