@@ -34,8 +34,10 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.option("--dry-run", is_flag=True, help="Print what would be created or changed; change nothing.")
     @click.option("--event-retention", default="30d", show_default=True,
                   help="How long Keycloak keeps login and admin events (e.g. 7d, 90d).")
+    @click.option("--ocsp-url", help="device-ca's OCSP responder as Keycloak reaches it, for policies with "
+                  "ocsp_checked_user_flow (default: public_url + /ocsp).")
     @click.pass_context
-    def keycloak_init_realm(ctx, dry_run, event_retention) -> None:
+    def keycloak_init_realm(ctx, dry_run, event_retention, ocsp_url) -> None:
         """Create or update every realm the policies name (idempotent).
 
         Each realm is enabled, with brute-force detection, login and admin events kept for
@@ -51,7 +53,8 @@ def register(cli: click.Group, services, actor, iso) -> None:
             retention = parse_duration(event_retention)
         except ValueError as exc:
             raise DeviceCAError(Kind.MALFORMED, f"--event-retention: {exc}") from None
-        setup = RealmSetup(svc.keycloak.admin, svc.policies, retention)
+        setup = RealmSetup(svc.keycloak.admin, svc.policies, retention,
+                           ocsp_url or f"{svc.settings.public_url}/ocsp")
         try:
             changes = setup.plan()
             if not changes:
@@ -88,7 +91,7 @@ def register(cli: click.Group, services, actor, iso) -> None:
 
                 missing = set(sync.missing_realms(sync.realms()))
                 if missing:
-                    setup = RealmSetup(sync.admin, svc.policies)
+                    setup = RealmSetup(sync.admin, svc.policies, ocsp_url=f"{svc.settings.public_url}/ocsp")
                     changes = setup.plan(only=missing)
                     for change in changes:
                         click.echo(("would " if dry_run else "") + change.describe(), err=as_json)

@@ -210,6 +210,42 @@ class AdminClient:
         if status == 200 and user and user.get("id"):
             self.request("POST", f"/admin/realms/{_q(realm)}/users/{_q(user['id'])}/logout", expect=(204, 404))
 
+    # -- authentication flows -------------------------------------------------------------------
+
+    def flows(self, realm: str) -> dict[str, dict]:
+        _, flows, _ = self.request("GET", f"/admin/realms/{_q(realm)}/authentication/flows")
+        return {f["alias"]: f for f in flows or []}
+
+    def create_flow(self, realm: str, alias: str, description: str) -> None:
+        self.request("POST", f"/admin/realms/{_q(realm)}/authentication/flows",
+                     {"alias": alias, "description": description, "providerId": "basic-flow", "topLevel": True,
+                      "builtIn": False}, expect=(201,))
+
+    def executions(self, realm: str, alias: str) -> list[dict]:
+        _, found, _ = self.request("GET", f"/admin/realms/{_q(realm)}/authentication/flows/{_q(alias)}/executions")
+        return found or []
+
+    def add_execution(self, realm: str, alias: str, provider: str) -> None:
+        self.request("POST", f"/admin/realms/{_q(realm)}/authentication/flows/{_q(alias)}/executions/execution",
+                     {"provider": provider}, expect=(201,))
+
+    def update_execution(self, realm: str, alias: str, execution: dict) -> None:
+        self.request("PUT", f"/admin/realms/{_q(realm)}/authentication/flows/{_q(alias)}/executions", execution,
+                     expect=(202, 204))
+
+    def authenticator_config(self, realm: str, config_id: str) -> dict | None:
+        status, found, _ = self.request("GET", f"/admin/realms/{_q(realm)}/authentication/config/{_q(config_id)}",
+                                        expect=(200, 404))
+        return found if status == 200 else None
+
+    def create_authenticator_config(self, realm: str, execution_id: str, alias: str, config: dict) -> None:
+        self.request("POST", f"/admin/realms/{_q(realm)}/authentication/executions/{_q(execution_id)}/config",
+                     {"alias": alias, "config": config}, expect=(201,))
+
+    def update_authenticator_config(self, realm: str, config_id: str, alias: str, config: dict) -> None:
+        self.request("PUT", f"/admin/realms/{_q(realm)}/authentication/config/{_q(config_id)}",
+                     {"id": config_id, "alias": alias, "config": config}, expect=(204,))
+
     # -- a client's own protocol mappers ------------------------------------------------------
 
     def add_protocol_mapper(self, realm: str, uuid: str, mapper: dict) -> None:

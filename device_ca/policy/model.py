@@ -55,6 +55,7 @@ class KeycloakMapping:
     device_authorization_grant: bool = False        # RFC 8628, for devices that act for a person
     client_session_idle: dt.timedelta | None = None
     client_session_max: dt.timedelta | None = None
+    ocsp_checked_user_flow: bool = False            # init-realm: an X.509 user login that asks device-ca's OCSP
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ _TOP_KEYS = {"description", "key_types", "device_id_pattern", "subject", "san", 
              "validity", "renewal_window", "rotation_grace", "enrollment", "require_approval",
              "manufacturer_cas", "keycloak", "authorizes", "idevid_reenroll"}
 _KEYCLOAK_KEYS = {"realm", "default_client_scopes", "access_token_lifespan", "certificate_bound_tokens", "audience",
-                  "client_authenticator", "device_authorization_grant", "client_session_idle", "client_session_max"}
+                  "client_authenticator", "device_authorization_grant", "client_session_idle", "client_session_max",
+                  "ocsp_checked_user_flow"}
 
 
 class PolicyError(DeviceCAError):
@@ -194,6 +196,8 @@ def _keycloak(data) -> KeycloakMapping:
             kw["certificate_bound_tokens"] = False        # a signed JWT needs no TLS client certificate
     if "device_authorization_grant" in data:
         kw["device_authorization_grant"] = _bool(data, "device_authorization_grant")
+    if "ocsp_checked_user_flow" in data:
+        kw["ocsp_checked_user_flow"] = _bool(data, "ocsp_checked_user_flow")
     for key in ("client_session_idle", "client_session_max"):
         if key in data:
             kw[key] = _duration(data, key, MAX_CLIENT_SESSION)
