@@ -105,6 +105,14 @@ class _Refused(Exception):
         self.status, self.text = status, text
 
 
+class _Refusal:
+    """A refusal queued behind requests of the same connection still being answered (answers keep their order)."""
+    __slots__ = ("status", "text")
+
+    def __init__(self, status: int, text: str):
+        self.status, self.text = status, text
+
+
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 301: "Moved Permanently",
             302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
@@ -351,7 +359,11 @@ class Connection(asyncio.Protocol):
             return
         self._send(request, reply)
         while self.pending and not self.busy and not self.closing:     # pipelined behind it, in order
-            self._answer(self.pending.popleft())
+            item = self.pending.popleft()
+            if isinstance(item, _Refusal):
+                self._refuse(item.status, item.text)
+            else:
+                self._answer(item)
         if self.paused and not self.pending and not self.closing:
             self.paused = False
             self.transport.resume_reading()
@@ -387,8 +399,16 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def _refuse(self, status: int, text: str) -> None:
-        """Answer a request that is not read further (408, 413, 431, 400) and close the connection."""
+        """Answer a request that is not read further (408, 413, 431, 400) and close the connection;
+        after the answers to the requests before it, if any are still being made."""
         if self.closing:
+            return
+        if self.busy or self.pending:
+            self.pending.append(_Refusal(status, text))
+            self.started = None
+            if not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
             return
         self.closing = True
         self.started = None

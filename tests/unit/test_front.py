@@ -230,6 +230,16 @@ def test_an_upgrade_is_ignored_the_request_answered_and_the_connection_closed():
         assert s.recv(100) == b""
 
 
+def test_a_refusal_behind_a_request_still_being_answered_comes_after_its_answer():
+    app = Recorder(delay=0.1)
+    with serving(Site(app, limits=Limits(max_body=lambda p: 10))) as port, _connect(port) as s:
+        s.sendall(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\nPOST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n")
+        assert _read_reply(s)[::2] == (200, b"/first 0")
+        status, headers, _ = _read_reply(s)
+        assert (status, headers["connection"]) == (413, "close")
+    assert [c["path"] for c in app.calls] == ["/first"]
+
+
 def test_large_bodies_wait_in_a_file_and_arrive_whole():
     app = Recorder()
     payload = bytes(range(256)) * ((front.SPOOL_BYTES * 2) // 256)
