@@ -28,13 +28,13 @@ from device_ca.web.ratelimit import RateLimiter
 
 log = logging.getLogger("device_ca.serve")
 
-HTTP_STOP_GRACE = 10.0
+HTTP_STOP_GRACE = 10.0    # seconds the HTTP listener gets to stop before it is killed
 # One HTTPS worker per core, many threads each: the threads of a worker share their issuing
 # transactions (group commit), and fewer processes contend less for the database's writer lock.
 # Measured (benchmarks/est_bench.py, 2 cores, 16 clients): 2 x 8 spends 2.3-2.6 ms of server CPU
 # per enrollment, 4 x 2 spent 3.9-4.4 ms.
 DEFAULT_WORKERS = max(2, os.cpu_count() or 2)
-DEFAULT_THREADS = 8       # seconds the HTTP listener gets to stop before it is killed
+DEFAULT_THREADS = 8
 
 
 @dataclass(frozen=True)
