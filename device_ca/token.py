@@ -23,6 +23,11 @@ def unavailable(exc: hsm.HsmError) -> DeviceCAError:
     return DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc)
 
 
+def about_a_key(exc: DeviceCAError) -> bool:
+    """Whether the token refused because of one key (missing, ambiguous label), not as a whole."""
+    return isinstance(exc.cause, hsm.HsmError) and exc.cause.reason == "key"
+
+
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
     """HsmError raised inside the block leaves it as DeviceCAError(HSM_UNAVAILABLE)."""

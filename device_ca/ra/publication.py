@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,7 +33,7 @@ from device_ca import files
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.runtime import BoundedCache
 from device_ca.store import Store
-from device_ca.token import CaToken
+from device_ca.token import CaToken, about_a_key
 from device_ca.store.status import CertStatus, Presigned, StoredCrl
 
 log = logging.getLogger("device_ca.ra.publication")
@@ -181,13 +182,19 @@ class StatusPublisher:
         return len(signed)
 
     def ensure_responder(self) -> tuple[x509.Certificate, bool]:
-        """The active responder certificate, a new one (key generated on the token) if it is due."""
+        """The active responder certificate, a new one (key generated on the token) if it is due,
+        or if its key is not usable on the token: missing (a key deleted, or a row whose key was
+        never made) or ambiguous (two keys under one label, as two nodes starting in the same
+        second used to make). The start repairs the token's state instead of refusing forever."""
         now = self.clock.now()
         stored = self.store.status.active_responder(self.ca, now)
         if stored is not None and stored.not_after - now > ROTATE_BEFORE:
-            return x509.load_der_x509_certificate(stored.der), False
+            problem = self._key_problem(stored.key_label)
+            if problem is None:
+                return x509.load_der_x509_certificate(stored.der), False
+            log.warning("OCSP responder key %s %s: making a new responder", stored.key_label, problem)
         issuer = self._issuer()
-        label = f"device-ca-ocsp-{now:%Y%m%d%H%M%S}"
+        label = f"device-ca-ocsp-{now:%Y%m%d%H%M%S}-{secrets.token_hex(6)}"     # unique across nodes
         key = self.token.generate(label, issuer.key_type)
         serial = new_serial()
         certificate = ocsp.build_responder_certificate(issuer.certificate, issuer.signer, key.public_key(), self.clock,
@@ -198,6 +205,14 @@ class StatusPublisher:
         self._responder = None
         log.info("new OCSP responder certificate %s (key %s)", to_hex(serial), label)
         return certificate, True
+
+    def _key_problem(self, label: str) -> str | None:
+        try:
+            return None if self.token.find(label) is not None else "is not on the token"
+        except DeviceCAError as exc:
+            if not about_a_key(exc):
+                raise                                  # the token itself is unavailable: nothing to repair
+            return f"cannot be used ({exc.detail})"
 
     # -- CRL -------------------------------------------------------------------------------
 

@@ -222,5 +222,5 @@ class StatusRepo:
             row = c.execute(sa.select(_RESPONDERS.c.id, _RESPONDERS.c.key_label, _RESPONDERS.c.der,
                                       _RESPONDERS.c.not_after)
                             .where(_RESPONDERS.c.ca == ca, _RESPONDERS.c.not_after > now)
-                            .order_by(_RESPONDERS.c.not_after.desc()).limit(1)).first()
+                            .order_by(_RESPONDERS.c.not_after.desc(), _RESPONDERS.c.id.desc()).limit(1)).first()
         return None if row is None else StoredResponder(row[0], row[1], bytes(row[2]), utc(row[3]))

@@ -270,3 +270,38 @@ def test_verify_cross_checks_the_certificates_table_against_the_chain(ca_env, tm
         f"audit: certificate {planted} has no issuance event (inserted outside issuance, or its event deleted)",
         f"audit: certificate {serials['lock-8']} is revoked without a revocation event",
         f"audit: certificate {serials['lock-9']} has an issuance event but its certificate row is gone"]), problems
+
+
+def test_a_responder_key_missing_or_ambiguous_is_replaced_not_refused_forever(ca_env):
+    """Issue 17, item 1 (key labels): responder key labels are unique (two nodes starting in the
+    same second made two keys under one label, and every start then exited 11). A start that finds
+    the active responder's key ambiguous on the token, or gone, makes a new responder instead."""
+    import re
+
+    def pkcs11(*args: str) -> None:
+        proc = subprocess.run(["pkcs11-tool", "--module", MODULE, "--token-label", ca_env.token, "--login",
+                               "--pin", "env:TEST_PIN", *args], capture_output=True, text=True,
+                              env={**ca_env.env, "TEST_PIN": ca_env.pin})
+        assert proc.returncode == 0, proc.stderr
+
+    def active_label() -> str:
+        engine = sa.create_engine(ca_env.database_url)
+        with engine.connect() as c:
+            label = c.execute(sa.text("SELECT key_label FROM ocsp_responders ORDER BY id DESC")).scalars().first()
+        engine.dispose()
+        return label
+
+    ca_env.run("ocsp", "refresh")
+    first = active_label()
+    assert re.fullmatch(r"device-ca-ocsp-\d{14}-[0-9a-f]{12}", first), first
+    assert b"current OCSP responder" in ca_env.run("ocsp", "refresh").stdout
+
+    pkcs11("--keypairgen", "--key-type", "EC:prime256v1", "--label", first)      # a second key under its label
+    assert b"new OCSP responder" in ca_env.run("ocsp", "refresh").stdout
+    second = active_label()
+    assert second != first
+
+    pkcs11("--delete-object", "--type", "privkey", "--label", second)            # a row whose key is gone
+    assert b"new OCSP responder" in ca_env.run("ocsp", "refresh").stdout
+    assert active_label() not in (first, second)
+    assert b"current OCSP responder" in ca_env.run("ocsp", "refresh").stdout
