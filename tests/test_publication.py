@@ -157,3 +157,21 @@ def test_token_unavailable_answers_try_later(setup, store, clock, tmp_path):
         answer = publisher.respond(der)
         response = x509_ocsp.load_der_ocsp_response(answer.der)
         assert response.response_status == x509_ocsp.OCSPResponseStatus.TRY_LATER and not answer.cacheable
+
+
+def test_every_node_writes_the_newest_crl_whoever_signed_it(setup, store, tmp_path):
+    """Issue 17, item 2: two nodes (two publishers, their own CRL files, one database). The CRL node
+    A signs reaches node B's file on B's next janitor round; B never writes back an older one."""
+    from device_ca.ra.publication import _crl_number
+
+    ra, service, *_ = setup
+    node_b = StatusPublisher(store, service._issuer, service.token, service.clock, tmp_path / "b" / "issuing.crl")
+    first = service.generate_crl()
+    assert node_b.sync_crl_file() is True and _crl_number(node_b.crl_path) == first.number
+    assert node_b.sync_crl_file() is False                            # nothing newer: nothing written
+    second = service.generate_crl()
+    assert second.number > first.number
+    assert node_b.sync_crl_file() is True and node_b.crl_path.read_bytes() == second.der
+    node_b.crl_path.write_bytes(b"garbage")                           # a damaged file is replaced too
+    node_b._file_number = None
+    assert node_b.sync_crl_file() is True and _crl_number(node_b.crl_path) == second.number

@@ -1,5 +1,6 @@
 """The periodic jobs of a running CA: publish a CRL when a revocation asks for one or half its
-validity has passed; pre-sign OCSP answers for new, revoked and ageing certificates; revoke
+validity has passed, and otherwise bring this node's CRL file up to the newest CRL in the
+database (signed by another node); pre-sign OCSP answers for new, revoked and ageing certificates; revoke
 superseded certificates whose rotation grace is over; rotate the OCSP responder certificate; sign
 an audit checkpoint every 30 s in which events were added and after every CRL.
 
@@ -45,6 +46,8 @@ class Janitor:
         if self.publisher.crl_due():
             self.publisher.generate_crl()
             published = True
+        else:
+            self.publisher.sync_crl_file()        # a CRL another node signed
         signed = self.publisher.presign()
         if signed:
             log.info("pre-signed %d OCSP answers", signed)

@@ -68,6 +68,7 @@ class StatusPublisher:
         self.token = token
         self.clock = clock
         self.crl_path = crl_path
+        self._file_number: int | None = None      # the CRL number known to be in crl_path
         self.linter = linter
         self._responder: tuple[ocsp.Responder, dt.datetime, int] | None = None
         self._cache = BoundedCache(ANSWER_CACHE_BYTES)      # (CertID, status, responder) -> OcspAnswer
@@ -231,8 +232,25 @@ class StatusPublisher:
             raise
         self.crl_path.parent.mkdir(parents=True, exist_ok=True)
         files.publish(self.crl_path, der)
+        self._file_number = number
         log.info("CRL %d published with %d entries", number, len(entries))
         return StoredCrl(number, crl.last_update_utc, crl.next_update_utc, der)
+
+    def sync_crl_file(self) -> bool:
+        """Write the newest CRL of the database to ``crl_path`` when the file holds an older one
+        (another node signed it): every node's file follows the newest CRL within a janitor round."""
+        latest = self.store.status.latest_crl(self.ca)
+        if latest is None or latest.number == self._file_number:
+            return False
+        current = _crl_number(self.crl_path)
+        if current is not None and current >= latest.number:
+            self._file_number = current
+            return False
+        self.crl_path.parent.mkdir(parents=True, exist_ok=True)
+        files.publish(self.crl_path, latest.der)
+        self._file_number = latest.number
+        log.info("CRL %d (signed elsewhere) written to %s", latest.number, self.crl_path)
+        return True
 
     def crl_due(self) -> bool:
         latest = self.store.status.latest_crl(self.ca)
@@ -250,3 +268,12 @@ def _status(record: CertStatus | None) -> ocsp.Status:
     if record.status == "revoked":
         return ocsp.Status("revoked", record.revoked_at, record.reason)
     return ocsp.Status("good")
+
+
+def _crl_number(path: Path) -> int | None:
+    """The CRL number of the CRL in ``path``; None if there is none or it cannot be read."""
+    try:
+        crl = x509.load_der_x509_crl(path.read_bytes())
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
