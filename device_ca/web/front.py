@@ -30,6 +30,7 @@ import asyncio
 import collections
 import concurrent.futures
 import email.utils
+import http
 import io
 import logging
 import os
@@ -101,32 +102,24 @@ class Request:
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, text: str):
-        self.status, self.text = status, text
-
-
-class _Refusal:
-    """A refusal queued behind requests of the same connection still being answered (answers keep their order)."""
-    __slots__ = ("status", "text")
+    """A request refused before it is read whole; raised in the parser's callbacks, or queued behind
+    requests of the same connection still being answered (answers keep their order)."""
 
     def __init__(self, status: int, text: str):
         self.status, self.text = status, text
 
 
-_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 301: "Moved Permanently",
-            302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
-            410: "Gone", 411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
-            422: "Unprocessable Content", 429: "Too Many Requests",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
-            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 _STATUS_LINES: dict[int, bytes] = {}
 
 
 def _status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
     if line is None:
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n".encode()
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Status"
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {phrase}\r\n".encode()
     return line
 
 
@@ -360,7 +353,7 @@ class Connection(asyncio.Protocol):
         self._send(request, reply)
         while self.pending and not self.busy and not self.closing:     # pipelined behind it, in order
             item = self.pending.popleft()
-            if isinstance(item, _Refusal):
+            if isinstance(item, _Refused):
                 self._refuse(item.status, item.text)
             else:
                 self._answer(item)
@@ -404,7 +397,7 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         if self.busy or self.pending:
-            self.pending.append(_Refusal(status, text))
+            self.pending.append(_Refused(status, text))
             self.started = None
             if not self.paused:
                 self.paused = True
