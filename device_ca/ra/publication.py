@@ -239,13 +239,14 @@ class StatusPublisher:
     def sync_crl_file(self) -> bool:
         """Write the newest CRL of the database to ``crl_path`` when the file holds an older one
         (another node signed it): every node's file follows the newest CRL within a janitor round."""
-        latest = self.store.status.latest_crl(self.ca)
-        if latest is None or latest.number == self._file_number:
+        number = self.store.status.latest_crl_number(self.ca)       # every round: the number only
+        if number is None or number == self._file_number:
             return False
         current = _crl_number(self.crl_path)
-        if current is not None and current >= latest.number:
+        if current is not None and current >= number:
             self._file_number = current
             return False
+        latest = self.store.status.latest_crl(self.ca)
         self.crl_path.parent.mkdir(parents=True, exist_ok=True)
         files.publish(self.crl_path, latest.der)
         self._file_number = latest.number

@@ -201,6 +201,11 @@ class StatusRepo:
                             .where(_CRLS.c.ca == ca).order_by(_CRLS.c.number.desc()).limit(1)).first()
         return None if row is None else StoredCrl(row[0], utc(row[1]), utc(row[2]), bytes(row[3]))
 
+    def latest_crl_number(self, ca: str) -> int | None:
+        """The newest CRL's number, without reading the CRL."""
+        with self.db.reading() as c:
+            return c.execute(sa.select(sa.func.max(_CRLS.c.number)).where(_CRLS.c.ca == ca)).scalar()
+
     def crl_dirty(self, ca: str) -> bool:
         with self.db.reading() as c:
             row = c.execute(sa.select(_STATE.c.dirty).where(_STATE.c.ca == ca)).first()
