@@ -19,6 +19,13 @@ https_port=${DEMO_HTTPS_PORT:-8443} http_port=${DEMO_HTTP_PORT:-8080} rp_port=${
 out=$DEVICE_CA_HOME/devices
 mkdir -p "$out"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+drained() {  # wait (up to 30 s) until device-ca serve has applied every pending Keycloak change
+    for _ in $(seq 1 60); do
+        [ "$(device-ca keycloak status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pending"])')" = 0 ] \
+            && return 0
+        sleep 0.5
+    done
+}
 
 pids=()
 cleanup() {
@@ -49,14 +56,7 @@ python3 - "$secret_file" <<'PY'
 import os, sys
 from device_ca.config import Settings
 from device_ca.keycloak import admin_client
-admin = admin_client(Settings.load().keycloak)
-realm = "smart-building"
-if admin.find_client(realm, "building-api") is None:
-    admin.create_client(realm, {"clientId": "building-api", "enabled": True, "publicClient": False,
-                                "clientAuthenticatorType": "client-secret", "standardFlowEnabled": False,
-                                "serviceAccountsEnabled": False, "directAccessGrantsEnabled": False})
-uuid = admin.find_client(realm, "building-api")["id"]
-secret = admin.request("GET", f"/admin/realms/{realm}/clients/{uuid}/client-secret")[1]["value"]
+secret = admin_client(Settings.load().keycloak).resource_server("smart-building", "building-api")
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 os.write(fd, secret.encode())
 os.close(fd)
@@ -73,10 +73,7 @@ base64 "$out/$lock.csr" | curl -sf --cacert "$chain" -u "$lock:$secret" -H 'Cont
     --data-binary @- "https://127.0.0.1:$https_port/.well-known/est/door-lock/simpleenroll" \
     | base64 -d | openssl pkcs7 -inform DER -print_certs | openssl x509 -out "$out/$lock.pem"
 openssl x509 -in "$out/$lock.pem" -noout -subject -serial
-for _ in $(seq 1 60); do
-    [ "$(device-ca keycloak status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pending"])')" = 0 ] && break
-    sleep 0.5
-done
+drained
 device-ca keycloak status | head -4
 
 step "The lock gets a token with its certificate alone (client-x509, bound to the certificate)"
@@ -110,9 +107,6 @@ echo "the same token, a badge reader's cert:  $(call "$other" "${other%.pem}.key
 step "The lock is revoked: Keycloak disables its client, introspection answers inactive at once"
 serial=$(openssl x509 -in "$out/$lock.pem" -noout -serial | cut -d= -f2 | tr 'A-F' 'a-f')
 device-ca revoke "$serial" --reason keyCompromise
-for _ in $(seq 1 60); do
-    [ "$(device-ca keycloak status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pending"])')" = 0 ] && break
-    sleep 0.5
-done
+drained
 echo "the lock, after revocation:             $(call "$out/$lock.pem" "$out/$lock.key")"
 step "Stopping the relying party, device-ca serve and Keycloak"

@@ -203,6 +203,18 @@ class AdminClient:
     def delete_client(self, realm: str, uuid: str) -> None:
         self.request("DELETE", f"/admin/realms/{_q(realm)}/clients/{_q(uuid)}", expect=(204, 404))
 
+    def resource_server(self, realm: str, client_id: str) -> str:
+        """A resource server's client (client secret, no flows of its own; it introspects device
+        tokens), created if missing; returns its secret."""
+        found = self.find_client(realm, client_id)
+        if found is None:
+            self.create_client(realm, {"clientId": client_id, "enabled": True, "publicClient": False,
+                                       "clientAuthenticatorType": "client-secret", "standardFlowEnabled": False,
+                                       "serviceAccountsEnabled": False, "directAccessGrantsEnabled": False})
+            found = self.find_client(realm, client_id)
+        _, secret, _ = self.request("GET", f"/admin/realms/{_q(realm)}/clients/{_q(found['id'])}/client-secret")
+        return secret["value"]
+
     def logout_service_account(self, realm: str, uuid: str) -> None:
         """End every session of the client's service account (its refresh tokens and sessions)."""
         status, user, _ = self.request("GET", f"/admin/realms/{_q(realm)}/clients/{_q(uuid)}/service-account-user",

@@ -132,7 +132,8 @@ class KeycloakSync:
         changes = []
         realms = {realm for realm, _ in desired}
         missing = self.missing_realms(realms)
-        needed = [r for r in missing if r in self.realms() or any(d.enabled for (x, _), d in desired.items() if x == r)]
+        mapped = self.realms() | {realm for (realm, _), want in desired.items() if want.enabled}
+        needed = [realm for realm in missing if realm in mapped]
         if needed:
             raise KeycloakError(_missing_realm(needed), status=404)
         for realm in sorted(realms):        # a realm no policy maps to any more, and gone: nothing to disable there

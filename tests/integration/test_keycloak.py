@@ -376,19 +376,6 @@ def test_a_keycloak_not_ready_in_time_is_stopped_and_its_log_shown(tmp_path):
 # -- issue 16: realms, claims, audiences, private_key_jwt, revocation of issued tokens ---------------
 
 
-def confidential_client(keycloak, realm: str, client_id: str) -> str:
-    """A resource server's client (client secret, no flows of its own); returns its secret."""
-    admin = keycloak.admin()
-    found = admin.find_client(realm, client_id)
-    if found is None:
-        admin.create_client(realm, {"clientId": client_id, "enabled": True, "publicClient": False,
-                                    "clientAuthenticatorType": "client-secret", "standardFlowEnabled": False,
-                                    "serviceAccountsEnabled": False, "directAccessGrantsEnabled": False})
-        found = admin.find_client(realm, client_id)
-    _, secret, _ = admin.request("GET", f"/admin/realms/{realm}/clients/{found['id']}/client-secret")
-    return secret["value"]
-
-
 def introspect(keycloak, realm: str, client_id: str, secret: str, token: str) -> dict:
     """RFC 7662 over the HTTPS port the token came from (the issuer must match)."""
     import ssl
@@ -423,8 +410,8 @@ def test_device_tokens_carry_the_device_claims_and_audiences_and_brokers_introsp
     assert {"mqtt-broker", "building-api"} <= set(audience)
     assert "device-telemetry" in answer["scope"].split()
 
-    broker = confidential_client(keycloak, CAMPUS, "mqtt-broker")
-    outsider = confidential_client(keycloak, CAMPUS, "lab-api")
+    broker = keycloak.admin().resource_server(CAMPUS, "mqtt-broker")
+    outsider = keycloak.admin().resource_server(CAMPUS, "lab-api")
     seen = introspect(keycloak, CAMPUS, "mqtt-broker", broker, token)
     assert seen["active"] is True and seen["device_id"] == "gate-1" and seen["cert_serial"] == serial
     assert introspect(keycloak, CAMPUS, "lab-api", outsider, token)["active"] is False
