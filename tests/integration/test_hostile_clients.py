@@ -153,6 +153,21 @@ def test_live_signing_for_nonces_has_a_budget_per_client(tmp_path, database_url,
     assert not without[0] and any(without), without
 
 
+def _trickle(sockets, byte: bytes, every: float, stop) -> None:
+    """A thread that sends ``byte`` on every socket each ``every`` seconds until ``stop`` is set
+    (a socket the server closed is skipped)."""
+    import threading
+
+    def run() -> None:
+        while not stop.wait(every):
+            for s in sockets:
+                try:
+                    s.sendall(byte)
+                except OSError:
+                    pass
+    threading.Thread(target=run, daemon=True).start()
+
+
 def test_slow_ocsp_bodies_do_not_silence_the_responder(served):
     """Attack (issue 15, item 1, HTTP listener): 50 connections send `POST /ocsp` with
     `Content-Length: 60000` and then a body byte every second. Every normal OCSP request sent
@@ -174,14 +189,7 @@ def test_slow_ocsp_bodies_do_not_silence_the_responder(served):
                       b"Content-Length: 60000\r\n\r\n0")
             slow.append(s)
 
-        def trickle():
-            while not stop.wait(1.0):
-                for s in slow:
-                    try:
-                        s.sendall(b"0")
-                    except OSError:
-                        pass
-        threading.Thread(target=trickle, daemon=True).start()
+        _trickle(slow, b"0", 1.0, stop)
         latencies = []
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
@@ -263,14 +271,7 @@ def test_many_trickling_tls_clients_do_not_delay_enrollment_clients(tmp_path, da
         slow.append(s)
     stop, replies = threading.Event(), {}
 
-    def trickle():
-        while not stop.wait(0.3):
-            for s in slow:
-                try:
-                    s.sendall(b"a")
-                except OSError:
-                    pass
-    threading.Thread(target=trickle, daemon=True).start()
+    _trickle(slow, b"a", 0.3, stop)
     started = time.monotonic()
     try:
         latencies, statuses = [], []
