@@ -2,8 +2,10 @@
 # Install the third-party test tools for the EST/TLS integration tests and benchmarks,
 # skipping whatever is already there (idempotent; run by CI as root on a fresh Debian 12).
 #   Debian:  nginx-light (the nginx binary, never left running as a system service), wrk,
-#            mosquitto + mosquitto-clients (broker binary and mosquitto_pub/sub; the system broker
-#            is never left running on 1883), golang-cfssl (cfssl: ocspsign/ocspserve peer)
+#            libnginx-mod-stream (TLS passthrough in deploy/nginx), mosquitto + mosquitto-clients
+#            (broker binary and mosquitto_pub/sub; the system broker is never left running on
+#            1883), golang-cfssl (cfssl: ocspsign/ocspserve peer), prometheus (promtool checks
+#            deploy/prometheus/alerts.yml; the system Prometheus is never left running)
 #   Checked: unshare (util-linux) and ip (iproute2), for the openssl ocsp benchmark peer
 #   Go:      estclient from github.com/globalsign/est/cmd/estclient, into /usr/local/bin
 # Environment: ESTCLIENT_VERSION (default v1.0.6, the last tag; "latest" is refused by the proxy here),
@@ -19,7 +21,7 @@ SUDO=""
 installed=()
 
 # --- Debian packages -------------------------------------------------------------------------
-packages=(nginx-light wrk mosquitto mosquitto-clients golang-cfssl)
+packages=(nginx-light libnginx-mod-stream wrk mosquitto mosquitto-clients golang-cfssl prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,6 +49,8 @@ command -v wrk >/dev/null || die "wrk not found after installing it"
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || die "mosquitto binary not found after installing mosquitto"
 command -v mosquitto_pub >/dev/null || die "mosquitto_pub not found after installing mosquitto-clients"
 command -v cfssl >/dev/null || die "cfssl not found after installing golang-cfssl"
+command -v promtool >/dev/null || die "promtool not found after installing prometheus"
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || die "nginx stream module not found after installing libnginx-mod-stream"
 command -v unshare >/dev/null || die "unshare not found (Debian util-linux, Essential: should always be there)"
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || die "ip not found (Debian iproute2)"
 
@@ -85,6 +89,16 @@ if [ -s /run/mosquitto/mosquitto.pid ] && kill -0 "$(cat /run/mosquitto/mosquitt
     $SUDO kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && $SUDO kill -KILL "$pid" 2>/dev/null || true
+fi
+
+# And the system Prometheus (only promtool is wanted).
+if [ -e /etc/init.d/prometheus ]; then
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+        $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    else
+        $SUDO service prometheus stop >/dev/null 2>&1 || true
+        command -v update-rc.d >/dev/null && $SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
 fi
 
 # --- estclient (Go) --------------------------------------------------------------------------
