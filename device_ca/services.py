@@ -155,4 +155,4 @@ class Services:
     def keycloak_drainer(self):
         from device_ca.keycloak.outbox import OutboxDrainer
 
-        return OutboxDrainer(self.keycloak, self.store.queue, self.clock, state=self.store.state)
+        return OutboxDrainer(self.keycloak, self.store.queue, self.store.leases, self.clock, state=self.store.state)

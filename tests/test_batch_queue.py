@@ -1,14 +1,15 @@
-"""The batch API's queue (ra/batch_queue.py) on the database under test, with real flock slots:
-the node limit holds, a failed run goes back to open, a batch whose runner died is queued again.
+"""The batch API's queue (ra/batch_queue.py) on the database under test, with real flock slots and
+leases: the node limit holds, a failed run goes back to open, a batch whose runner died is queued
+again once its lease ran out, one whose lease runs (another node) is not.
 (The whole path over TLS is in tests/integration/test_bulk_api.py.)"""
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 
 import pytest
 
-from device_ca.files import try_lock, unlock
 from device_ca.ra.batch_queue import BatchQueue
 from device_ca.store import AuditEvent
 from device_ca.store.batches import Batch, NewItem
@@ -53,7 +54,7 @@ def test_one_batch_at_a_time_with_limit_one_and_the_next_after_it(store, tmp_pat
         store.batches.finish(batch.id, T0, AuditEvent(action="batch.finished", actor="test", at=T0))
         running.remove(batch.id)
 
-    queue = queues(store.batches, run, tmp_path / "locks", limit=1, poll=0.2)
+    queue = queues(store.batches, run, tmp_path / "locks", store.leases, limit=1, poll=0.2)
     for name in ("b-1", "b-2"):
         queue.submit(_open(store, name))
     _wait(lambda: running == ["b-1"])
@@ -73,7 +74,7 @@ def test_a_failed_run_goes_back_to_open_and_resubmitting_runs_it_again(store, tm
             raise RuntimeError("token gone")
         store.batches.finish(batch.id, T0, AuditEvent(action="batch.finished", actor="test", at=T0))
 
-    queue = queues(store.batches, run, tmp_path / "locks", limit=2, poll=0.2)
+    queue = queues(store.batches, run, tmp_path / "locks", store.leases, limit=2, poll=0.2)
     queue.submit(_open(store, "b-3"))
     _wait(lambda: store.batches.get("b-3").state == "open")
     queue.submit(store.batches.get("b-3"))
@@ -88,22 +89,22 @@ def test_a_batch_left_running_by_a_dead_runner_is_queued_again_but_not_one_still
         ran.append(batch.id)
         store.batches.finish(batch.id, T0, AuditEvent(action="batch.finished", actor="test", at=T0))
 
-    queue = queues(store.batches, run, tmp_path / "locks", limit=2, poll=0.2)
-    _open(store, "b-4", state="running")                         # its runner died: its lock is free
-    _open(store, "b-5", state="running")                         # still run elsewhere: its lock is held
-    held = try_lock(tmp_path / "locks" / "batch-b-5.lock")
-    try:
-        queue.kick()
-        _wait(lambda: ran == ["b-4"])
-        time.sleep(0.5)
-        assert store.batches.get("b-5").state == "running" and ran == ["b-4"]
-    finally:
-        unlock(held)
+    queue = queues(store.batches, run, tmp_path / "locks", store.leases, limit=2, poll=0.2)
+    now = dt.datetime.now(dt.timezone.utc)
+    _open(store, "b-4", state="running")                         # its runner died: its lease ran out
+    assert store.leases.acquire("batch:b-4", "dead-node", now - dt.timedelta(minutes=5), dt.timedelta(seconds=30))
+    _open(store, "b-5", state="running")                         # still run on another node: its lease runs
+    assert store.leases.acquire("batch:b-5", "other-node", now, dt.timedelta(minutes=5))
+    queue.kick()
+    _wait(lambda: ran == ["b-4"])
+    time.sleep(0.5)
+    assert store.batches.get("b-5").state == "running" and ran == ["b-4"]
+    assert store.leases.holder("batch:b-5", dt.datetime.now(dt.timezone.utc)) == "other-node"
 
 
 def test_a_run_that_returns_with_items_left_is_stopped_not_run_again_and_again(store, tmp_path, queues):
     ran = []
-    queue = queues(store.batches, lambda batch: ran.append(batch.id), tmp_path / "locks", limit=1, poll=0.1)
+    queue = queues(store.batches, lambda batch: ran.append(batch.id), tmp_path / "locks", store.leases, limit=1, poll=0.1)
     queue.submit(_open(store, "b-6"))
     _wait(lambda: store.batches.get("b-6").state == "open")
     time.sleep(0.5)                                              # several looks later: not taken again

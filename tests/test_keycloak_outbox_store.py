@@ -7,7 +7,6 @@ from device_ca.store import OutboxMessage
 from device_ca.store.repo import _enqueue
 from helpers import T0
 
-TTL = dt.timedelta(seconds=60)
 
 
 def _rows(store, n: int) -> None:
@@ -32,12 +31,3 @@ def test_pending_rows_come_in_order_and_settle(store):
     assert store.queue.pending("keycloak.") == [] and store.queue.next_due("keycloak.") is None
     assert len(store.queue.pending("other.")) == 1
 
-
-def test_one_lease_holder_at_a_time_until_it_expires(store):
-    assert store.queue.acquire_lease("kc", "a", T0, TTL)
-    assert not store.queue.acquire_lease("kc", "b", T0 + dt.timedelta(seconds=30), TTL)
-    assert store.queue.acquire_lease("kc", "a", T0 + dt.timedelta(seconds=30), TTL)         # renewed
-    assert not store.queue.acquire_lease("kc", "b", T0 + dt.timedelta(seconds=80), TTL)
-    assert store.queue.acquire_lease("kc", "b", T0 + dt.timedelta(seconds=91), TTL)         # expired: taken
-    store.queue.release_lease("kc", "b")
-    assert store.queue.acquire_lease("kc", "a", T0 + dt.timedelta(seconds=92), TTL)

@@ -37,9 +37,12 @@ def register(cli: click.Group, services, actor, iso) -> None:
                   help="Seconds a client has to finish its TLS handshake (HTTPS).")
     @click.option("--idle-timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1),
                   help="Seconds a keep-alive connection may stay silent between requests (both listeners).")
+    @click.option("--rate-limit-scope", type=click.Choice(["cluster", "node"]), default="cluster", show_default=True,
+                  help="cluster: one bucket per client for every node sharing the database (PostgreSQL; SQLite is "
+                       "one host, where both mean the node); node: buckets of this node only.")
     def serve(host, port, http_port, tls_cert, tls_key, workers, threads, http_workers, rate_limit, max_batches,
               ocsp_nonce_rate, request_timeout, trusted_proxy, client_cert_header, default_policy, handshake_timeout,
-              idle_timeout) -> None:
+              idle_timeout, rate_limit_scope) -> None:
         """Serve EST and the batch API over HTTPS, and OCSP, CRLs, CA files, health and metrics over HTTP."""
         from device_ca.web.server import DEFAULT_THREADS, DEFAULT_WORKERS, ServeOptions, run
 
@@ -49,7 +52,7 @@ def register(cli: click.Group, services, actor, iso) -> None:
                          request_timeout=request_timeout,
                          trusted_proxies=tuple(trusted_proxy), client_cert_header=client_cert_header,
                          default_policy=default_policy, handshake_timeout=handshake_timeout,
-                         idle_timeout=idle_timeout))
+                         idle_timeout=idle_timeout, rate_limit_scope=rate_limit_scope))
 
     @cli.group()
     def tls() -> None:

@@ -7,22 +7,20 @@ unreachable or answers 5xx, the drain stops at the first row (nothing overtakes 
 exponential backoff; a row that Keycloak refuses (4xx) keeps its device's later rows waiting behind
 it and is retried with backoff while other devices go on. Each try records the attempt count and
 the last error on the row. A lease in the database lets one drainer at a time work, across the
-server's workers and instances.
+server's workers and nodes (store/leases.py).
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import threading
-import uuid
 from dataclasses import dataclass
 from typing import Callable
 
 from device_ca.ca.clock import Clock
 from device_ca.keycloak.admin import KeycloakError
 from device_ca.keycloak.sync import TOPIC_PREFIX, KeycloakSync
+from device_ca.store.leases import LeaseRepo, new_holder
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.state import StateRepo
 
@@ -49,13 +47,14 @@ class DrainReport:
 
 
 class OutboxDrainer:
-    def __init__(self, sync: KeycloakSync, queue: OutboxRepo, clock: Clock, holder: str | None = None,
-                 state: StateRepo | None = None):
+    def __init__(self, sync: KeycloakSync, queue: OutboxRepo, leases: LeaseRepo, clock: Clock,
+                 holder: str | None = None, state: StateRepo | None = None):
         self.sync = sync
         self.queue = queue
+        self.leases = leases
         self.state = state                   # where the last failure is noted, with its time (keycloak status)
         self.clock = clock
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = holder or new_holder()
         self._paused_until: dt.datetime | None = None
         self._unavailable_rounds = 0
         self._lock = threading.Lock()
@@ -68,7 +67,7 @@ class OutboxDrainer:
             if self._paused_until is not None and now < self._paused_until:
                 report.waiting = True
                 return report
-            if not self.queue.acquire_lease(LEASE, self.holder, now, LEASE_TTL):
+            if not self.leases.acquire(LEASE, self.holder, now, LEASE_TTL):
                 report.leased = False
                 return report
             blocked: set[str] = set()
@@ -91,7 +90,7 @@ class OutboxDrainer:
                         blocked.add(entry.device_id)
                     if limit is not None and report.applied + report.failed >= limit:
                         break
-                self.queue.acquire_lease(LEASE, self.holder, self.clock.now(), LEASE_TTL)
+                self.leases.acquire(LEASE, self.holder, self.clock.now(), LEASE_TTL)
             self._unavailable_rounds = 0
             self._paused_until = None
             return report
@@ -140,7 +139,7 @@ class OutboxDrainer:
             log.warning("could not note the drain's failure", exc_info=True)
 
     def release(self) -> None:
-        self.queue.release_lease(LEASE, self.holder)
+        self.leases.release(LEASE, self.holder, self.clock.now())
 
 
 def start_drainer(queue: OutboxRepo, drainer: Callable[[], OutboxDrainer],

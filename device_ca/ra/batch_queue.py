@@ -4,32 +4,39 @@ whatever the number of worker processes; the others wait in state ``queued``.
 A submitted batch is stored (items and CSRs) in the request as ``queued`` and the receiving
 process's runner is woken. A runner takes a node slot (an exclusive flock on one of ``limit``
 files under the node's state directory), claims the oldest queued batch in the database (queued
--> running, one claimer wins) and runs it in a thread holding the batch's own lock, so that one
-batch never runs twice at once. When a batch finishes its runner looks for the next, and every
-runner also looks every ``poll`` seconds: a batch queued on one process is taken by whichever
-frees a slot. Locks die with their process: a batch left ``running`` by a crashed worker has a free
-lock and is queued again at the next look; a batch whose run failed goes back to ``open`` and is
-resumed when it is submitted again.
+-> running, one claimer wins) and runs it in a thread holding the batch's lease in the database
+(``batch:<id>``, store/leases.py, extended while it runs), so that one batch never runs twice at
+once on any node. When a batch finishes its runner looks for the next, and every runner also looks
+every ``poll`` seconds: a batch queued on one process or node is taken by whichever frees a slot.
+A batch left ``running`` by a crashed worker or node has a lease that stops being extended: it is
+queued again at the first look after the lease expired (``LEASE_TTL``); a batch whose run failed
+goes back to ``open`` and is resumed when it is submitted again.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from pathlib import Path
 from typing import Callable
 
+from device_ca.ca.clock import Clock, SystemClock
 from device_ca.files import try_lock, unlock
 from device_ca.store.batches import Batch, BatchRepo
+from device_ca.store.leases import LeaseRepo, new_holder
 
 log = logging.getLogger("device_ca.ra.batch_queue")
 
 DEFAULT_LIMIT = 2
+LEASE_TTL = dt.timedelta(seconds=30)       # a dead runner's batch is queued again after this
 
 
 class BatchQueue:
-    def __init__(self, batches: BatchRepo, run: Callable[[Batch], None], lock_dir: Path,
-                 limit: int = DEFAULT_LIMIT, poll: float = 30.0):
+    def __init__(self, batches: BatchRepo, run: Callable[[Batch], None], lock_dir: Path, leases: LeaseRepo,
+                 limit: int = DEFAULT_LIMIT, poll: float = 30.0, clock: Clock | None = None):
         self.batches = batches
+        self.leases = leases
+        self.clock = clock or SystemClock()
         self._run = run
         self.lock_dir = Path(lock_dir)
         self.limit = limit
@@ -81,10 +88,14 @@ class BatchQueue:
             threading.Thread(target=self._run_one, args=(batch, slot), name=f"batch-{batch.id}", daemon=True).start()
 
     def _run_one(self, batch: Batch, slot: int) -> None:
-        held = try_lock(self._batch_lock(batch.id))
+        lease, holder = _lease(batch.id), new_holder()
+        held = self.leases.acquire(lease, holder, self.clock.now(), LEASE_TTL)
+        stop = threading.Event()
         try:
-            if held is None:                  # run by another process already (claimed twice after a requeue)
+            if not held:                      # run by another process already (claimed twice after a requeue)
                 return
+            threading.Thread(target=self._extend, args=(lease, holder, stop), name=f"batch-lease-{batch.id}",
+                             daemon=True).start()
             try:
                 self._run(batch)
             except Exception as exc:  # noqa: BLE001 - the batch stays; resubmitting resumes it
@@ -94,19 +105,26 @@ class BatchQueue:
                 if self.batches.move(batch.id, ("running",), "open"):    # returned with items left to do
                     log.warning("batch %s stopped with items left; resubmitting resumes it", batch.id)
         finally:
-            if held is not None:
-                if (self.batches.get(batch.id) or batch).state == "done":
-                    self._batch_lock(batch.id).unlink(missing_ok=True)
-                unlock(held)
+            stop.set()
+            if held:
+                self.leases.release(lease, holder, self.clock.now())
             unlock(slot)
             self.kick()                       # the slot is free: the next queued batch
+
+    def _extend(self, lease: str, holder: str, stop: threading.Event) -> None:
+        while not stop.wait(LEASE_TTL.total_seconds() / 3):
+            try:
+                if not self.leases.acquire(lease, holder, self.clock.now(), LEASE_TTL):
+                    log.error("batch lease %s was taken over while its batch runs", lease)
+            except Exception as exc:  # noqa: BLE001 - the next try may reach the database again
+                log.warning("batch lease %s: %s", lease, exc)
 
     def _requeue_orphans(self) -> None:
         for batch_id in self.batches.in_state("running"):
             if self._idle(batch_id) and self.batches.move(batch_id, ("running",), "queued"):
                 log.warning("batch %s: its runner is gone; queued again", batch_id)
 
-    # -- locks -----------------------------------------------------------------------------------
+    # -- slots and leases ------------------------------------------------------------------------
 
     def _take_slot(self) -> int | None:
         for i in range(self.limit):
@@ -115,13 +133,10 @@ class BatchQueue:
                 return fd
         return None
 
-    def _batch_lock(self, batch_id: str) -> Path:
-        return self.lock_dir / f"batch-{batch_id}.lock"
-
     def _idle(self, batch_id: str) -> bool:
-        """No process runs the batch now."""
-        fd = try_lock(self._batch_lock(batch_id))
-        if fd is None:
-            return False
-        unlock(fd)
-        return True
+        """No process of any node runs the batch now."""
+        return self.leases.holder(_lease(batch_id), self.clock.now()) is None
+
+
+def _lease(batch_id: str) -> str:
+    return f"batch:{batch_id}"

@@ -1,64 +1,107 @@
 """The periodic jobs of a running CA: publish a CRL when a revocation asks for one or half its
-validity has passed, and otherwise bring this node's CRL file up to the newest CRL in the
-database (signed by another node); pre-sign OCSP answers for new, revoked and ageing certificates; revoke
+validity has passed; pre-sign OCSP answers for new, revoked and ageing certificates; revoke
 superseded certificates whose rotation grace is over; rotate the OCSP responder certificate; sign
-an audit checkpoint every 30 s in which events were added and after every CRL.
+an audit checkpoint every 30 s in which events were added and after every CRL; forget idle
+rate-limit buckets.
 
-One process at a time runs them (an exclusive flock on ``run/janitor.lock`` under the state
-directory; when that process dies another takes over).
+These CA-wide jobs run in one process of one node at a time: the holder of the lease
+``janitor:<ca>`` in the database (store/leases.py), extended before each job. When its node dies
+another process, on any node, takes the lease over within ``LEASE_TTL``. Every process of every
+node also brings its node's CRL file up to the newest CRL in the database each round, wherever that
+CRL was signed. ``prepare`` is the same work done once before a node starts serving, under the
+same lease, so that nodes started together make one responder and one CRL, not one each.
+
+Should a holder stall past its lease (a pause longer than ``LEASE_TTL``), the jobs stay safe to
+overlap: CRL numbers are reserved atomically, pre-signed answers and revocations are idempotent,
+and responder keys have unique labels.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
-from pathlib import Path
 
-from device_ca.files import try_lock
+from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.authority import RegistrationAuthority
 from device_ca.ra.checkpoints import AuditCheckpoints
 from device_ca.ra.publication import StatusPublisher
+from device_ca.store.leases import LeaseRepo, new_holder
 
 log = logging.getLogger("device_ca.ra.janitor")
 
 JANITOR_SECONDS = 5          # CRL after a revocation within seconds (bursts coalesce into one CRL)
 ROTATION_EVERY = 6           # superseded revocations and responder rotation every 30 s
+LEASE_TTL = dt.timedelta(seconds=20)      # a dead holder's jobs resume elsewhere within this
+PREPARE_WAIT = 60.0          # seconds a starting node waits for the lease (or for another to finish)
 
 
 class Janitor:
-    def __init__(self, publisher: StatusPublisher, ra: RegistrationAuthority, lock_path: Path,
-                 checkpoints: AuditCheckpoints | None = None):
+    def __init__(self, publisher: StatusPublisher, ra: RegistrationAuthority, leases: LeaseRepo,
+                 checkpoints: AuditCheckpoints | None = None, forget_idle=None, holder: str | None = None):
         self.publisher = publisher
         self.ra = ra
+        self.leases = leases
         self.checkpoints = checkpoints
-        self.lock_path = lock_path
+        self.forget_idle = forget_idle        # () -> None: drops idle shared rate-limit buckets
+        self.lease = f"janitor:{publisher.ca}"
+        self.holder = holder or new_holder()
         self.rounds = 0
-        self._lock: int | None = None
+
+    def _hold(self) -> bool:
+        """Take or extend the lease; False if another holds it."""
+        return self.leases.acquire(self.lease, self.holder, self.publisher.clock.now(), LEASE_TTL)
 
     def run_once(self) -> bool:
-        """One round, if this process holds the lock (taken on the first round that can); False if not."""
-        if self._lock is None:
-            self._lock = try_lock(self.lock_path)
-            if self._lock is None:
-                return False
+        """One round: the CA-wide jobs if this process holds the lease (False if not); the node's
+        CRL file in every round."""
+        if not self._hold():
+            self.publisher.sync_crl_file()            # a CRL the holder signed, on another node perhaps
+            return False
         self.rounds += 1
         published = False
         if self.publisher.crl_due():
             self.publisher.generate_crl()
             published = True
         else:
-            self.publisher.sync_crl_file()        # a CRL another node signed
+            self.publisher.sync_crl_file()
+        if not self._hold():
+            return True
         signed = self.publisher.presign()
         if signed:
             log.info("pre-signed %d OCSP answers", signed)
-        if self.rounds % ROTATION_EVERY == 0:
+        if self.rounds % ROTATION_EVERY == 0 and self._hold():
             done = self.ra.revoke_superseded()
             if done:
                 log.info("revoked %d superseded certificates", len(done))
             self.publisher.ensure_responder()
-        if self.checkpoints is not None and (published or self.rounds % ROTATION_EVERY == 0):
+            if self.forget_idle is not None:
+                self.forget_idle()
+        if self.checkpoints is not None and (published or self.rounds % ROTATION_EVERY == 0) and self._hold():
             self.checkpoints.sign(force=published)
         return True
+
+    def prepare(self, wait: float = PREPARE_WAIT) -> None:
+        """Before a node serves: an OCSP responder, its pre-signed answers and a CRL, made under the
+        lease by whichever node comes first; the others find them made (or wait for the holder to
+        make them) and only write the newest CRL to their file."""
+        deadline = time.monotonic() + wait
+        while not self.publisher.ready():
+            if self._hold():
+                try:
+                    self.publisher.ensure_responder()
+                    while self.publisher.presign():
+                        self._hold()
+                    if self.publisher.crl_due():
+                        self.publisher.generate_crl()
+                finally:
+                    self.leases.release(self.lease, self.holder, self.publisher.clock.now())
+                break
+            if time.monotonic() > deadline:
+                raise DeviceCAError(Kind.CONFLICT, f"the CA's OCSP responder or CRL is not ready and another "
+                                    f"process has held the lease {self.lease!r} for {wait:.0f} s")
+            time.sleep(0.5)
+        self.publisher.sync_crl_file()
 
     def start(self, interval: float = JANITOR_SECONDS) -> threading.Thread:
         """A daemon thread running a round every ``interval`` seconds; errors are logged and retried."""

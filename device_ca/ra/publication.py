@@ -188,11 +188,10 @@ class StatusPublisher:
         never made) or ambiguous (two keys under one label, as two nodes starting in the same
         second used to make). The start repairs the token's state instead of refusing forever."""
         now = self.clock.now()
-        stored = self.store.status.active_responder(self.ca, now)
-        if stored is not None and stored.not_after - now > ROTATE_BEFORE:
-            problem = self._key_problem(stored.key_label)
-            if problem is None:
-                return x509.load_der_x509_certificate(stored.der), False
+        stored, problem = self._responder_problem(now)
+        if problem is None:
+            return x509.load_der_x509_certificate(stored.der), False
+        if stored is not None:
             log.warning("OCSP responder key %s %s: making a new responder", stored.key_label, problem)
         issuer = self._issuer()
         label = f"device-ca-ocsp-{now:%Y%m%d%H%M%S}-{secrets.token_hex(6)}"     # unique across nodes
@@ -206,6 +205,20 @@ class StatusPublisher:
         self._responder = None
         log.info("new OCSP responder certificate %s (key %s)", to_hex(serial), label)
         return certificate, True
+
+    def _responder_problem(self, now: dt.datetime):
+        """(the active responder's row or None, why a new responder is needed or None)."""
+        stored = self.store.status.active_responder(self.ca, now)
+        if stored is None:
+            return None, "none"
+        if stored.not_after - now <= ROTATE_BEFORE:
+            return stored, "is due for rotation"
+        return stored, self._key_problem(stored.key_label)
+
+    def ready(self) -> bool:
+        """Whether a node may serve without any CA-wide work first: a usable responder not due for
+        rotation, and a CRL that is not due."""
+        return self._responder_problem(self.clock.now())[1] is None and not self.crl_due()
 
     def _key_problem(self, label: str) -> str | None:
         try:
@@ -254,10 +267,11 @@ class StatusPublisher:
         return True
 
     def crl_due(self) -> bool:
-        latest = self.store.status.latest_crl(self.ca)
+        latest = self.store.status.latest_crl_times(self.ca)        # every round: no CRL read
         if latest is None or self.store.status.crl_dirty(self.ca):
             return True
-        return self.clock.now() >= latest.this_update + (latest.next_update - latest.this_update) / 2
+        _, this_update, next_update = latest
+        return self.clock.now() >= this_update + (next_update - this_update) / 2
 
     def latest_crl(self) -> StoredCrl | None:
         return self.store.status.latest_crl(self.ca)

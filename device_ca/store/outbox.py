@@ -1,19 +1,18 @@
 """The outbox as a queue: rows written in the issuing or revoking transaction, read and settled in
-id order by a drainer that holds a lease (one drainer at a time across workers and instances)."""
+id order by a drainer that holds a lease (store/leases.py: one drainer at a time across workers and
+nodes)."""
 from __future__ import annotations
 
 import datetime as dt
 import json
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 
 from device_ca.store.db import Database
 from device_ca.store.records import OutboxEntry, utc
-from device_ca.store.tables import LeaseRow, OutboxRow
+from device_ca.store.tables import OutboxRow
 
 _OUTBOX = OutboxRow.__table__
-_LEASES = LeaseRow.__table__
 MAX_ERROR = 1024
 
 
@@ -66,30 +65,6 @@ class OutboxRepo:
             c.execute(sa.update(_OUTBOX).where(_OUTBOX.c.id == entry_id)
                       .values(attempts=_OUTBOX.c.attempts + 1, last_error=error[:MAX_ERROR],
                               next_attempt_at=retry_at))
-
-    # -- leases -------------------------------------------------------------------------------
-
-    def acquire_lease(self, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
-        """Take or extend the lease ``name`` unless another holder's lease is still running."""
-        until = now + ttl
-        try:
-            with self.db.transaction() as c:
-                done = c.execute(sa.update(_LEASES)
-                                 .where(_LEASES.c.name == name,
-                                        sa.or_(_LEASES.c.holder == holder, _LEASES.c.expires_at < now))
-                                 .values(holder=holder, expires_at=until))
-                if done.rowcount == 1:
-                    return True
-                if c.execute(sa.select(_LEASES.c.name).where(_LEASES.c.name == name)).first() is not None:
-                    return False
-                c.execute(sa.insert(_LEASES).values(name=name, holder=holder, expires_at=until))
-                return True
-        except IntegrityError:          # another holder inserted the lease first
-            return False
-
-    def release_lease(self, name: str, holder: str) -> None:
-        with self.db.transaction() as c:
-            c.execute(sa.delete(_LEASES).where(_LEASES.c.name == name, _LEASES.c.holder == holder))
 
 
 def _entry(r) -> OutboxEntry:

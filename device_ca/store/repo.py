@@ -15,6 +15,8 @@ from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo
 from device_ca.store.issuance import IssuanceRepo
+from device_ca.store.leases import LeaseRepo
+from device_ca.store.rates import RateRepo
 from device_ca.store.issuance_sql import CERTIFICATES, DEVICES, INSERT_OUTBOX, SCOPES, outbox_row
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.state import StateRepo
@@ -37,6 +39,8 @@ class Store:
         self.batches = BatchRepo(self.db)
         self.issuance = IssuanceRepo(self.db)
         self.state = StateRepo(self.db)
+        self.leases = LeaseRepo(self.db)
+        self.rates = RateRepo(self.db)
 
     def ping(self) -> None:
         with self.db.read() as s:

@@ -201,6 +201,13 @@ class StatusRepo:
                             .where(_CRLS.c.ca == ca).order_by(_CRLS.c.number.desc()).limit(1)).first()
         return None if row is None else StoredCrl(row[0], utc(row[1]), utc(row[2]), bytes(row[3]))
 
+    def latest_crl_times(self, ca: str) -> tuple[int, dt.datetime, dt.datetime] | None:
+        """(number, thisUpdate, nextUpdate) of the newest CRL, without reading the CRL."""
+        with self.db.reading() as c:
+            row = c.execute(sa.select(_CRLS.c.number, _CRLS.c.this_update, _CRLS.c.next_update)
+                            .where(_CRLS.c.ca == ca).order_by(_CRLS.c.number.desc()).limit(1)).first()
+        return None if row is None else (row[0], utc(row[1]), utc(row[2]))
+
     def latest_crl_number(self, ca: str) -> int | None:
         """The newest CRL's number, without reading the CRL."""
         with self.db.reading() as c:

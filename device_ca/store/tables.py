@@ -143,12 +143,38 @@ class OutboxRow(SQLModel, table=True):
 
 
 class LeaseRow(SQLModel, table=True):
-    """A named lease: one holder at a time across threads, processes and instances (the outbox drainer)."""
+    """A named lease: one holder at a time across threads, processes and nodes (the periodic jobs,
+    the Keycloak outbox drainer, a running batch). A released lease keeps its row, expired."""
 
     __tablename__ = "leases"
     name: str = Field(primary_key=True, max_length=64)
     holder: str = Field(max_length=128)
     expires_at: dt.datetime = Field(sa_column=_ts())
+    acquired_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class LeaseHistoryRow(SQLModel, table=True):
+    """Each time a lease changed hands: who took it, when, and until when the one before held it."""
+
+    __tablename__ = "lease_history"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, index=True)
+    holder: str = Field(max_length=128)
+    acquired_at: dt.datetime = Field(sa_column=_ts())
+    previous_holder: Optional[str] = Field(default=None, max_length=128)
+    previous_expires_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class RateBucketRow(SQLModel, table=True):
+    """A client's token bucket shared by every node (PostgreSQL: an UNLOGGED table; a crash forgets
+    the buckets, which only gives clients a full bucket again). ``at``: the database's clock, in
+    seconds since the epoch, so the nodes' clocks do not matter."""
+
+    __tablename__ = "rate_buckets"
+    key: str = Field(primary_key=True, max_length=64)
+    tokens: float
+    at: float
+    allowed: bool = True
 
 
 class BootstrapTokenRow(SQLModel, table=True):

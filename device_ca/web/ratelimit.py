@@ -1,5 +1,7 @@
-"""Per-client token buckets, one set for the whole HTTPS listener (research L6: globalsign/est
-uses burst = 2 x rate).
+"""Per-client token buckets (research L6: globalsign/est uses burst = 2 x rate): on PostgreSQL one
+bucket per client for every node (``SharedRateLimiter``, rows in the database); on SQLite, and as
+the fallback while the database cannot be reached, one set for the whole listener of a node
+(``RateLimiter``).
 
 The buckets live in shared memory that ``device-ca serve`` makes before gunicorn forks its
 workers: a client's limit is the server's, not once per worker process (with the buckets in each
@@ -21,6 +23,7 @@ import time
 
 from flask import Response, current_app, g, request
 
+from device_ca.errors import DeviceCAError
 from device_ca.web.errors import text
 from device_ca.web.tls import from_proxy
 
@@ -60,6 +63,29 @@ class RateLimiter:
                 return 0.0
             self._buckets[2 * slot] = tokens
         return (1 - tokens) / self.rate
+
+
+class SharedRateLimiter:
+    """The same limit with one bucket per client across every node: the buckets are rows in the
+    database (store/rates.py), taken in one statement per request. While the database cannot be
+    reached the node falls back to its own buckets (``fallback``), so the limit still holds per
+    node."""
+
+    def __init__(self, rates, fallback: RateLimiter, prefix: str = ""):
+        self.rates = rates
+        self.fallback = fallback
+        self.rate = fallback.rate
+        self.burst = fallback.burst
+        self.prefix = prefix
+
+    def check(self, key: str) -> float:
+        if self.rate <= 0:
+            return 0.0
+        hashed = hashlib.blake2b((self.prefix + key).encode(), digest_size=16).hexdigest()
+        try:
+            return self.rates.take(hashed, self.rate, self.burst)
+        except DeviceCAError:
+            return self.fallback.check(key)
 
 
 def client_address() -> str:

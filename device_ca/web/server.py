@@ -6,7 +6,8 @@ Workers build their own objects (services.py) after the fork, so PKCS#11 is open
 and never in a parent (SoftHSM refuses a C_Initialize inherited through fork); what the parent
 needs signed before it starts the listeners (its TLS certificate, an OCSP responder, a first CRL)
 is done by a function call in a short-lived forked child. The TLS context is tls_context.py's; the
-periodic jobs run in one HTTPS worker at a time (ra/janitor.py).
+periodic jobs run in one HTTPS worker of one node at a time (ra/janitor.py, a lease in the
+database).
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ class ServeOptions:
     timeout: int = 30
     handshake_timeout: float = 10.0   # seconds a client has for its whole TLS handshake
     idle_timeout: float = 15.0        # seconds of silence after which a connection is closed
+    rate_limit_scope: str = "cluster"  # cluster: buckets in the database (PostgreSQL); node: this node's
 
 
 def _gunicorn(factory, options: dict):
@@ -103,8 +105,9 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
 
         services = Services(Settings.load(), linter=linter)
         _open_token(services)
-        Janitor(services.publisher, services.ra, services.settings.home / "run" / "janitor.lock",
-                services.checkpoints).start()
+        limits = _shared(services, limiter, options)
+        Janitor(services.publisher, services.ra, services.store.leases, services.checkpoints,
+                forget_idle=services.store.rates.forget_idle).start()
         if services.settings.keycloak is not None:      # Keycloak outbox, every second
             start_drainer(services.store.queue, lambda: services.keycloak_drainer)
         batch_dir = services.settings.home / "batches"
@@ -115,7 +118,7 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
             log.info("batch %s: %d issued, %d failed", summary.batch_id, summary.issued, summary.failed)
 
         queue = BatchQueue(services.store.batches, run_batch, services.settings.home / "run" / "batches",
-                           limit=options.max_batches)
+                           services.store.leases, limit=options.max_batches)
         queue.kick()                                  # batches queued or orphaned before this start
         app = create_app(est=services.est, policies=services.policies, ca_certificates=services.ca_certificates,
                          health=_health(services), store=services.store, clock=services.clock, bulk=services.bulk,
@@ -123,7 +126,7 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
                          proxies=ProxySettings(frozenset(options.trusted_proxies), options.client_cert_header,
                                                Callers(services.store, services.policies, services.clock,
                                                        services.est.is_ours).proves_proxy),
-                         default_policy=options.default_policy, limiter=limiter)
+                         default_policy=options.default_policy, limiter=limits)
         quiet_gc()
         return Site(app, threads=options.threads,
                     limits=Limits(deadline=options.request_timeout, idle=options.idle_timeout,
@@ -131,6 +134,16 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
                     ssl_context=server_context(tls.cert, tls.key, tls.client_cas),
                     handshake_timeout=options.handshake_timeout)
     return build
+
+
+def _shared(services, limiter: RateLimiter, options: ServeOptions, prefix: str = ""):
+    """On PostgreSQL, one bucket per client across every node (the database's), unless the scope
+    asked for is the node; else this node's."""
+    if options.rate_limit_scope != "cluster" or services.store.db.engine.dialect.name != "postgresql":
+        return limiter
+    from device_ca.web.ratelimit import SharedRateLimiter
+
+    return SharedRateLimiter(services.store.rates, limiter, prefix)
 
 
 def _health(services) -> dict:
@@ -161,7 +174,7 @@ def _http_factory(options: ServeOptions, live_budget: RateLimiter):
         services = Services(Settings.load())
         public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
                                    audit_checkpoint=services.checkpoints.newest)
-        status = StatusApp(services.publisher, live_budget=live_budget)
+        status = StatusApp(services.publisher, live_budget=_shared(services, live_budget, options, "ocsp-nonce:"))
 
         def inline(request):
             return status.handle(request.method, request.path, request.target, request.body_bytes(), request.remote)
@@ -205,15 +218,15 @@ def _in_child(work, what: str):
 
 
 def _prepare(options: ServeOptions) -> None:
-    """Before the listeners start: the HTTPS server certificate (unless given), an OCSP responder
-    certificate and a first CRL, so that no relying party meets a server without them."""
+    """Before the listeners start: the node's HTTPS server certificate (unless given); an OCSP
+    responder certificate and a CRL made by whichever node starting now takes the janitor's lease
+    first (ra/janitor.py), so that no relying party meets a server without them."""
     def work(services) -> None:
+        from device_ca.ra.janitor import Janitor
+
         if not options.tls_cert:
             services.admin.ensure_server_certificate(options.host, "system:serve")
-        services.publisher.ensure_responder()
-        while services.publisher.presign():
-            pass
-        services.publisher.generate_crl()
+        Janitor(services.publisher, services.ra, services.store.leases).prepare()
     _in_child(work, "preparing the server")
 
 
