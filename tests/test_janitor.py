@@ -99,3 +99,14 @@ def test_a_node_that_cannot_get_the_lease_for_a_ca_not_ready_says_so(setup, stor
         node.prepare(wait=1)                          # no CRL yet, and the holder never makes one
     assert caught.value.kind is Kind.CONFLICT and "janitor:issuing" in caught.value.detail
     assert _crl_numbers(store) == [] and not node.publisher.crl_path.exists()
+
+
+def test_a_responder_key_left_without_its_certificate_is_reported_at_start(setup, store, tmp_path, caplog):
+    ra, service, *_ = setup
+    service.token.generate("device-ca-ocsp-20261205030000-0123456789ab", "EC")     # the row was never written
+    node = _node(service, ra, store, tmp_path, "node-a")
+    assert node.publisher.orphan_responder_keys() == ["device-ca-ocsp-20261205030000-0123456789ab"]
+    with caplog.at_level("WARNING", logger="device_ca.ra.janitor"):
+        node.prepare(wait=5)
+    assert "device-ca-ocsp-20261205030000-0123456789ab" in caplog.text
+    assert node.publisher.responder() is not None                       # serving with the recorded responder

@@ -32,6 +32,9 @@ class SoftwareToken:
     def find(self, label):
         return self.keys.get(label)
 
+    def labels(self):
+        return list(self.keys)
+
 
 @pytest.fixture
 def setup(store, policies, clock, tmp_path):

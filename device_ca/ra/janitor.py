@@ -102,6 +102,9 @@ class Janitor:
                                     f"process has held the lease {self.lease!r} for {wait:.0f} s")
             time.sleep(0.5)
         self.publisher.sync_crl_file()
+        for label in self.publisher.orphan_responder_keys():
+            log.warning("OCSP responder key %s is on the token without a responder certificate (a start "
+                        "interrupted while making it); it is never used and may be deleted", label)
 
     def start(self, interval: float = JANITOR_SECONDS) -> threading.Thread:
         """A daemon thread running a round every ``interval`` seconds; errors are logged and retried."""

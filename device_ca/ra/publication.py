@@ -39,6 +39,7 @@ from device_ca.store.status import CertStatus, Presigned, StoredCrl
 log = logging.getLogger("device_ca.ra.publication")
 
 RESPONDER_VALIDITY = dt.timedelta(days=7)
+RESPONDER_KEY_PREFIX = "device-ca-ocsp-"
 ROTATE_BEFORE = dt.timedelta(days=2)
 OCSP_VALIDITY = dt.timedelta(hours=24)
 CRL_VALIDITY = dt.timedelta(hours=24)
@@ -194,7 +195,7 @@ class StatusPublisher:
         if stored is not None:
             log.warning("OCSP responder key %s %s: making a new responder", stored.key_label, problem)
         issuer = self._issuer()
-        label = f"device-ca-ocsp-{now:%Y%m%d%H%M%S}-{secrets.token_hex(6)}"     # unique across nodes
+        label = f"{RESPONDER_KEY_PREFIX}{now:%Y%m%d%H%M%S}-{secrets.token_hex(6)}"     # unique across nodes
         key = self.token.generate(label, issuer.key_type)
         serial = new_serial()
         certificate = ocsp.build_responder_certificate(issuer.certificate, issuer.signer, key.public_key(), self.clock,
@@ -219,6 +220,14 @@ class StatusPublisher:
         """Whether a node may serve without any CA-wide work first: a usable responder not due for
         rotation, and a CRL that is not due."""
         return self._responder_problem(self.clock.now())[1] is None and not self.crl_due()
+
+    def orphan_responder_keys(self) -> list[str]:
+        """Responder keys on the token with no responder certificate in the database: a start that
+        died between generating the key and storing its certificate. Harmless (unique labels, never
+        used); reported so that an operator can delete them."""
+        known = self.store.status.responder_key_labels()
+        return sorted(label for label in self.token.labels()
+                      if label.startswith(RESPONDER_KEY_PREFIX) and label not in known)
 
     def _key_problem(self, label: str) -> str | None:
         try:

@@ -229,6 +229,11 @@ class StatusRepo:
             c.execute(sa.insert(_RESPONDERS).values(ca=ca, key_label=key_label, serial=serial, der=der,
                                                     not_after=not_after, created_at=created_at))
 
+    def responder_key_labels(self) -> set[str]:
+        """The key labels of every responder certificate ever made, of every CA."""
+        with self.db.reading() as c:
+            return {r[0] for r in c.execute(sa.select(_RESPONDERS.c.key_label))}
+
     def active_responder(self, ca: str, now: dt.datetime) -> StoredResponder | None:
         with self.db.reading() as c:
             row = c.execute(sa.select(_RESPONDERS.c.id, _RESPONDERS.c.key_label, _RESPONDERS.c.der,
