@@ -49,11 +49,11 @@ class CaEnv:
         return self.home / "ca"
 
 
-def new_ca_env(tmp_path: Path, database_url: str) -> CaEnv:
+def new_ca_env(tmp_path: Path, database_url: str, home_name: str = "home") -> CaEnv:
     token = f"t-{secrets.token_hex(4)}"
     pin = secrets.token_hex(8)
     init_token(token, pin, secrets.token_hex(8))
-    home = tmp_path / "home"
+    home = tmp_path / home_name
     home.mkdir()
     return CaEnv(home=home, token=token, pin=pin, database_url=database_url)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from integration.cli_harness import CaEnv
-from integration.server_harness import Server, start_server
+from integration.server_harness import Server, launch_server, start_server
+from pg import postgres_database
 
 
 class Servers:
@@ -20,6 +21,12 @@ class Servers:
 
     def __call__(self, env: CaEnv, *serve_args: str, policy_dir: Path | None = None) -> Server:
         server = start_server(env, *serve_args, policy_dir=policy_dir)
+        self.started.append(server)
+        return server
+
+    def launch(self, env: CaEnv, *serve_args: str, policy_dir: Path | None = None) -> Server:
+        """Started but not waited for (``server.wait_ready()``): several nodes at one instant."""
+        server = launch_server(env, *serve_args, policy_dir=policy_dir)
         self.started.append(server)
         return server
 
@@ -49,3 +56,18 @@ def module_serve() -> Iterator[Servers]:
         yield servers
     finally:
         servers.stop_all()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL database whatever the suite's backend: what several nodes share.
+    Request it before `serve`, so that the nodes stop before it is dropped."""
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url() -> Iterator[str]:
+    """`postgres_url` for module-scoped fixtures; request it before `module_serve`."""
+    with postgres_database() as url:
+        yield url

@@ -73,9 +73,74 @@ class Server:
                     os.killpg(self.process.pid, signal.SIGKILL)     # started with start_new_session: pgid == pid
                 self.process.wait()
 
+    def kill(self) -> None:
+        """Abrupt death, as of a crashed machine: SIGKILL to serve's process group (the HTTPS listener
+        and its workers) and to the HTTP listener's own group, with no chance to clean up."""
+        groups = {self.process.pid} | {os.getpgid(pid) for pid in _descendants(self.process.pid)
+                                       if _exists(pid)}
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        self.process.wait()
+        deadline = time.monotonic() + 10     # until the last process holding a listening socket is gone
+        while any(_accepts(port) for port in (self.port, self.http_port)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"a killed node still accepts connections on {self.port} or {self.http_port}")
+            time.sleep(0.02)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until both listeners answer; stopped again if it does not get there."""
+        try:
+            _wait_ready(self, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.getpgid(pid)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _descendants(root: int) -> list[int]:
+    """Every living process below ``root`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
 
 def start_server(env: CaEnv, *extra: str, policy_dir: Path | None = None, timeout: float = 60) -> Server:
     """`device-ca serve` once it answers on both listeners; stopped again if it does not get there."""
+    server = launch_server(env, *extra, policy_dir=policy_dir)
+    server.wait_ready(timeout)
+    return server
+
+
+def launch_server(env: CaEnv, *extra: str, policy_dir: Path | None = None) -> Server:
+    """`device-ca serve` started on free ports, not waited for (several nodes start at one instant);
+    ``server.wait_ready()`` waits."""
     port, http_port = free_port(), free_port()
     if policy_dir is not None:
         env.extra["DEVICE_CA_POLICY_DIR"] = str(policy_dir)
@@ -83,13 +148,7 @@ def start_server(env: CaEnv, *extra: str, policy_dir: Path | None = None, timeou
     process = subprocess.Popen(
         [sys.executable, "-m", "device_ca.cli.main", "serve", "--port", str(port), "--http-port", str(http_port),
          *extra], env=env.env, cwd=env.home, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(env=env, port=port, http_port=http_port, process=process, log=log)
-    try:
-        _wait_ready(server, timeout)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return Server(env=env, port=port, http_port=http_port, process=process, log=log)
 
 
 def _wait_ready(server: Server, timeout: float) -> None:

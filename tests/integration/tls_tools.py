@@ -412,18 +412,18 @@ class Nginx:
         return pids
 
     def __enter__(self) -> "Nginx":
-        self.dir = Path(tempfile.mkdtemp(prefix="device-ca-nginx-"))
+        self.dir = self._make_dir()
         self.conf_path.write_text(self.config())
         binary = nginx_binary()
         test = subprocess.run([binary, "-t", "-q", "-c", str(self.conf_path), "-p", f"{self.dir}/",
-                               "-e", str(self.error_log)], capture_output=True, text=True)
+                               "-e", str(self.error_log), *self._globals()], capture_output=True, text=True)
         if test.returncode != 0:
             message = f"nginx -t rejected the configuration:\n{test.stderr}\n{self._numbered()}"
             self._cleanup()
             raise NginxError(message)
         stderr = open(self.dir / "stderr.log", "wb")
         self.proc = subprocess.Popen([binary, "-c", str(self.conf_path), "-p", f"{self.dir}/",
-                                      "-e", str(self.error_log)],
+                                      "-e", str(self.error_log), *self._globals()],
                                      stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
                                      start_new_session=True)
         stderr.close()
@@ -452,6 +452,13 @@ class Nginx:
         if died and exc_type is None:
             raise NginxError(f"nginx exited while in use (status {self.proc.returncode}):\n{tail}")
 
+    def _make_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="device-ca-nginx-"))
+
+    def _globals(self) -> list[str]:
+        """Main-context directives given on the command line (``-g``)."""
+        return []
+
     def _stop(self) -> None:
         stop_process(self.proc, signal.SIGQUIT, self.stop_timeout)
 
@@ -461,6 +468,28 @@ class Nginx:
 
     def _numbered(self) -> str:
         return "\n".join(f"{i:4} {line}" for i, line in enumerate(self.conf_path.read_text().splitlines(), 1))
+
+
+class NginxMain(Nginx):
+    """nginx running a whole configuration of someone else's (main context, ``stream`` and ``http``
+    blocks), such as deploy/nginx/device-ca.conf rendered for a test, in ``directory`` (kept; the
+    configuration puts its pid file and error.log there). The file names no ``daemon`` and no
+    ``user``: ``daemon off;`` (and ``user root;`` as root, see Nginx) come from the command line.
+    Its ``listen`` directives name the ports waited for, loopback only as for Nginx."""
+
+    def __init__(self, config: str, directory: Path, **kwargs):
+        super().__init__(config, keep_dir=True, **kwargs)
+        self.directory = directory
+
+    def config(self) -> str:
+        return self.servers
+
+    def _make_dir(self) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return self.directory
+
+    def _globals(self) -> list[str]:
+        return ["-g", "daemon off;" + (" user root;" if os.geteuid() == 0 else "")]
 
 
 # --- estclient --------------------------------------------------------------------------------
