@@ -19,76 +19,23 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from integration.cli_harness import ROOT, CaEnv, make_tokens, openssl
+from integration.cli_harness import openssl
 from integration.est_pki import device_csr
-from integration.nodes_harness import node_envs, start_nodes
+from integration.nodes_harness import DEPLOY, Front, nginx_front, node_envs, start_nodes
 from integration.server_harness import Server
-from integration.tls_tools import NginxMain, estclient, free_port, make_pki, stop_process
+from integration.tls_tools import free_port, make_pki
 
 pytestmark = [pytest.mark.integration]
 
-DEPLOY = ROOT / "deploy" / "nginx"
 INTERVAL, FALL, TIMEOUT = 0.5, 2, 1.0      # healthcheck.py's round, failures to go down, /healthz timeout
 # a dead node is marked down after at most FALL rounds (the first may start just before the death),
 # each round waiting at most TIMEOUT; one second more for scheduling on a busy 2-core machine
 DOWN_WITHIN = FALL * INTERVAL + TIMEOUT + 1.0
-
-
-def render(**values: str) -> str:
-    """deploy/nginx/device-ca.conf with every @NAME@ replaced (README.md: the same with sed)."""
-    text = (DEPLOY / "device-ca.conf").read_text()
-    for name, value in values.items():
-        assert f"@{name}@" in text, name
-        text = text.replace(f"@{name}@", value)
-    left = re.findall(r"@[A-Z_]+@", text)
-    assert not left, f"placeholders not rendered: {left}"
-    return text
-
-
-@dataclass
-class Front:
-    env: CaEnv                    # the first node's (where init ran)
-    nodes: list[Server]
-    nginx: NginxMain
-    est_port: int
-    status_port: int
-    run_dir: Path
-    checker: subprocess.Popen
-    checker_log: Path
-
-    @property
-    def chain(self) -> Path:
-        return self.env.ca_dir / "chain.pem"
-
-    @property
-    def status(self) -> str:
-        return f"http://127.0.0.1:{self.status_port}"
-
-    def enroll(self, tmp: Path, device: str) -> subprocess.CompletedProcess:
-        """estclient enrolls ``device`` (badge-reader, bootstrap token) through nginx."""
-        (secret,) = make_tokens(self.env, "badge-reader", [device]).values()
-        config = tmp / f"{device}-est.json"
-        config.write_text(json.dumps({"username": device, "password": secret}))
-        config.chmod(0o600)
-        key = tmp / f"{device}.key"
-        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
-        return estclient("enroll", "-server", f"127.0.0.1:{self.est_port}", "-explicit", self.chain,
-                         "-aps", "badge-reader", "-config", config, "-key", key, "-cn", device,
-                         "-ou", "badge-reader", "-org", "BuildingCo", "-out", tmp / f"{device}.pem")
-
-    def ocsp(self, cert: Path) -> subprocess.CompletedProcess:
-        """openssl ocsp (POST, with a nonce) through nginx, the answer verified against the root."""
-        return openssl("ocsp", "-issuer", str(self.env.ca_dir / "issuing.pem"), "-cert", str(cert),
-                       "-url", f"{self.status}/ocsp", "-CAfile", str(self.env.ca_dir / "root.pem"), "-timeout", "10")
-
-    def lines(self, kind: str) -> str:
-        return (self.run_dir / f"upstream-{kind}.conf").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -99,21 +46,8 @@ def front(tmp_path_factory, module_postgres_url, module_serve):
     envs = node_envs(tmp, module_postgres_url, 2, DEVICE_CA_PUBLIC_URL=f"http://127.0.0.1:{status_port}")
     # behind TLS passthrough every device has nginx's address: the per-address limit would count them all
     nodes = start_nodes(module_serve, envs, "--rate-limit", "0")
-    run_dir = tmp / "nginx"
-    checker = [sys.executable, str(DEPLOY / "healthcheck.py"), "--run-dir", str(run_dir),
-               "--cafile", str(envs[0].ca_dir / "chain.pem"), "--interval", str(INTERVAL), "--fall", str(FALL),
-               "--timeout", str(TIMEOUT), *[a for n in nodes for a in ("--node", f"127.0.0.1:{n.port}:{n.http_port}")]]
-    subprocess.run([*checker, "--once"], check=True, timeout=30, capture_output=True)
-    config = render(EST_LISTEN=f"127.0.0.1:{est_port}", STATUS_LISTEN=f"127.0.0.1:{status_port}",
-                    RUN_DIR=str(run_dir), LOG_DIR=str(run_dir))
-    with NginxMain(config, run_dir) as nginx:
-        checker_log = run_dir / "healthcheck.log"
-        with checker_log.open("wb") as log:
-            process = subprocess.Popen(checker, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield Front(envs[0], nodes, nginx, est_port, status_port, run_dir, process, checker_log)
-        finally:
-            stop_process(process, signal.SIGTERM, 5)
+    with nginx_front(tmp, envs[0], nodes, est_port, status_port, INTERVAL, FALL, TIMEOUT) as running:
+        yield running
 
 
 def _enrollments(server: Server) -> float:
