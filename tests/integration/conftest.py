@@ -49,3 +49,13 @@ def module_serve() -> Iterator[Servers]:
         yield servers
     finally:
         servers.stop_all()
+
+
+@pytest.fixture
+def pg_cluster():
+    """A PostgreSQL primary with a synchronous streaming standby (tests/pgcluster.py): `url` names
+    both, `kill_primary()`, `promote()`; both servers stopped and removed after the test."""
+    from pgcluster import pg_cluster as running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster
