@@ -10,6 +10,7 @@ token; `reconcile` lists no certificate anyone received and `audit verify` passe
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -147,6 +148,24 @@ def test_failover_under_est_load(tmp_path, pg_cluster, serve):
     assert not {int(r["serial"], 16) for r in reserved} & (set(ok) | set(rows)), reserved
     assert all(load_status(answers, r["device_id"]) != 200 for r in reserved), reserved
     assert json.loads(env.run("audit", "verify", "--json").stdout)["ok"]
+
+
+def test_a_host_that_never_answers_costs_the_connect_timeout(pg_cluster):
+    """A frozen server accepts TCP and never answers: a new connection gives up on it after the
+    connect timeout and takes the next host of the URL (without one, libpq waits for ever)."""
+    from device_ca.store.db import PG_CONNECT_TIMEOUT, Database
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        db = Database(pg_cluster.url.replace("?", f"?host=127.0.0.1:{silent.getsockname()[1]}&", 1))
+        try:
+            start = time.monotonic()
+            with db.reading() as connection:
+                assert connection.exec_driver_sql("SHOW port").scalar() == str(pg_cluster.primary.port)
+            assert PG_CONNECT_TIMEOUT - 0.5 <= time.monotonic() - start < PG_CONNECT_TIMEOUT + 3
+        finally:
+            db.dispose()
 
 
 def load_status(answers: list[Answer], device: str) -> int:
