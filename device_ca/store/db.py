@@ -25,6 +25,10 @@ from sqlmodel import Session
 from device_ca.errors import DeviceCAError, Kind
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Seconds a new PostgreSQL connection may take per host (libpq's connect_timeout; the URL may set
+# its own). Without it a host that accepts TCP but never answers, such as a frozen primary, holds
+# the request forever instead of letting libpq try the next host of a multi-host URL.
+PG_CONNECT_TIMEOUT = 5
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -49,7 +53,8 @@ def make_engine(url: str) -> sa.Engine:
             connection.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    connect_args = {} if "connect_timeout" in sa.engine.make_url(url).query else {"connect_timeout": PG_CONNECT_TIMEOUT}
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
 
 
 def migrate(engine: sa.Engine) -> None:

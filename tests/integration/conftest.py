@@ -71,3 +71,13 @@ def module_postgres_url() -> Iterator[str]:
     """`postgres_url` for module-scoped fixtures; request it before `module_serve`."""
     with postgres_database() as url:
         yield url
+
+
+@pytest.fixture
+def pg_cluster():
+    """A PostgreSQL primary with a synchronous streaming standby (tests/pgcluster.py): `url` names
+    both, `kill_primary()`, `promote()`; both servers stopped and removed after the test."""
+    from pgcluster import pg_cluster as running_cluster
+
+    with running_cluster() as cluster:
+        yield cluster

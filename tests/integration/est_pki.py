@@ -24,6 +24,15 @@ def device_csr(directory: Path, name: str, subject: str, san: str | None = None,
     return key_path, base64.encodebytes((directory / f"{name}.der").read_bytes())
 
 
+def simpleenroll(server, directory: Path, device: str, secret: str, policy: str = "badge-reader",
+                 extra: tuple[str, ...] = ()) -> tuple[int, bytes, dict[str, str]]:
+    """A fresh key and CSR for ``device`` (openssl), POSTed to ``server``'s simpleenroll with its
+    bootstrap secret by curl: (status, body, headers)."""
+    _, body = device_csr(directory, device, f"/O=BuildingCo/OU={policy}/CN={device}")
+    return server.curl(f"/{policy}/simpleenroll", "-H", "Content-Type: application/pkcs10", "-u", f"{device}:{secret}",
+                       *extra, body=body)
+
+
 def pkcs7_certificates(body: bytes) -> list[x509.Certificate]:
     """The certificates of a base64 certs-only response, read by openssl (an independent parser)."""
     der = base64.b64decode(body)

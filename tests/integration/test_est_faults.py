@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from integration.cli_harness import new_ca_env
-from integration.est_pki import device_csr, pkcs7_certificates
+from integration.est_pki import device_csr, pkcs7_certificates, simpleenroll
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,9 +32,7 @@ def _token_dir(label: str) -> Path:
 
 def _enroll(server, env, tmp, device, policy="badge-reader", extra=()):
     secret = env.run("token", "create", "--policy", policy, "--device-id", device).stdout.decode().strip()
-    _, body = device_csr(tmp, device, f"/O=BuildingCo/OU={policy}/CN={device}")
-    return server.curl(f"/{policy}/simpleenroll", "-H", "Content-Type: application/pkcs10", "-u", f"{device}:{secret}",
-                       *extra, body=body)
+    return simpleenroll(server, tmp, device, secret, policy, extra)
 
 
 def _list(env, *args):
