@@ -10,6 +10,19 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import parse_duration
 
 
+def _addresses(values) -> tuple[str, ...]:
+    """IP addresses as the front compares them (normalised); a name or a malformed one is refused."""
+    import ipaddress
+
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not an IP address", param_hint="--load-balancer") from None
+    return tuple(out)
+
+
 def register(cli: click.Group, services, actor, iso) -> None:
     @cli.command()
     @click.option("--host", default="127.0.0.1", show_default=True, help="Address of both listeners.")
@@ -37,12 +50,16 @@ def register(cli: click.Group, services, actor, iso) -> None:
                   help="Seconds a client has to finish its TLS handshake (HTTPS).")
     @click.option("--idle-timeout", default=15.0, show_default=True, type=click.FloatRange(min=0.1),
                   help="Seconds a keep-alive connection may stay silent between requests (both listeners).")
+    @click.option("--load-balancer", "load_balancers", multiple=True, metavar="ADDRESS",
+                  help="Address of a load balancer in front (repeatable). On HTTPS its connections start with a "
+                       "PROXY protocol v1 header naming the device (nginx stream: proxy_protocol on); on HTTP its "
+                       "X-Forwarded-For names the client. Rate limits and logs then see the device, not the balancer.")
     @click.option("--rate-limit-scope", type=click.Choice(["cluster", "node"]), default="cluster", show_default=True,
                   help="cluster: one bucket per client for every node sharing the database (PostgreSQL; SQLite is "
                        "one host, where both mean the node); node: buckets of this node only.")
     def serve(host, port, http_port, tls_cert, tls_key, workers, threads, http_workers, rate_limit, max_batches,
               ocsp_nonce_rate, request_timeout, trusted_proxy, client_cert_header, default_policy, handshake_timeout,
-              idle_timeout, rate_limit_scope) -> None:
+              idle_timeout, load_balancers, rate_limit_scope) -> None:
         """Serve EST and the batch API over HTTPS, and OCSP, CRLs, CA files, health and metrics over HTTP."""
         from device_ca.web.server import DEFAULT_THREADS, DEFAULT_WORKERS, ServeOptions, run
 
@@ -52,7 +69,8 @@ def register(cli: click.Group, services, actor, iso) -> None:
                          request_timeout=request_timeout,
                          trusted_proxies=tuple(trusted_proxy), client_cert_header=client_cert_header,
                          default_policy=default_policy, handshake_timeout=handshake_timeout,
-                         idle_timeout=idle_timeout, rate_limit_scope=rate_limit_scope))
+                         idle_timeout=idle_timeout, rate_limit_scope=rate_limit_scope,
+                         load_balancers=_addresses(load_balancers)))
 
     @cli.group()
     def tls() -> None:

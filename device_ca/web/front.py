@@ -36,6 +36,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 import tempfile
@@ -75,6 +76,11 @@ class Site:
     threads: int = 2
     ssl_context: ssl.SSLContext | None = None
     handshake_timeout: float = 10.0
+    # Addresses of load balancers in front. With TLS, a connection from one starts with a PROXY
+    # protocol v1 header naming the client (nginx stream `proxy_protocol on`), read before the
+    # handshake; without TLS, their X-Forwarded-For (its last entry) names the client. Anyone else
+    # is the client itself, and a header of either kind from them is not believed.
+    balancers: frozenset[str] = frozenset()
 
 
 class Request:
@@ -147,8 +153,8 @@ class Front:
         self.accepting = True
         self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
-    def protocol(self) -> "Connection":
-        return Connection(self)
+    def protocol(self, remote: str | None = None) -> "Connection":
+        return Connection(self, remote)
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -175,13 +181,14 @@ class Front:
 class Connection(asyncio.Protocol):
     """One client connection: httptools parses, the request is buffered, then answered in order."""
 
-    def __init__(self, front: Front):
+    def __init__(self, front: Front, remote: str | None = None):
         self.front = front
         self.site = front.site
         self.limits = front.site.limits
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
-        self.remote = ""
+        self.remote = remote or ""         # given: the client a balancer's PROXY header named
+        self.forwarded = False             # the peer is a balancer whose X-Forwarded-For names the client
         self.peer_der = None
         self.server = ("", "")
         self.since = time.monotonic()      # silent since (between requests)
@@ -206,8 +213,10 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.remote = peer[0] if peer else ""
+        if not self.remote:
+            peer = transport.get_extra_info("peername")
+            self.remote = peer[0] if peer else ""
+            self.forwarded = self.site.ssl_context is None and self.remote in self.site.balancers
         sock = transport.get_extra_info("sockname")
         self.server = (str(sock[0]), str(sock[1])) if sock else ("", "")
         ssl_object = transport.get_extra_info("ssl_object")
@@ -308,8 +317,11 @@ class Connection(asyncio.Protocol):
         else:
             parts = self.body_parts
             body = parts[0] if len(parts) == 1 else b"".join(parts)
+        remote = self.remote
+        if self.forwarded:
+            remote = _forwarded_for(headers) or remote
         request = Request(parser.get_method().decode("ascii", "replace"), self.url.decode("latin-1"), headers, body,
-                          parser.get_http_version(), parser.should_keep_alive(), self.remote, self.peer_der,
+                          parser.get_http_version(), parser.should_keep_alive(), remote, self.peer_der,
                           self.server)
         self.started = None
         self._reset()
@@ -441,6 +453,135 @@ def _call_wsgi(app, request: Request, https: bool) -> Reply:
     return int(status.split(" ", 1)[0]), headers, data
 
 
+def _forwarded_for(headers: list[tuple[str, str]]) -> str | None:
+    """The client a balancer names: the last entry of the last X-Forwarded-For (entries before it
+    are what the client itself claimed)."""
+    for name, value in reversed(headers):
+        if name == "x-forwarded-for":
+            return value.rsplit(",", 1)[-1].strip() or None
+    return None
+
+
+PROXY_V1_MAX = 107            # bytes of a PROXY protocol v1 header, CRLF included (the spec's limit)
+
+
+def parse_proxy_v1(line: bytes) -> str | None:
+    """The source address of a PROXY protocol v1 header line (without its CRLF); None for
+    ``PROXY UNKNOWN`` (the balancer's own connection, e.g. a health check). ValueError if it is not
+    a well-formed header."""
+    parts = line.split(b" ")
+    if parts[0] != b"PROXY" or len(parts) < 2:
+        raise ValueError("not a PROXY protocol header")
+    if parts[1] == b"UNKNOWN":
+        return None
+    if parts[1] not in (b"TCP4", b"TCP6") or len(parts) != 6:
+        raise ValueError("malformed PROXY protocol header")
+    import ipaddress
+
+    source = ipaddress.ip_address(parts[2].decode("ascii"))
+    ipaddress.ip_address(parts[3].decode("ascii"))
+    if (source.version == 4) != (parts[1] == b"TCP4"):
+        raise ValueError("PROXY protocol address family mismatch")
+    for port in parts[4:6]:
+        if not port.isdigit() or not 0 <= int(port) <= 65535 or (len(port) > 1 and port.startswith(b"0")):
+            raise ValueError("malformed PROXY protocol port")
+    return str(source)
+
+
+class _ProxyAcceptor:
+    """Accepts on a listening socket itself (instead of ``create_server``) when balancers are
+    configured: a connection from a balancer first gives its PROXY v1 header, read with MSG_PEEK so
+    that not one byte of the TLS handshake behind it is taken, within ``handshake_timeout``; then
+    TLS and the front's protocol take the socket, with the client the header named. A balancer's
+    connection that starts with a TLS handshake instead is the balancer's own (a health check from
+    its host) and keeps its address; anything else from it is closed. Connections from anyone else
+    go straight to TLS: a header from them is not believed (it fails the handshake)."""
+
+    def __init__(self, front: Front, sock, loop: asyncio.AbstractEventLoop):
+        self.front, self.sock, self.loop = front, sock, loop
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                conn, address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:        # EMFILE and the like: logged, the listener stays
+                log.warning("accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            if address[0] in self.front.site.balancers:
+                _ProxyHeader(self, conn)
+            else:
+                self._start(conn, None)
+
+    def _start(self, conn, remote: str | None) -> None:
+        site = self.front.site
+
+        async def start() -> None:
+            try:
+                await self.loop.connect_accepted_socket(
+                    lambda: self.front.protocol(remote), sock=conn, ssl=site.ssl_context,
+                    ssl_handshake_timeout=site.handshake_timeout if site.ssl_context else None)
+            except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+                log.info("connection from %s dropped in the handshake: %s", remote or "?", exc)
+                conn.close()
+
+        self.loop.create_task(start())
+
+
+class _ProxyHeader:
+    """Waits for one balancer connection's PROXY v1 header (peeked, then taken exactly)."""
+
+    def __init__(self, acceptor: _ProxyAcceptor, conn):
+        self.acceptor, self.conn, self.loop = acceptor, conn, acceptor.loop
+        self.fd = conn.fileno()
+        self.timer = self.loop.call_later(acceptor.front.site.handshake_timeout, self._give_up, "no header in time")
+        self.retry = None
+        self.loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            seen = self.conn.recv(PROXY_V1_MAX, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            return self._give_up(str(exc))
+        if seen[:1] == b"\x16":                     # a TLS handshake, no header: the balancer's own
+            self._done()                               # connection (its health check), the balancer's address
+            return self.acceptor._start(self.conn, None)
+        end = seen.find(b"\r\n")
+        if end < 0:
+            if not seen or len(seen) >= PROXY_V1_MAX or not seen.startswith(b"PROXY"[:len(seen)]):
+                return self._give_up("not a PROXY protocol header" if seen else "closed before its header")
+            self.loop.remove_reader(self.fd)         # a part of it: look again shortly (peeking never drains)
+            self.retry = self.loop.call_later(0.01, self.loop.add_reader, self.fd, self._readable)
+            return
+        try:
+            remote = parse_proxy_v1(seen[:end])
+        except ValueError as exc:
+            return self._give_up(str(exc))
+        self.conn.recv(end + 2)                      # exactly the header; the handshake stays queued
+        self._done()
+        self.acceptor._start(self.conn, remote)
+
+    def _done(self) -> None:
+        self.timer.cancel()
+        if self.retry is not None:
+            self.retry.cancel()
+        self.loop.remove_reader(self.fd)
+
+    def _give_up(self, why: str) -> None:
+        self._done()
+        log.info("balancer connection closed: %s", why)
+        self.conn.close()
+
+
 def _environ(request: Request, https: bool) -> dict:
     body = request.body
     if isinstance(body, bytes):
@@ -501,10 +642,13 @@ class LoopWorker(Worker):
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(sig, stopping.set)
-        servers = [await loop.create_server(front.protocol, sock=listener.sock, ssl=site.ssl_context,
-                                            ssl_handshake_timeout=site.handshake_timeout if site.ssl_context else None,
-                                            backlog=self.cfg.backlog)
-                   for listener in self.sockets]
+        if site.balancers and site.ssl_context is not None:
+            servers = [_ProxyAcceptor(front, listener.sock, loop) for listener in self.sockets]
+        else:
+            servers = [await loop.create_server(front.protocol, sock=listener.sock, ssl=site.ssl_context,
+                                                ssl_handshake_timeout=site.handshake_timeout if site.ssl_context
+                                                else None, backlog=self.cfg.backlog)
+                       for listener in self.sockets]
         interval = max(0.5, min(2.0, self.timeout / 4)) if self.timeout else 1.0
         while not stopping.is_set() and self.alive:
             self.notify()

@@ -59,6 +59,7 @@ class ServeOptions:
     handshake_timeout: float = 10.0   # seconds a client has for its whole TLS handshake
     idle_timeout: float = 15.0        # seconds of silence after which a connection is closed
     rate_limit_scope: str = "cluster"  # cluster: buckets in the database (PostgreSQL); node: this node's
+    load_balancers: tuple[str, ...] = field(default=())   # PROXY protocol (HTTPS), X-Forwarded-For (HTTP) from these
 
 
 def _gunicorn(factory, options: dict):
@@ -132,7 +133,7 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
                     limits=Limits(deadline=options.request_timeout, idle=options.idle_timeout,
                                   max_body=_https_body_limit),
                     ssl_context=server_context(tls.cert, tls.key, tls.client_cas),
-                    handshake_timeout=options.handshake_timeout)
+                    handshake_timeout=options.handshake_timeout, balancers=frozenset(options.load_balancers))
     return build
 
 
@@ -182,7 +183,8 @@ def _http_factory(options: ServeOptions, live_budget: RateLimiter):
         quiet_gc()
         return Site(public, inline=inline, threads=2,
                     limits=Limits(deadline=options.request_timeout, idle=options.idle_timeout,
-                                  max_body=lambda path: MAX_REQUEST_BYTES))
+                                  max_body=lambda path: MAX_REQUEST_BYTES),
+                    balancers=frozenset(options.load_balancers))
     return build
 
 

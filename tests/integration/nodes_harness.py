@@ -2,7 +2,7 @@
 (PostgreSQL), one token (SoftHSM tokens are global on this machine, chosen by label). The first
 node's home is where `device-ca init` ran; the others were never initialised and only `serve`.
 
-    nodes = start_nodes(serve, tmp_path, database_url, 3, "--rate-limit", "0")
+    nodes = start_nodes(serve, node_envs(tmp_path, database_url, 3), "--load-balancer", "127.0.0.1")
     nodes[1].kill()            # SIGKILL, as a crashed machine
     ...                        # the `serve` fixture stops whatever is still running
     with nginx_front(tmp_path, envs[0], nodes, est_port, status_port) as front:

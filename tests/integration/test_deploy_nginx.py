@@ -44,8 +44,8 @@ def front(tmp_path_factory, module_postgres_url, module_serve):
     est_port, status_port = free_port(), free_port()
     # certificates name the balancer's status address (CRL DP, AIA), not a node's
     envs = node_envs(tmp, module_postgres_url, 2, DEVICE_CA_PUBLIC_URL=f"http://127.0.0.1:{status_port}")
-    # behind TLS passthrough every device has nginx's address: the per-address limit would count them all
-    nodes = start_nodes(module_serve, envs, "--rate-limit", "0")
+    # nginx names each device in a PROXY header (HTTPS) and X-Forwarded-For (HTTP), believed from it only
+    nodes = start_nodes(module_serve, envs, "--load-balancer", "127.0.0.1")
     with nginx_front(tmp, envs[0], nodes, est_port, status_port, INTERVAL, FALL, TIMEOUT) as running:
         yield running
 

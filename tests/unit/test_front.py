@@ -33,7 +33,7 @@ class Recorder:
         body = environ["wsgi.input"].read()
         self.calls.append({"path": environ["PATH_INFO"], "query": environ["QUERY_STRING"], "body": body,
                            "peer": environ.get("device_ca.peer_der"), "scheme": environ["wsgi.url_scheme"],
-                           "x": environ.get("HTTP_X_TEST")})
+                           "x": environ.get("HTTP_X_TEST"), "remote": environ["REMOTE_ADDR"]})
         if self.delay:
             time.sleep(self.delay)
         data = f"{environ['PATH_INFO']} {len(body)}".encode()
@@ -43,16 +43,23 @@ class Recorder:
 
 @contextlib.contextmanager
 def serving(site: Site):
+    """The front on a free loopback port, as LoopWorker runs it: its own accept loop when the site
+    has balancers and TLS (PROXY protocol), else create_server."""
     loop = asyncio.new_event_loop()
     ready, holder = threading.Event(), {}
 
     def run():
         asyncio.set_event_loop(loop)
         the_front = Front(site, loop)
-        server = loop.run_until_complete(loop.create_server(
-            the_front.protocol, "127.0.0.1", 0, ssl=site.ssl_context,
-            ssl_handshake_timeout=site.handshake_timeout if site.ssl_context else None))
-        holder["port"] = server.sockets[0].getsockname()[1]
+        if site.balancers and site.ssl_context is not None:
+            listener = socket.create_server(("127.0.0.1", 0))
+            server = front._ProxyAcceptor(the_front, listener, loop)
+            holder["port"] = listener.getsockname()[1]
+        else:
+            server = loop.run_until_complete(loop.create_server(
+                the_front.protocol, "127.0.0.1", 0, ssl=site.ssl_context,
+                ssl_handshake_timeout=site.handshake_timeout if site.ssl_context else None))
+            holder["port"] = server.sockets[0].getsockname()[1]
         ready.set()
         loop.run_forever()
         server.close()
@@ -70,8 +77,10 @@ def serving(site: Site):
         thread.join(5)
 
 
-def _connect(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=5)
+def _connect(port: int, source: str | None = None) -> socket.socket:
+    """A connection from 127.0.0.1 (the balancer in the PROXY tests) or from ``source``."""
+    return socket.create_connection(("127.0.0.1", port), timeout=5,
+                                    source_address=(source, 0) if source else None)
 
 
 _BUFFERS: "weakref.WeakKeyDictionary[socket.socket, bytearray]" = weakref.WeakKeyDictionary()
@@ -358,3 +367,73 @@ def test_slow_tls_clients_are_cut_off_and_hold_no_thread(pki):
             assert _read_reply(s)[0] == 408
         assert time.monotonic() - started < 2.5
     assert [c["path"] for c in app.calls] == ["/normal"]
+
+
+# Balancers: PROXY protocol before TLS, X-Forwarded-For without it (tests: 127.0.0.1 is the
+# balancer, 127.0.0.2 a client connecting directly)
+
+def test_a_balancers_proxy_header_names_the_client_and_tls_follows_untouched(pki):
+    app = Recorder()
+    with serving(_tls_site(pki, app, balancers=frozenset({"127.0.0.1"}))) as port:
+        for header in (b"PROXY TCP4 198.51.100.7 127.0.0.1 40001 443\r\n",
+                       b"PROXY TCP6 2001:db8::7 2001:db8::1 40001 443\r\n", b"PROXY UNKNOWN\r\n"):
+            raw = _connect(port)
+            raw.sendall(header)              # the ClientHello follows in the next segment, or the same one
+            with _client(pki, True).wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                s.sendall(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert _read_reply(s)[0] == 200
+        for source, path in (("127.0.0.2", b"/direct"), (None, b"/balancer-itself")):   # no header
+            with _client(pki, False).wrap_socket(_connect(port, source), server_hostname="127.0.0.1") as s:
+                s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert _read_reply(s)[0] == 200
+    expected = pki["client"][2].public_bytes(serialization.Encoding.DER)
+    assert [(c["remote"], c["peer"]) for c in app.calls] == [
+        ("198.51.100.7", expected), ("2001:db8::7", expected), ("127.0.0.1", expected), ("127.0.0.2", None),
+        ("127.0.0.1", None)]
+
+
+def test_a_proxy_header_from_anyone_but_a_balancer_and_a_bad_one_from_a_balancer_are_refused(pki):
+    """Attack: a device sends a PROXY header to pass as another address (a rate limit per client);
+    a balancer address that sends garbage, half a header or nothing within the handshake timeout."""
+    app = Recorder()
+    site = _tls_site(pki, app, balancers=frozenset({"127.0.0.1"}), handshake_timeout=1.0)
+    with serving(site) as port:
+        spoof = _connect(port, "127.0.0.2")
+        spoof.sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 1 443\r\n")
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            _client(pki, True).wrap_socket(spoof, server_hostname="127.0.0.1")
+        for bad in (b"PROXY TCP4 999.1.1.1 127.0.0.1 1 443\r\n", b"PROXY TCP4 203.0.113.9 127.0.0.1 1\r\n",
+                    b"PROXY TCP6 203.0.113.9 127.0.0.1 1 443\r\n", b"\x16\x03\x01\x00\xff\x01", b"PROXY TCP4 1.2",
+                    b"", b"PROXY " + b"x" * 200):
+            s = _connect(port)
+            s.sendall(bad)
+            s.settimeout(3)
+            with contextlib.suppress(ConnectionResetError):
+                assert s.recv(100) == b"", bad
+            s.close()
+    assert app.calls == []
+
+
+def test_without_tls_a_balancers_x_forwarded_for_names_the_client_and_nobody_elses():
+    app = Recorder()
+    with serving(Site(app, balancers=frozenset({"127.0.0.1"}))) as port:
+        for source in (None, "127.0.0.2"):
+            with _connect(port, source) as s:
+                s.sendall(b"GET /ocsp HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.9.9.9, 198.51.100.8\r\n\r\n")
+                assert _read_reply(s)[0] == 200
+    assert [c["remote"] for c in app.calls] == ["198.51.100.8", "127.0.0.2"]
+
+
+@pytest.mark.parametrize("line, source", [
+    (b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2", "192.0.2.1"), (b"PROXY TCP6 ::1 ::1 65535 0", "::1"),
+    (b"PROXY UNKNOWN", None), (b"PROXY UNKNOWN ff::1 ff::2 1 2", None)])
+def test_proxy_v1_headers_parsed(line, source):
+    assert front.parse_proxy_v1(line) == source
+
+
+@pytest.mark.parametrize("line", [b"PROXY", b"proxy TCP4 1.1.1.1 1.1.1.1 1 1", b"PROXY TCP4 1.1.1.1 1.1.1.1 1 65536",
+                                  b"PROXY TCP4 1.1.1.1 1.1.1.1 01 1", b"PROXY TCP4 ::1 ::1 1 1",
+                                  b"PROXY UDP4 1.1.1.1 1.1.1.1 1 1", b"PROXY TCP4 1.1.1.1 1.1.1.1 -1 1"])
+def test_malformed_proxy_v1_headers_refused(line):
+    with pytest.raises(ValueError):
+        front.parse_proxy_v1(line)
