@@ -15,11 +15,14 @@ from typing import Callable, Iterator
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import hsm
+from device_ca import metrics
 from device_ca.errors import DeviceCAError, Kind
 
 
-def unavailable(exc: hsm.HsmError) -> DeviceCAError:
-    """The token's failure as the domain's error kind (the message is safe: hsm never puts a PIN in it)."""
+def unavailable(exc: hsm.HsmError, operation: str) -> DeviceCAError:
+    """The token's failure in ``operation`` as the domain's error kind (the message is safe: hsm never
+    puts a PIN in it), counted in device_ca_hsm_errors_total."""
+    metrics.hsm_error(operation)
     return DeviceCAError(Kind.HSM_UNAVAILABLE, str(exc), cause=exc)
 
 
@@ -29,12 +32,12 @@ def about_a_key(exc: DeviceCAError) -> bool:
 
 
 @contextlib.contextmanager
-def translated() -> Iterator[None]:
+def translated(operation: str) -> Iterator[None]:
     """HsmError raised inside the block leaves it as DeviceCAError(HSM_UNAVAILABLE)."""
     try:
         yield
     except hsm.HsmError as exc:
-        raise unavailable(exc) from None
+        raise unavailable(exc, operation) from None
 
 
 class CaToken:
@@ -52,7 +55,7 @@ class CaToken:
     def _open(self) -> hsm.Token:
         token = self._token
         if token is None:
-            with self._lock, translated():
+            with self._lock, translated("open"):
                 if self._token is None:
                     self._token = hsm.open_token(self._config())
                 token = self._token
@@ -63,16 +66,16 @@ class CaToken:
         return self._token is not None
 
     def ping(self) -> None:
-        with translated():
+        with translated("ping"):
             self._open().ping()
 
     def labels(self) -> list[str]:
-        with translated():
+        with translated("labels"):
             return self._open().labels()
 
     def find(self, label: str):
         """A signer for the private key ``label``, or None if the token has none."""
-        with translated():
+        with translated("find"):
             key = self._open().find_key(label)
         return None if key is None else signer(key)
 
@@ -80,12 +83,13 @@ class CaToken:
         """The signer for ``label``; HSM_UNAVAILABLE when the key is not on the token."""
         key = self.find(label)
         if key is None:
+            metrics.hsm_error("find")
             raise DeviceCAError(Kind.HSM_UNAVAILABLE, f"key {label!r} not found on token {self.label!r}")
         return key
 
     def generate(self, label: str, key_type: str):
         """A new non-extractable key pair on the token; its signer."""
-        with translated():
+        with translated("generate"):
             return signer(self._open().generate_key(label, key_type))
 
 
@@ -135,7 +139,7 @@ class EcSigner(_Delegating, ec.EllipticCurvePrivateKey):
         try:                          # not translated(): this is every signature's path
             return self._key.sign(data, signature_algorithm)
         except hsm.HsmError as exc:
-            raise unavailable(exc) from None
+            raise unavailable(exc, "sign") from None
 
 
 class RsaSigner(_Delegating, rsa.RSAPrivateKey):
@@ -146,4 +150,4 @@ class RsaSigner(_Delegating, rsa.RSAPrivateKey):
         try:
             return self._key.sign(data, padding, algorithm)
         except hsm.HsmError as exc:
-            raise unavailable(exc) from None
+            raise unavailable(exc, "sign") from None

@@ -65,8 +65,19 @@ def _actor() -> str:
 
 def services(ctx: click.Context) -> Services:
     if ctx.obj is None:
-        ctx.obj = Services(Settings.load())
+        settings = Settings.load()
+        _count_into_server(settings.home)
+        ctx.obj = Services(settings)
     return ctx.obj
+
+
+def _count_into_server(home: Path) -> None:
+    """What this command counts (issuances, token and database errors: device_ca/metrics.py) goes to
+    the /metrics of a ``device-ca serve`` on the same state directory, when there is one: into its
+    multiprocess directory, before anything imports prometheus_client."""
+    directory = home / "run" / "metrics"
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ and directory.is_dir() and os.access(directory, os.W_OK):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -16,7 +16,7 @@ from device_ca.ca.serial import from_hex, new_serial, to_hex
 from device_ca.errors import DeviceCAError, Kind, malformed
 from device_ca.policy import Policies, Policy
 from device_ca.ra.failpoints import NONE, Failpoints
-from device_ca.ra.issuance import Issued, Order, Pipeline, decide, issued_messages
+from device_ca.ra.issuance import PATHS, Issued, Order, Pipeline, counted, decide, issued_messages
 from device_ca.ra.stations import scope_for
 from device_ca.store import CertificateRecord, IssuanceLinks, OutboxMessage, PendingRequest, Reservation, Store
 
@@ -49,16 +49,21 @@ class RegistrationAuthority:
         ``allow_policies`` and optionally ``allow_devices``, recorded with it (stations.scope_for)."""
         try:
             policy = self.policies.get(policy_name)
-            csr = csr_data if isinstance(csr_data, csrs.CsrInfo) else csrs.load(csr_data)
-            request, device_id = decide(policy, csr, device_id, method)
-            scope = scope_for(policy, allow_policies, allow_devices, self.policies)
-            if scope is not None:
-                links = dataclasses.replace(links or IssuanceLinks(), scope=scope)
         except DeviceCAError as exc:
             log.warning("issuance refused: policy=%s device=%s actor=%s: %s", policy_name, device_id, actor, exc)
             raise
-        return self.issue_order(Order(request, device_id, policy.name, method, actor,
-                                      messages=lambda record: issued_messages(policy, record), links=links))
+        with counted(policy.name, PATHS.get(method, "cli")):
+            try:
+                csr = csr_data if isinstance(csr_data, csrs.CsrInfo) else csrs.load(csr_data)
+                request, device_id = decide(policy, csr, device_id, method)
+                scope = scope_for(policy, allow_policies, allow_devices, self.policies)
+                if scope is not None:
+                    links = dataclasses.replace(links or IssuanceLinks(), scope=scope)
+            except DeviceCAError as exc:
+                log.warning("issuance refused: policy=%s device=%s actor=%s: %s", policy_name, device_id, actor, exc)
+                raise
+            return self.issue_order(Order(request, device_id, policy.name, method, actor,
+                                          messages=lambda record: issued_messages(policy, record), links=links))
 
     def issue_order(self, order: Order) -> Issued:
         """A certificate that has passed its checks (a group of one)."""

@@ -46,7 +46,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.files import atomic_writer, write_atomically
 from device_ca.policy import Policy
 from device_ca.policy import checks as policies_
-from device_ca.ra.issuance import Order, Pipeline, check_method, decide, issued_messages, replacing
+from device_ca.ra.issuance import Order, Pipeline, check_method, count, decide, issued_messages, replacing
 from device_ca.runtime import quiet_gc
 from device_ca.store import Store
 from device_ca.store.batches import Batch, BatchRepo, NewItem
@@ -482,6 +482,7 @@ class Chunk:
             except DeviceCAError as exc:
                 if exc.kind not in _ITEM_ERRORS:
                     raise
+                count(self.policy.name, "bulk", exc)
                 failures.append((device_id, exc.detail))
                 if serial:
                     abandon.append(serial)
@@ -491,7 +492,14 @@ class Chunk:
                                 batch_id=self.job.batch_id, links=links,
                                 resume=(serial, not_before, not_after) if state == "reserved" and serial else None))
         self.batches.fail(self.job.batch_id, failures, abandon)
-        issued, refused = self.pipeline.issue_allowed(orders)
+        try:
+            issued, refused = self.pipeline.issue_allowed(orders)
+        except Exception as exc:
+            count(self.policy.name, "bulk", exc, len(orders))
+            raise
+        count(self.policy.name, "bulk", n=len(issued))
+        for error in refused.values():
+            count(self.policy.name, "bulk", error)
         if refused:                                                     # blocked or shared keys
             failures += [(d, e.detail) for d, e in refused.items()]
             self.batches.fail(self.job.batch_id, [(d, e.detail) for d, e in refused.items()],

@@ -29,7 +29,7 @@ from device_ca.ca.issuer import CertificateRequest
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policies, Policy
 from device_ca.ra.authority import RegistrationAuthority
-from device_ca.ra.issuance import Issued, Order, check_method, decide, issued_messages, replacing
+from device_ca.ra.issuance import Issued, Order, check_method, counted, decide, issued_messages, replacing
 from device_ca.store import IssuanceLinks, PendingRequest, Store
 
 log = logging.getLogger("device_ca.ra.enrollment")
@@ -84,22 +84,24 @@ class EstService:
 
     def enroll(self, label: str, csr_der: bytes, caller: Caller) -> Issued:
         policy = self.policies.get(label)
-        who = self._authenticate(policy, caller)
-        request, device_id, pending_id, who = self._decide(policy, csr_der, who, caller)
-        return self._issue(policy, request, device_id, who, pending_id)
+        with counted(policy.name, "est"):
+            who = self._authenticate(policy, caller)
+            request, device_id, pending_id, who = self._decide(policy, csr_der, who, caller)
+            return self._issue(policy, request, device_id, who, pending_id)
 
     def serverkeygen(self, label: str, csr_der: bytes, caller: Caller) -> tuple[Issued, bytes]:
         """Issue for a key generated here; returns the certificate and the PKCS#8 DER key."""
         policy = self.policies.get(label)
-        if caller.certificate is not None and caller.basic is None and self.is_ours(caller.certificate):
-            record = self._current(policy, caller.certificate)
-            who = Authenticated(method="reenroll", device_id=record.device_id, supersedes=record.serial)
-        else:
-            who = self._authenticate(policy, caller)
-        request, device_id, pending_id, who = self._decide(policy, csr_der, who, caller)
-        key = generate_key(policy.key_types[0])
-        issued = self._issue(policy, dataclasses.replace(request, public_key=key.public_key()), device_id, who,
-                             pending_id)
+        with counted(policy.name, "est"):
+            if caller.certificate is not None and caller.basic is None and self.is_ours(caller.certificate):
+                record = self._current(policy, caller.certificate)
+                who = Authenticated(method="reenroll", device_id=record.device_id, supersedes=record.serial)
+            else:
+                who = self._authenticate(policy, caller)
+            request, device_id, pending_id, who = self._decide(policy, csr_der, who, caller)
+            key = generate_key(policy.key_types[0])
+            issued = self._issue(policy, dataclasses.replace(request, public_key=key.public_key()), device_id, who,
+                                 pending_id)
         pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
         return issued, pkcs8
@@ -107,6 +109,10 @@ class EstService:
     def reenroll(self, label: str, csr_der: bytes, caller: Caller) -> Issued:
         """Renew or rekey with the current certificate; the old one is revoked after the grace period."""
         policy = self.policies.get(label)
+        with counted(policy.name, "est"):
+            return self._reenroll(policy, csr_der, caller)
+
+    def _reenroll(self, policy: Policy, csr_der: bytes, caller: Caller) -> Issued:
         if caller.certificate is None:
             raise DeviceCAError(Kind.UNAUTHORIZED, "re-enrollment needs the current certificate as TLS client certificate")
         if not self.is_ours(caller.certificate):

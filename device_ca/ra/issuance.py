@@ -17,11 +17,12 @@ failpoints (failpoints.py) let the tests stop the pipeline at each step.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -30,6 +31,7 @@ from device_ca.ca import csr as csrs
 from device_ca.ca.clock import Clock
 from device_ca.ca.issuer import CertificateRequest, Issuer, Prepared
 from device_ca.ca.serial import new_serial, to_hex
+from device_ca import metrics
 from device_ca.errors import DeviceCAError, Kind, rejected
 from device_ca.policy import Policy, checks
 from device_ca.ra.failpoints import NONE, Failpoints
@@ -72,6 +74,28 @@ def decide(policy: Policy, csr: csrs.CsrInfo, device_id: str | None, method: str
         if device_id is None:
             raise rejected("no device id given and none found in the CSR subject")
     return checks.apply(policy, csr, device_id), device_id
+
+
+# How a certificate was asked for, by enrollment method: the ``path`` of the issuance counter.
+PATHS = {"admin": "cli", "bulk": "bulk", "bootstrap-token": "est", "idevid": "est", "reenroll": "est"}
+
+
+def count(policy: str, path: str, error: BaseException | None = None, n: int = 1) -> None:
+    """Count ``n`` requests for certificates of ``policy`` (a known policy's name, never what a client
+    sent) that came by ``path``: issued, or refused / failed with ``error``'s kind."""
+    kind = error.kind if isinstance(error, DeviceCAError) else None if error is None else Kind.INTERNAL
+    metrics.issuance(policy, path, kind, n)
+
+
+@contextlib.contextmanager
+def counted(policy: str, path: str) -> Iterator[None]:
+    """One request of ``policy`` by ``path``: issued when the block returns, else refused or failed."""
+    try:
+        yield
+    except Exception as exc:
+        count(policy, path, exc)
+        raise
+    count(policy, path)
 
 
 ALREADY = "device already has a valid certificate"

@@ -74,7 +74,11 @@ class StatusPublisher:
         self._responder: tuple[ocsp.Responder, dt.datetime, int] | None = None
         self._cache = BoundedCache(ANSWER_CACHE_BYTES)      # (CertID, status, responder) -> OcspAnswer
         self._parsed = BoundedCache(FAST_CACHE_BYTES)       # small plain request bytes -> ParsedRequest
-        self._fast = BoundedCache(FAST_CACHE_BYTES)         # ... -> (change marker, fresh until, OcspAnswer)
+        self._fast = BoundedCache(FAST_CACHE_BYTES)         # ... -> (change marker, fresh until, OcspAnswer, status)
+        # Answers given by this process, by (status, source): plain integers, cheap on the hot path
+        # (web/metrics.py moves them into Prometheus counters). status: good, revoked, unknown, mixed
+        # (several CertIDs), or an error response's status; source: presigned, cached, live, unsigned.
+        self.answered: dict[tuple[str, str], int] = {}
 
     # -- OCSP ------------------------------------------------------------------------------
 
@@ -88,62 +92,86 @@ class StatusPublisher:
             marker = self.store.status.change_marker()
         except DeviceCAError as exc:
             log.error("OCSP: %s", exc.detail)
-            return OcspAnswer(ocsp.error_response(ocsp.status_for_error(exc)))
+            return self.unsigned(ocsp.status_for_error(exc))
         hit = self._fast.get(request_der)
         if hit is not None and hit[0] == marker and self.clock.now() < hit[1]:
+            self._count(hit[3], "cached")
             return hit[2]
-        answer = self._respond(request_der, live_allowed)
+        answer, status, source = self._respond(request_der, live_allowed)
+        self._count(status, source)
         if answer.cacheable and request_der in self._parsed:          # a small plain request (see _respond)
             self._fast.put(request_der, (marker, answer.this_update + (answer.next_update - answer.this_update) / 2,
-                                         answer), len(request_der) + len(answer.der))
+                                         answer, status), len(request_der) + len(answer.der))
         return answer
 
-    def _respond(self, request_der: bytes, live_allowed: Callable[[], bool] | None = None) -> OcspAnswer:
+    def _count(self, status: str, source: str) -> None:
+        key = (status, source)
+        self.answered[key] = self.answered.get(key, 0) + 1
+
+    def unsigned(self, status: str) -> OcspAnswer:
+        """An unsigned error response (RFC 6960 §2.3) with ``status``, counted."""
+        self._count(status, "unsigned")
+        return OcspAnswer(ocsp.error_response(status))
+
+    def _respond(self, request_der: bytes,
+                 live_allowed: Callable[[], bool] | None = None) -> tuple[OcspAnswer, str, str]:
+        """The answer, the status it states and where it came from (see ``answered``)."""
         parsed = self._parsed.get(request_der)
         if parsed is None:
             try:
                 parsed = ocsp.parse_request(request_der)
             except ocsp.MalformedRequest:
-                return OcspAnswer(ocsp.error_response("malformedRequest"))
+                return OcspAnswer(ocsp.error_response("malformedRequest")), "malformedRequest", "unsigned"
             if parsed.nonce is None and parsed.plain and len(request_der) <= FAST_REQUEST_BYTES:
                 self._parsed.put(request_der, parsed, 2 * len(request_der))   # relying parties repeat requests
         try:
             responder, _, responder_id = self._active()
             if not all(responder.matches(c) for c in parsed.cert_ids):
-                return OcspAnswer(ocsp.error_response("unauthorized"))
+                return OcspAnswer(ocsp.error_response("unauthorized")), "unauthorized", "unsigned"
             if parsed.nonce is not None and live_allowed is not None and not live_allowed():
                 parsed = dataclasses.replace(parsed, nonce=None)      # over budget: answered without the nonce
             if parsed.nonce is None and len(parsed.cert_ids) == 1:
                 return self._cached(responder, responder_id, parsed.cert_ids[0])
             now = self.clock.now()
-            return OcspAnswer(ocsp.respond(responder, parsed, self.lookup), now, now + responder.validity)
+            stated: set[str] = set()
+
+            def lookup(serial: int) -> ocsp.Status:
+                status = self.lookup(serial)
+                stated.add(status.kind)
+                return status
+
+            answer = OcspAnswer(ocsp.respond(responder, parsed, lookup), now, now + responder.validity)
+            return answer, stated.pop() if len(stated) == 1 else "mixed", "live"
         except DeviceCAError as exc:
             log.error("OCSP: %s", exc.detail)
-            return OcspAnswer(ocsp.error_response(ocsp.status_for_error(exc)))
+            status = ocsp.status_for_error(exc)
+            return OcspAnswer(ocsp.error_response(status)), status, "unsigned"
 
     def lookup(self, serial: int) -> ocsp.Status:
         """Never good for a serial this CA did not record as issued (reserved-only ones included)."""
         return _status(self.store.status.status(to_hex(serial)))
 
-    def _cached(self, responder: ocsp.Responder, responder_id: int, cert_id: ocsp.CertId) -> OcspAnswer:
+    def _cached(self, responder: ocsp.Responder, responder_id: int,
+                cert_id: ocsp.CertId) -> tuple[OcspAnswer, str, str]:
         """A signed answer for one CertID: from this process's cache, else the stored pre-signed one
-        if it states the current status, else signed now."""
+        if it states the current status, else signed now; with its status and source."""
         record, presigned = self.store.status.status_and_presigned(to_hex(cert_id.serial))
         status = _status(record)
         key = (cert_id, status, id(responder))
         now = self.clock.now()
         hit = self._cache.get(key)
         if hit is not None and now < hit.this_update + (hit.next_update - hit.this_update) / 2:
-            return hit
+            return hit, status.kind, "cached"
         if presigned is not None and presigned.status == status.kind and presigned.responder_id == responder_id \
                 and cert_id.hash_algorithm == "sha1" and now < presigned.this_update + OCSP_VALIDITY / 2 \
                 and presigned.next_update <= responder.responder_cert.not_valid_after_utc:
-            answer = OcspAnswer(presigned.der, presigned.this_update, presigned.next_update, True)
+            answer, source = OcspAnswer(presigned.der, presigned.this_update, presigned.next_update, True), "presigned"
         else:
             answer = OcspAnswer(responder.sign_response(cert_id, status), now,
                                 min(now + responder.validity, responder.responder_cert.not_valid_after_utc), True)
+            source = "live"
         self._cache.put(key, answer, len(answer.der))
-        return answer
+        return answer, status.kind, source
 
     def responder(self) -> ocsp.Responder:
         return self._active()[0]

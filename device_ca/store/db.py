@@ -22,6 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
+from device_ca import metrics
 from device_ca.errors import DeviceCAError, Kind
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -69,6 +70,12 @@ def migrate(engine: sa.Engine) -> None:
         command.upgrade(config, "head")
 
 
+def unavailable(exc: Exception) -> DeviceCAError:
+    """The database's failure as the domain's error kind, counted in device_ca_database_errors_total."""
+    metrics.database_error()
+    return DeviceCAError(Kind.DB_UNAVAILABLE, "database unavailable", cause=exc)
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Database outages become DB_UNAVAILABLE; integrity errors pass through for the caller."""
@@ -77,7 +84,7 @@ def translate_errors() -> Iterator[None]:
     except IntegrityError:
         raise
     except DBAPIError as exc:
-        raise DeviceCAError(Kind.DB_UNAVAILABLE, "database unavailable", cause=exc) from None
+        raise unavailable(exc) from None
 
 
 class _WriterQueue:

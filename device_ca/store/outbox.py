@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -14,6 +15,14 @@ from device_ca.store.tables import OutboxRow
 
 _OUTBOX = OutboxRow.__table__
 MAX_ERROR = 1024
+
+
+@dataclass(frozen=True)
+class OutboxBacklog:
+    pending: int
+    oldest: dt.datetime | None          # the oldest pending row's creation
+    failing: int                        # pending rows that have failed at least once
+    last_error: str | None              # the error of the newest such row
 
 
 class OutboxRepo:
@@ -65,6 +74,18 @@ class OutboxRepo:
             c.execute(sa.update(_OUTBOX).where(_OUTBOX.c.id == entry_id)
                       .values(attempts=_OUTBOX.c.attempts + 1, last_error=error[:MAX_ERROR],
                               next_attempt_at=retry_at))
+
+    def backlog(self) -> OutboxBacklog:
+        """The queue at a glance (for /metrics): pending rows, the oldest one's age, how many of
+        them have failed at least once, and the newest of their errors."""
+        with self.db.reading() as c:
+            pending, oldest, failing = c.execute(
+                sa.select(sa.func.count(), sa.func.min(_OUTBOX.c.created_at), sa.func.count(_OUTBOX.c.last_error))
+                .where(_OUTBOX.c.state == "pending")).one()
+            error = c.execute(sa.select(_OUTBOX.c.last_error)
+                              .where(_OUTBOX.c.state == "pending", _OUTBOX.c.last_error.is_not(None))
+                              .order_by(_OUTBOX.c.id.desc()).limit(1)).scalar() if failing else None
+        return OutboxBacklog(pending, utc(oldest), failing, error)
 
 
 def _entry(r) -> OutboxEntry:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from device_ca.errors import DeviceCAError, Kind
-from device_ca.store.db import ChangeCounter, Database
+from device_ca.store.db import ChangeCounter, Database, unavailable
 from device_ca.store.records import utc
 from device_ca.store.tables import (CertificateRow, CrlRow, CrlStateRow, OcspResponderRow, OcspResponseRow,
                                     RevocationRow, SerialReservationRow)
@@ -52,12 +51,31 @@ class StoredCrl:
 
 
 @dataclass(frozen=True)
+class PresignBacklog:
+    due: int                             # unexpired certificates whose pre-signed answer is due
+    due_since: dt.datetime | None        # since when the longest-waiting one is due (None: none due)
+
+
+@dataclass(frozen=True)
 class StoredResponder:
     id: int
     key_label: str
     der: bytes
     not_after: dt.datetime
+    created_at: dt.datetime | None = None
 
+
+
+_DUE_FROM = _CERTS.outerjoin(_REVOCATIONS, _REVOCATIONS.c.serial == _CERTS.c.serial) \
+    .outerjoin(_PRESIGNED, _PRESIGNED.c.serial == _CERTS.c.serial)
+
+
+def _due(ca: str, responder_id: int, signed_before: dt.datetime, now: dt.datetime) -> tuple:
+    """Unexpired certificates of ``ca`` whose pre-signed answer is missing, states another status,
+    comes from another responder or was signed before ``signed_before`` (over ``_DUE_FROM``)."""
+    return (_CERTS.c.issuer == ca, _CERTS.c.not_after > now,
+            sa.or_(_PRESIGNED.c.serial.is_(None), _PRESIGNED.c.status != _CERTS.c.status,
+                   _PRESIGNED.c.responder_id != responder_id, _PRESIGNED.c.this_update < signed_before))
 
 
 def mark_crl_dirty(connection, ca: str) -> None:
@@ -93,7 +111,7 @@ class StatusRepo:
             try:
                 row = self._sqlite().execute(_STATUS_SQL, (serial,)).fetchone()
             except sqlite3.Error as exc:
-                raise DeviceCAError(Kind.DB_UNAVAILABLE, "database unavailable", cause=exc) from None
+                raise unavailable(exc) from None
             if row is None:
                 return None, None
             parse = lambda v: utc(dt.datetime.fromisoformat(v)) if v else None  # noqa: E731
@@ -122,13 +140,34 @@ class StatusRepo:
         with self.db.reading() as c:
             rows = c.execute(
                 sa.select(_CERTS.c.serial, _CERTS.c.status, _REVOCATIONS.c.revoked_at, _REVOCATIONS.c.reason)
-                .select_from(_CERTS.outerjoin(_REVOCATIONS, _REVOCATIONS.c.serial == _CERTS.c.serial)
-                             .outerjoin(_PRESIGNED, _PRESIGNED.c.serial == _CERTS.c.serial))
-                .where(_CERTS.c.issuer == ca, _CERTS.c.not_after > now,
-                       sa.or_(_PRESIGNED.c.serial.is_(None), _PRESIGNED.c.status != _CERTS.c.status,
-                              _PRESIGNED.c.responder_id != responder_id, _PRESIGNED.c.this_update < signed_before))
+                .select_from(_DUE_FROM).where(*_due(ca, responder_id, signed_before, now))
                 .order_by(_PRESIGNED.c.this_update.is_not(None), _PRESIGNED.c.this_update).limit(limit)).all()
         return [(r[0], CertStatus(r[1], utc(r[2]), r[3])) for r in rows]
+
+    def presign_backlog(self, ca: str, signed_before: dt.datetime, now: dt.datetime,
+                        refresh_after: dt.timedelta) -> PresignBacklog:
+        """How far pre-signing is behind (``presign_due``'s rows, counted): how many answers are due,
+        and since when the longest-waiting one is: a new certificate since its issuance, a status
+        change since the revocation, a rotated responder since its certificate was made, an ageing
+        answer since ``refresh_after`` after it was signed. One scan of the unexpired certificates."""
+        responder = self.active_responder(ca, now)
+        responder_id = responder.id if responder is not None else -1
+        with self.db.reading() as c:
+            row = c.execute(
+                sa.select(sa.func.count(),
+                          sa.func.min(sa.case((_PRESIGNED.c.serial.is_(None), _CERTS.c.issued_at))),
+                          sa.func.min(sa.case((_PRESIGNED.c.status != _CERTS.c.status,
+                                               sa.func.coalesce(_REVOCATIONS.c.revoked_at, _CERTS.c.issued_at)))),
+                          sa.func.count(sa.case((_PRESIGNED.c.responder_id != responder_id, 1))),
+                          sa.func.min(_PRESIGNED.c.this_update))
+                .select_from(_DUE_FROM).where(*_due(ca, responder_id, signed_before, now))).one()
+        due, new, changed, rotated, oldest = row[0], utc(row[1]), utc(row[2]), row[3], utc(row[4])
+        since = [t for t in (new, changed) if t is not None]
+        if rotated and responder is not None:
+            since.append(responder.created_at)
+        if oldest is not None and oldest < signed_before:
+            since.append(oldest + refresh_after)
+        return PresignBacklog(due, min(since) if since else None)
 
     def save_presigned(self, rows: list[tuple[str, Presigned]]) -> None:
         """Insert or replace pre-signed answers, all in one transaction."""
@@ -154,7 +193,7 @@ class StatusRepo:
         try:
             value = self._changes.value()
         except OSError as exc:
-            raise DeviceCAError(Kind.DB_UNAVAILABLE, "database unavailable", cause=exc) from None
+            raise unavailable(exc) from None
         return object() if value % 2 else value
 
     def _sqlite(self) -> sqlite3.Connection:
@@ -237,7 +276,7 @@ class StatusRepo:
     def active_responder(self, ca: str, now: dt.datetime) -> StoredResponder | None:
         with self.db.reading() as c:
             row = c.execute(sa.select(_RESPONDERS.c.id, _RESPONDERS.c.key_label, _RESPONDERS.c.der,
-                                      _RESPONDERS.c.not_after)
+                                      _RESPONDERS.c.not_after, _RESPONDERS.c.created_at)
                             .where(_RESPONDERS.c.ca == ca, _RESPONDERS.c.not_after > now)
                             .order_by(_RESPONDERS.c.not_after.desc(), _RESPONDERS.c.id.desc()).limit(1)).first()
-        return None if row is None else StoredResponder(row[0], row[1], bytes(row[2]), utc(row[3]))
+        return None if row is None else StoredResponder(row[0], row[1], bytes(row[2]), utc(row[3]), utc(row[4]))

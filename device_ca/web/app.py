@@ -21,8 +21,10 @@ from device_ca.web.tls import ProxySettings
 log = logging.getLogger("device_ca.web")
 
 
-def _base(name: str, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]]) -> Flask:
+def _base(name: str, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]],
+          scrape=None) -> Flask:
     app = Flask(name)
+    app.config["DEVICE_CA_SCRAPE"] = scrape            # web/metrics.Scrape: what GET /metrics reports
     app.config["DEVICE_CA_CA_CERTIFICATES"] = ca_certificates
     app.config["DEVICE_CA_HEALTH"] = health
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -65,11 +67,14 @@ def _base(name: str, ca_certificates: Callable[[], dict], health: dict[str, Call
 
     @app.after_request
     def _count(response: Response) -> Response:
-        from device_ca.web.metrics import HTTP_REQUESTS, HTTP_SECONDS
+        from device_ca.web.metrics import EST_SECONDS, HTTP_REQUESTS, HTTP_SECONDS
 
         endpoint = request.endpoint or "unknown"
+        took = time.perf_counter() - g.get("started", time.perf_counter())
         HTTP_REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        HTTP_SECONDS.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        HTTP_SECONDS.labels(endpoint).observe(took)
+        if request.blueprint == "est":
+            EST_SECONDS.labels(endpoint.rpartition(".")[2], f"{response.status_code // 100}xx").observe(took)
         return response
 
     app.register_blueprint(ops.bp)
@@ -79,12 +84,13 @@ def _base(name: str, ca_certificates: Callable[[], dict], health: dict[str, Call
 def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]],
                store, clock, bulk: Callable, batch_dir: Path, batch_queue, proxies: ProxySettings = ProxySettings(),
                rate_limit: float = 20.0, default_policy: str | None = None,
-               limiter: RateLimiter | None = None) -> Flask:
+               limiter: RateLimiter | None = None, scrape=None) -> Flask:
     """The HTTPS application: EST under /.well-known/est, the batch API under /api/v1/batches.
     ``bulk(policy, inputs, out_dir, **options)`` makes a batch run, ``batch_queue`` (BatchQueue)
     runs stored batches a bounded number at a time; ``limiter``: one shared with
-    other workers (see ``RateLimiter``); otherwise this app gets its own at ``rate_limit``."""
-    app = _base("device_ca.https", ca_certificates, health)
+    other workers (see ``RateLimiter``); otherwise this app gets its own at ``rate_limit``; ``scrape``
+    (web/metrics.Scrape): what GET /metrics reports besides the counters."""
+    app = _base("device_ca.https", ca_certificates, health, scrape)
     app.config.update(DEVICE_CA_EST=est, DEVICE_CA_POLICIES=policies, DEVICE_CA_STORE=store, DEVICE_CA_CLOCK=clock,
                       DEVICE_CA_BULK=bulk, DEVICE_CA_BATCH_DIR=Path(batch_dir),
                       DEVICE_CA_BATCH_QUEUE=batch_queue)
@@ -97,10 +103,10 @@ def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: di
 
 
 def create_public_app(*, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]],
-                      audit_checkpoint: Callable[[], dict | None] = lambda: None) -> Flask:
+                      audit_checkpoint: Callable[[], dict | None] = lambda: None, scrape=None) -> Flask:
     """The plain-HTTP application for relying parties: CA certificates, health, metrics, and the
     newest signed audit checkpoint (``audit_checkpoint``: AuditCheckpoints.newest)."""
-    app = _base("device_ca.http", ca_certificates, health)
+    app = _base("device_ca.http", ca_certificates, health, scrape)
 
     @app.get("/audit/checkpoint")
     def _checkpoint() -> Response:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from flask import Blueprint, Response, current_app, jsonify
@@ -31,15 +30,12 @@ def healthz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
 
-    registry = REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+    from device_ca.web.metrics import Scrape
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    scrape = current_app.config.get("DEVICE_CA_SCRAPE") or Scrape()
+    return Response(scrape.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/ca/<name>.crt")

@@ -105,5 +105,8 @@ def limit_client() -> Response | None:
     g.client = client_address()
     wait = current_app.config["DEVICE_CA_RATE_LIMITER"].check(g.client)
     if wait:
+        from device_ca.web.metrics import RATE_LIMITED
+
+        RATE_LIMITED.labels("est").inc()
         return text(429, "too many requests", {"Retry-After": str(max(1, math.ceil(wait)))})
     return None

@@ -101,6 +101,7 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
         from device_ca.services import Services
         from device_ca.web.app import create_app
         from device_ca.web.front import Limits, Site
+        from device_ca.web.metrics import Scrape, StateCollector
         from device_ca.web.tls import ProxySettings
         from device_ca.web.tls_context import server_context
 
@@ -127,7 +128,8 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
                          proxies=ProxySettings(frozenset(options.trusted_proxies), options.client_cert_header,
                                                Callers(services.store, services.policies, services.clock,
                                                        services.est.is_ours).proves_proxy),
-                         default_policy=options.default_policy, limiter=limits)
+                         default_policy=options.default_policy, limiter=limits,
+                         scrape=Scrape(collectors=(StateCollector(services.store, services.clock),)))
         quiet_gc()
         return Site(app, threads=options.threads,
                     limits=Limits(deadline=options.request_timeout, idle=options.idle_timeout,
@@ -170,12 +172,17 @@ def _http_factory(options: ServeOptions, live_budget: RateLimiter):
         from device_ca.services import Services
         from device_ca.web.app import create_public_app
         from device_ca.web.front import Limits, Site
+        from device_ca.web.metrics import Fold, Scrape, StateCollector
         from device_ca.web.status import StatusApp
 
         services = Services(Settings.load())
-        public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
-                                   audit_checkpoint=services.checkpoints.newest)
         status = StatusApp(services.publisher, live_budget=_shared(services, live_budget, options, "ocsp-nonce:"))
+        fold = Fold(services.publisher.answered, status.tally)    # the OCSP counts: every second, and at a scrape
+        fold.start()
+        public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
+                                   audit_checkpoint=services.checkpoints.newest,
+                                   scrape=Scrape(collectors=(StateCollector(services.store, services.clock),),
+                                                 before=(fold,)))
 
         def inline(request):
             return status.handle(request.method, request.path, request.target, request.body_bytes(), request.remote)

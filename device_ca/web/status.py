@@ -4,10 +4,12 @@ OCSP (RFC 6960 Appendix A.1: POST /ocsp, GET /ocsp/<url-encoded base64>) and the
 """
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import email.utils
 import hashlib
 import logging
+import time
 
 from device_ca.ca import ocsp
 from device_ca.ra.publication import OcspAnswer, StatusPublisher
@@ -18,6 +20,26 @@ log = logging.getLogger("device_ca.web.status")
 
 OCSP_RESPONSE = "application/ocsp-response"
 HEADER_CACHE_BYTES = 8 << 20          # the headers of answers served again, by answer (bytes-bounded)
+
+
+# seconds: the OCSP latency histogram's buckets (device_ca_ocsp_request_seconds, web/metrics.py)
+OCSP_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class OcspTally:
+    """This process's OCSP latencies and nonce-budget refusals in plain numbers (the event loop's
+    thread adds to them; web/metrics.py moves them into Prometheus metrics)."""
+
+    __slots__ = ("buckets", "seconds", "nonce_refused")
+
+    def __init__(self):
+        self.buckets = [0] * (len(OCSP_BUCKETS) + 1)      # per bucket, not cumulative; +Inf last
+        self.seconds = 0.0
+        self.nonce_refused = 0
+
+    def took(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(OCSP_BUCKETS, seconds)] += 1
+        self.seconds += seconds
 
 
 def _http_date(when) -> str:
@@ -34,6 +56,7 @@ class StatusApp:
         self.publisher = publisher
         self.live_budget = live_budget
         self._headers = BoundedCache(HEADER_CACHE_BYTES)   # id(answer) -> (answer, headers)
+        self.tally = OcspTally()
 
     def handle(self, method: str, path: str, raw_path: str, body: bytes, remote: str):
         """(status, headers, body) for /ocsp and /crl/*, None for anything else. ``raw_path``: the
@@ -41,13 +64,16 @@ class StatusApp:
         whole request body, ``remote``: the client address (the nonce budget's key)."""
         try:
             if path == "/ocsp" or path.startswith("/ocsp/"):
-                return self._ocsp(method, path, raw_path, body, remote)
+                started = time.perf_counter()
+                reply = self._ocsp(method, path, raw_path, body, remote)
+                self.tally.took(time.perf_counter() - started)
+                return reply
             if path.startswith("/crl/") and path.endswith(".crl"):
                 return self._crl(path[len("/crl/"):-len(".crl")], method)
         except Exception:   # noqa: BLE001 - one answer per protocol, never a stack trace
             log.exception("%s %s failed", method, path)
             if path.startswith("/ocsp"):
-                return self._send(OcspAnswer(ocsp.error_response("internalError")))
+                return self._send(self.publisher.unsigned("internalError"))
             data = b"CRL temporarily unavailable\n"
             return 503, (("Content-Type", "text/plain"), ("Retry-After", "30"), ("Content-Length", str(len(data)))), \
                 data
@@ -56,7 +82,7 @@ class StatusApp:
     def _ocsp(self, method, path, raw_path, body, remote):
         if method == "POST" and path == "/ocsp":
             if not 0 < len(body) <= ocsp.MAX_REQUEST_BYTES:
-                return self._send(OcspAnswer(ocsp.error_response("malformedRequest")))
+                return self._send(self.publisher.unsigned("malformedRequest"))
             answer = self.publisher.respond(body, self._live_allowed(remote))
         elif method == "GET" and path.startswith("/ocsp/"):
             raw = raw_path.split("?", 1)[0]
@@ -64,7 +90,7 @@ class StatusApp:
             try:
                 request_der = ocsp.parse_get_path(segment)
             except ocsp.MalformedRequest:
-                return self._send(OcspAnswer(ocsp.error_response("malformedRequest")))
+                return self._send(self.publisher.unsigned("malformedRequest"))
             answer = self.publisher.respond(request_der, self._live_allowed(remote))
         else:
             return 405, (("Allow", "GET, POST"), ("Content-Type", "text/plain"), ("Content-Length", "19")), \
@@ -75,7 +101,14 @@ class StatusApp:
         budget = self.live_budget
         if budget is None or budget.rate <= 0:
             return None
-        return lambda: budget.check(remote) == 0
+        tally = self.tally
+
+        def allowed() -> bool:
+            if budget.check(remote) == 0:
+                return True
+            tally.nonce_refused += 1
+            return False
+        return allowed
 
     def _send(self, answer: OcspAnswer):
         known = self._headers.get(id(answer))

@@ -29,14 +29,14 @@ THIRD_PARTY = {"hsm", "flask", "sqlmodel", "sqlalchemy", "pkcs11", "click", "gun
 _BASE = {"errors"}
 ALLOWED = {
     "ca": _BASE,
-    "errors": set(), "config": _BASE, "runtime": set(), "files": set(),
+    "errors": set(), "config": _BASE, "runtime": set(), "files": set(), "metrics": _BASE,
     "policy": _BASE | {"ca"},
-    "store": _BASE | {"sqlalchemy", "sqlmodel"},
-    "token": _BASE | {"hsm"},
+    "store": _BASE | {"metrics", "sqlalchemy", "sqlmodel"},
+    "token": _BASE | {"hsm", "metrics"},
     "keycloak": _BASE | {"ca", "config", "policy", "store"},
-    "ra": _BASE | {"ca", "config", "files", "keycloak", "policy", "runtime", "store", "token"},
+    "ra": _BASE | {"ca", "config", "files", "keycloak", "metrics", "policy", "runtime", "store", "token"},
     "services": _BASE | {"ca", "config", "hsm", "keycloak", "policy", "ra", "store", "token"},
-    "web": _BASE | {"ca", "config", "files", "flask", "gunicorn", "hsm", "httptools", "keycloak", "policy", "ra",
+    "web": _BASE | {"ca", "config", "files", "flask", "gunicorn", "hsm", "httptools", "keycloak", "metrics", "policy", "ra",
                     "runtime", "services", "store", "token", "uvloop"},
     "cli": _BASE | {"ca", "click", "config", "files", "keycloak", "policy", "ra", "services", "store", "web"},
 }
