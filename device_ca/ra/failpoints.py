@@ -4,8 +4,10 @@ machine instead of racing a kill against a request.
 ``DEVICE_CA_FAILPOINT`` holds ``point:action[:device-pattern]`` entries, comma-separated, e.g.
 ``after-reserve:kill`` or ``sign:hsm-error:br-9*``. Points: ``after-reserve``, ``sign``,
 ``after-sign``, ``before-record``, ``record``. Actions: ``kill`` (SIGKILL this process, as a crash
-or ``kill -9`` would), ``hsm-error`` (the token fails), ``db-error`` (the database fails). The
-pattern (fnmatch) limits the point to certificates of matching device ids.
+or ``kill -9`` would), ``hsm-error`` (the token fails), ``db-error`` (the database fails), ``pause``
+(wait ``PAUSE_SECONDS`` and go on: a test kills something else meanwhile, e.g. the database's
+primary between a reservation and its record). The pattern (fnmatch) limits the point to
+certificates of matching device ids.
 
 Read once, when the pipeline is wired; inert unless set. Setting it without
 ``DEVICE_CA_TEST_FAILPOINTS=1`` is refused, so that a production process cannot be started with one
@@ -17,6 +19,7 @@ import fnmatch
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -25,7 +28,8 @@ from device_ca.errors import DeviceCAError, Kind
 log = logging.getLogger("device_ca.failpoints")
 
 POINTS = ("after-reserve", "sign", "after-sign", "before-record", "record")
-ACTIONS = ("kill", "hsm-error", "db-error")
+ACTIONS = ("kill", "hsm-error", "db-error", "pause")
+PAUSE_SECONDS = 4.0
 VARIABLE, TEST_FLAG = "DEVICE_CA_FAILPOINT", "DEVICE_CA_TEST_FAILPOINTS"
 
 
@@ -72,6 +76,9 @@ class Failpoints:
                 log.warning("failpoint %s:%s fires", point, f.action)
                 if f.action == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                if f.action == "pause":
+                    time.sleep(PAUSE_SECONDS)
+                    continue
                 if f.action == "hsm-error":
                     raise DeviceCAError(Kind.HSM_UNAVAILABLE, f"failpoint {point}: token unavailable")
                 raise DeviceCAError(Kind.DB_UNAVAILABLE, f"failpoint {point}: database unavailable")

@@ -150,6 +150,39 @@ def test_failover_under_est_load(tmp_path, pg_cluster, serve):
     assert json.loads(env.run("audit", "verify", "--json").stdout)["ok"]
 
 
+def test_a_failover_between_reservation_and_record_leaves_a_reservation_nobody_received(tmp_path, pg_cluster,
+                                                                                        serve):
+    """The primary dies while a certificate is signed but not yet recorded (the failpoint
+    before-record:pause holds br-9* there for 4 s): the device gets 503, never the certificate;
+    after the promotion the reservation (committed on the old primary, replicated synchronously) is
+    on the new one, where `reconcile` lists it with no certificate recorded; others enroll again."""
+    from device_ca.ra.failpoints import PAUSE_SECONDS
+
+    env = new_ca_env(tmp_path, pg_cluster.url)
+    env.run("init", "--organization", "BuildingCo")
+    env.extra.update({"DEVICE_CA_FAILPOINT": "before-record:pause:br-9*", "DEVICE_CA_TEST_FAILPOINTS": "1"})
+    server = serve(env, "--rate-limit", "0")
+    tokens = make_tokens(env, "badge-reader", ["br-90", "br-1"])
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    paused: dict = {}
+    request = threading.Thread(target=lambda: paused.update(answer=simpleenroll(server, devices, "br-90",
+                                                                                 tokens["br-90"])))
+    request.start()
+    time.sleep(1.0)                                    # br-90: reserved, signed, waiting before its record
+    pg_cluster.kill_primary()
+    request.join(PAUSE_SECONDS + 30)
+    status, data, headers = paused["answer"]
+    assert status == 503 and headers["retry-after"] == "30", (status, data)
+    pg_cluster.promote()
+    assert simpleenroll(server, devices, "br-1", tokens["br-1"])[0] == 200     # the same server goes on
+    env.extra.pop("DEVICE_CA_FAILPOINT")
+    reserved = json.loads(env.run("reconcile", "--json", "--older-than", "0").stdout)
+    assert [r["device_id"] for r in reserved] == ["br-90"]
+    assert env.run("show", reserved[0]["serial"], check=False).returncode == 5   # no certificate recorded
+    assert json.loads(env.run("audit", "verify", "--json").stdout)["ok"]
+
+
 def test_a_host_that_never_answers_costs_the_connect_timeout(pg_cluster):
     """A frozen server accepts TCP and never answers: a new connection gives up on it after the
     connect timeout and takes the next host of the URL (without one, libpq waits for ever)."""
