@@ -35,6 +35,7 @@ from pathlib import Path
 import psycopg
 
 from integration.server_harness import free_port
+from integration.tls_tools import children
 
 BIN = Path(os.environ.get("DEVICE_CA_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 USER = "postgres"
@@ -127,12 +128,13 @@ class PgCluster:
         pid = node.postmaster_pid()
         if pid is None:
             raise RuntimeError("the primary is not running")
-        children = _children(pid)
+        os.kill(pid, signal.SIGSTOP)           # no new backend forked between the listing and the kill
+        below = children(pid)
         os.kill(pid, signal.SIGKILL)
-        for child in children:
+        for child in below:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
-        _wait_gone([pid, *children], 10)
+        _wait_gone([pid, *below], 10)
         node.killed = True
 
     def promote(self, timeout: float = 60) -> None:
@@ -162,22 +164,15 @@ class PgCluster:
                     _as_postgres(BIN / "pg_ctl", "-D", node.data, "-m", "immediate", "-w", "-t", "30", "stop",
                                  timeout=40)
                 if _alive(pid):
-                    children = _children(pid)
-                    for p in (pid, *children):
+                    below = children(pid)
+                    for p in (pid, *below):
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(p, signal.SIGKILL)
-                    _wait_gone([pid, *children], 10)
+                    _wait_gone([pid, *below], 10)
             for node in self.nodes:
                 _remove_shared_memory(node.data)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
 
 
 def _alive(pid: int) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from integration.cli_harness import ROOT, CaEnv
+from integration.tls_tools import children
 
 
 def free_port() -> int:
@@ -114,20 +115,12 @@ def _exists(pid: int) -> bool:
 
 
 def _descendants(root: int) -> list[int]:
-    """Every living process below ``root`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    """Every living process below ``root``."""
     found, todo = [], [root]
     while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
+        below = children(todo.pop())
+        found += below
+        todo += below
     return found
 
 

@@ -148,6 +148,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 LOOPBACK = "127.0.0.1"
 
 
+
+def children(pid: int) -> list[int]:
+    """The living child processes of ``pid`` (whichever of its threads forked them), from /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -398,18 +409,7 @@ class Nginx:
 
     def worker_pids(self) -> list[int]:
         """PIDs of the worker processes (children of the master)."""
-        if not self.proc:
-            return []
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
-                    pids.append(int(entry))
-        return pids
+        return children(self.proc.pid) if self.proc else []
 
     def __enter__(self) -> "Nginx":
         self.dir = self._make_dir()
