@@ -102,11 +102,46 @@ def register(cli: click.Group, services, actor, iso) -> None:
             lifetime = parse_duration(ttl)
         except ValueError as exc:
             raise DeviceCAError(Kind.MALFORMED, str(exc)) from None
-        secret = services(ctx).est.create_token(policy_name, device_id, lifetime, actor())
+        token = services(ctx).est.create_token(policy_name, device_id, lifetime, actor())
         if as_json:
-            click.echo(json.dumps({"device_id": device_id, "policy": policy_name, "secret": secret}))
+            click.echo(json.dumps({"id": token.id, "device_id": device_id, "policy": policy_name,
+                                   "expires_at": iso(token.expires_at), "secret": token.secret}))
         else:
-            click.echo(secret)
+            click.echo(token.secret)
+            click.echo(f"token {token.id} for {device_id} (policy {policy_name}) until {iso(token.expires_at)}",
+                       err=True)
+
+    @token.command("list")
+    @click.option("--policy", "policy_name")
+    @click.option("--device-id")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def token_list(ctx, policy_name, device_id, as_json) -> None:
+        """Bootstrap tokens and their state (open, used, expired, withdrawn); never their secrets,
+        which are not kept (only their SHA-256)."""
+        svc = services(ctx)
+        now = svc.clock.now()
+        rows = [{"id": t.id, "device_id": t.device_id, "policy": t.policy, "state": t.state(now),
+                 "created_at": iso(t.created_at), "created_by": t.created_by, "expires_at": iso(t.expires_at),
+                 "used_at": iso(t.used_at), "serial": t.serial, "withdrawn_at": iso(t.withdrawn_at),
+                 "withdrawn_by": t.withdrawn_by}
+                for t in svc.store.enrollment.tokens(device_id=device_id, policy=policy_name)]
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        click.echo(f"{'ID':<17} {'DEVICE':<20} {'POLICY':<14} {'STATE':<9} {'CREATED':<20} {'EXPIRES':<20} DETAIL")
+        for r in rows:
+            detail = {"used": f"certificate {r['serial']}", "withdrawn": f"by {r['withdrawn_by']} at {r['withdrawn_at']}"}
+            click.echo(f"{r['id']:<17} {r['device_id']:<20} {r['policy']:<14} {r['state']:<9} {r['created_at']:<20} "
+                       f"{r['expires_at']:<20} {detail.get(r['state'], '')}".rstrip())
+
+    @token.command("revoke")
+    @click.argument("token_id")
+    @click.pass_context
+    def token_revoke(ctx, token_id) -> None:
+        """Withdraw an unused token: its device can no longer enroll with it (401, as for a wrong one)."""
+        t = services(ctx).est.withdraw_token(token_id, actor())
+        click.echo(f"withdrew token {t.id} ({t.device_id}, policy {t.policy}) at {iso(t.withdrawn_at)}")
 
     @cli.group()
     def pending() -> None:

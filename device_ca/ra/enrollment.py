@@ -49,6 +49,13 @@ class Caller:
 
 
 @dataclass(frozen=True)
+class NewToken:
+    id: str
+    secret: str = dataclasses.field(repr=False)
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
 class Authenticated:
     method: str
     device_id: str | None
@@ -67,18 +74,22 @@ class EstService:
 
     # -- tokens --------------------------------------------------------------------------
 
-    def create_token(self, policy_name: str, device_id: str, ttl: dt.timedelta, actor: str) -> str:
-        """A one-time secret for ``device_id``; only its hash is stored. Returns the secret."""
+    def create_token(self, policy_name: str, device_id: str, ttl: dt.timedelta, actor: str) -> "NewToken":
+        """A one-time secret for ``device_id``; only its hash is stored. Returns the secret with the
+        token's id (what ``token list`` shows and ``token revoke`` takes)."""
         policy = self.policies.get(policy_name)
         check_method(policy, "bootstrap-token")
         policies_.checks.check_device_id(policy, policies_.checks.Subject(csr=None, device_id=device_id))
         if not dt.timedelta(minutes=1) <= ttl <= MAX_TOKEN_TTL:
             raise DeviceCAError(Kind.MALFORMED, "token lifetime must be between 1 minute and 30 days")
-        secret = secrets.token_urlsafe(24)
+        secret, token_id = secrets.token_urlsafe(24), secrets.token_hex(8)
         now = self.clock.now()
-        self.store.enrollment.add_token(secrets.token_hex(8), _sha256(secret), device_id, policy.name, now, now + ttl,
-                                        actor)
-        return secret
+        self.store.enrollment.add_token(token_id, _sha256(secret), device_id, policy.name, now, now + ttl, actor)
+        return NewToken(token_id, secret, now + ttl)
+
+    def withdraw_token(self, token_id: str, actor: str):
+        """Withdraw an unused token: from now on it is refused like a wrong one (401)."""
+        return self.store.enrollment.withdraw_token(token_id, actor, self.clock.now())
 
     # -- enrollment ----------------------------------------------------------------------
 
@@ -153,7 +164,7 @@ class EstService:
             token = self.store.enrollment.find_token(_sha256(secret))
             now = self.clock.now()
             if token is None or token.device_id != username or token.policy != policy.name \
-                    or token.used_at is not None or token.expires_at <= now:
+                    or token.state(now) != "open":
                 log.warning("EST %s: refused bootstrap credentials for %r from %s", policy.name, username,
                             caller.address)
                 raise DeviceCAError(Kind.UNAUTHORIZED, BAD_TOKEN)

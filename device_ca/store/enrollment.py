@@ -41,12 +41,32 @@ class EnrollmentRepo:
             c.execute(sa.update(table).where(table.c.id == token_id, table.c.used_at.is_(None))
                       .values(claimed_until=None))
 
-    def tokens(self, device_id: str | None = None) -> list[BootstrapToken]:
+    def tokens(self, device_id: str | None = None, policy: str | None = None) -> list[BootstrapToken]:
         with self.db.read() as s:
-            query = select(BootstrapTokenRow).order_by(BootstrapTokenRow.created_at)
+            query = select(BootstrapTokenRow).order_by(BootstrapTokenRow.created_at, BootstrapTokenRow.id)
             if device_id:
                 query = query.where(BootstrapTokenRow.device_id == device_id)
+            if policy:
+                query = query.where(BootstrapTokenRow.policy == policy)
             return [_token(r) for r in s.exec(query)]
+
+    def withdraw_token(self, token_id: str, actor: str, at: dt.datetime) -> BootstrapToken:
+        """Withdraw an unused token, with its audit event, in one transaction. A request that has
+        claimed it meanwhile can no longer record its certificate (USE_TOKEN wants it not withdrawn)."""
+        with self.db.write() as s:
+            row = s.get(BootstrapTokenRow, token_id)
+            if row is None:
+                raise DeviceCAError(Kind.NOT_FOUND, f"no bootstrap token {token_id}")
+            if row.used_at is not None:
+                raise DeviceCAError(Kind.CONFLICT, f"token {token_id} was already used (certificate {row.serial})")
+            if row.withdrawn_at is not None:
+                raise DeviceCAError(Kind.CONFLICT, f"token {token_id} was already withdrawn")
+            row.withdrawn_at, row.withdrawn_by = at, actor
+            s.add(row)
+            s.flush()
+            audit.append(s, AuditEvent(action="token.withdrawn", actor=actor, at=at, device_id=row.device_id,
+                                       details={"token_id": row.id, "policy": row.policy}))
+            return _token(row)
 
     # -- pending requests ------------------------------------------------------------------
 
@@ -109,14 +129,14 @@ class EnrollmentRepo:
 _TOKENS = BootstrapTokenRow.__table__
 _CLAIM = (sa.update(_TOKENS)
           .where(_TOKENS.c.id == sa.bindparam("token_id"), _TOKENS.c.used_at.is_(None),
-                 _TOKENS.c.expires_at > sa.bindparam("now"),
+                 _TOKENS.c.withdrawn_at.is_(None), _TOKENS.c.expires_at > sa.bindparam("now"),
                  sa.or_(_TOKENS.c.claimed_until.is_(None), _TOKENS.c.claimed_until < sa.bindparam("now")))
           .values(claimed_until=sa.bindparam("until")))
 _FIND_TOKEN = sa.select(_TOKENS).where(_TOKENS.c.secret_sha256 == sa.bindparam("digest"))
 
 
 def claim(connection, token_id: str, now: dt.datetime) -> bool:
-    """Atomically reserve an unused, unexpired, unclaimed token for one signing attempt."""
+    """Atomically reserve an unused, unwithdrawn, unexpired, unclaimed token for one signing attempt."""
     result = connection.execute(_CLAIM, {"token_id": token_id, "now": now,
                                          "until": now + dt.timedelta(seconds=CLAIM_SECONDS)})
     return result.rowcount == 1
@@ -125,7 +145,8 @@ def claim(connection, token_id: str, now: dt.datetime) -> bool:
 
 def _token(r: BootstrapTokenRow) -> BootstrapToken:
     return BootstrapToken(id=r.id, device_id=r.device_id, policy=r.policy, created_at=utc(r.created_at),
-                          expires_at=utc(r.expires_at), used_at=utc(r.used_at), serial=r.serial)
+                          expires_at=utc(r.expires_at), used_at=utc(r.used_at), serial=r.serial,
+                          created_by=r.created_by, withdrawn_at=utc(r.withdrawn_at), withdrawn_by=r.withdrawn_by)
 
 
 def _pending(r: PendingRequestRow) -> PendingRequest:

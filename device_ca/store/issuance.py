@@ -150,7 +150,7 @@ def _settle_links(c, links: IssuanceLinks, certificate: CertificateRecord) -> No
     if links.token_id is not None:
         done = c.execute(USE_TOKEN, {"token_id": links.token_id, "used": at, "issued_serial": serial})
         if done.rowcount != 1:
-            raise DeviceCAError(Kind.CONFLICT, "bootstrap token was already used")
+            raise DeviceCAError(Kind.CONFLICT, "bootstrap token was already used or withdrawn")
     if links.pending_id is not None:
         done = c.execute(ISSUE_PENDING, {"pending_id": links.pending_id, "issued_serial": serial})
         if done.rowcount != 1:

@@ -50,7 +50,8 @@ ITEM_ISSUED = (sa.update(ITEMS)
                .where(ITEMS.c.batch_id == sa.bindparam("b_batch"), ITEMS.c.device_id == sa.bindparam("b_device"),
                       ITEMS.c.state == "reserved", ITEMS.c.serial == sa.bindparam("b_serial"))
                .values(state="issued"))
-USE_TOKEN = (sa.update(_TOKENS).where(_TOKENS.c.id == sa.bindparam("token_id"), _TOKENS.c.used_at.is_(None))
+USE_TOKEN = (sa.update(_TOKENS).where(_TOKENS.c.id == sa.bindparam("token_id"), _TOKENS.c.used_at.is_(None),
+                                      _TOKENS.c.withdrawn_at.is_(None))
              .values(used_at=sa.bindparam("used"), serial=sa.bindparam("issued_serial"), claimed_until=None))
 ISSUE_PENDING = (sa.update(_PENDING)
                  .where(_PENDING.c.id == sa.bindparam("pending_id"), _PENDING.c.state == "approved")

@@ -100,6 +100,17 @@ class BootstrapToken:
     expires_at: dt.datetime
     used_at: dt.datetime | None
     serial: str | None
+    created_by: str | None = None
+    withdrawn_at: dt.datetime | None = None
+    withdrawn_by: str | None = None
+
+    def state(self, now: dt.datetime) -> str:
+        """``used``, ``withdrawn``, ``expired`` or ``open`` (may still enroll its device once)."""
+        if self.used_at is not None:
+            return "used"
+        if self.withdrawn_at is not None:
+            return "withdrawn"
+        return "expired" if self.expires_at <= now else "open"
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,8 @@ class BootstrapTokenRow(SQLModel, table=True):
     """A one-time EST credential. Only the SHA-256 of the secret is kept; the secret is shown once.
 
     ``claimed_until`` lets exactly one of several racing requests proceed to signing; the token
-    is marked used in the transaction that records the certificate.
+    is marked used in the transaction that records the certificate. A token withdrawn by an
+    operator (``withdrawn_at``) is refused like a wrong one, also by a claim or a record in flight.
     """
 
     __tablename__ = "bootstrap_tokens"
@@ -195,6 +196,8 @@ class BootstrapTokenRow(SQLModel, table=True):
     claimed_until: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
     used_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
     serial: Optional[str] = Field(default=None, max_length=40)
+    withdrawn_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    withdrawn_by: Optional[str] = Field(default=None, max_length=128)
 
 
 class PendingRequestRow(SQLModel, table=True):

@@ -79,6 +79,6 @@ def make_tokens(env: CaEnv, policy: str, devices: list[str]) -> dict[str, str]:
 
     services = Services(Settings.load(env.env))
     try:
-        return {d: services.est.create_token(policy, d, dt.timedelta(hours=1), "test") for d in devices}
+        return {d: services.est.create_token(policy, d, dt.timedelta(hours=1), "test").secret for d in devices}
     finally:
         services.store.db.dispose()
