@@ -3,7 +3,9 @@
 Secrets are not settings: the HSM PIN is read by ``hsm.pin_from_env`` from
 ``DEVICE_CA_HSM_PIN`` or ``DEVICE_CA_HSM_PIN_FILE`` when the token is opened, and the Keycloak
 admin password or client secret by ``device_ca.keycloak.credentials_from_env`` from
-``DEVICE_CA_KEYCLOAK_PASSWORD[_FILE]`` or ``DEVICE_CA_KEYCLOAK_CLIENT_SECRET[_FILE]``, and nowhere else.
+``DEVICE_CA_KEYCLOAK_PASSWORD[_FILE]`` or ``DEVICE_CA_KEYCLOAK_CLIENT_SECRET[_FILE]``, and the audit
+webhook's HMAC key by ``device_ca.siem.webhook.secret_from_env`` from ``DEVICE_CA_AUDIT_WEBHOOK_SECRET``
+or ``DEVICE_CA_AUDIT_WEBHOOK_SECRET_FILE``, and nowhere else.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from device_ca.errors import DeviceCAError, Kind
 
 _KEYCLOAK_KEYS = {"keycloak_url", "keycloak_admin_realm", "keycloak_client_id", "keycloak_username",
                   "keycloak_ca_file", "keycloak_concurrency", "keycloak_timeout"}
-_FILE_KEYS = {"database_url", "hsm_module", "hsm_token", "public_url", "policy_dir", "lint"} | _KEYCLOAK_KEYS
+_WEBHOOK_KEYS = {"audit_webhook_url", "audit_webhook_ca_file", "audit_webhook_timeout"}
+_FILE_KEYS = {"database_url", "hsm_module", "hsm_token", "public_url", "policy_dir", "lint"} | _KEYCLOAK_KEYS \
+    | _WEBHOOK_KEYS
 LINT_MODES = ("template", "full")
 
 
@@ -36,6 +40,15 @@ class KeycloakSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """Where the server delivers audit events (HTTPS only); the HMAC key is read apart."""
+
+    url: str
+    ca_file: Path | None = None        # the receiver's CA, if not one the system trusts
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     database_url: str
@@ -45,6 +58,7 @@ class Settings:
     policy_dir: Path
     lint: str = "template"
     keycloak: KeycloakSettings | None = None
+    audit_webhook: WebhookSettings | None = None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -70,6 +84,7 @@ class Settings:
             public_url=public_url,
             policy_dir=Path(pick("policy_dir", "policies")).absolute(),
             keycloak=_keycloak(pick),
+            audit_webhook=_webhook(pick),
         )
 
 
@@ -93,6 +108,27 @@ def _keycloak(pick) -> KeycloakSettings | None:
                             username=pick("keycloak_username", "") or None,
                             ca_file=Path(ca_file).absolute() if ca_file else None,
                             concurrency=concurrency, timeout=timeout)
+
+
+def _webhook(pick) -> WebhookSettings | None:
+    url = pick("audit_webhook_url", "")
+    if not url:
+        return None
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "https" or not parsed.hostname or parsed.fragment or any(c.isspace() for c in url):
+        raise DeviceCAError(Kind.MALFORMED, "audit_webhook_url must be an https:// URL (events leave the CA over "
+                            "verified TLS only)")
+    if parsed.username or parsed.password:
+        raise DeviceCAError(Kind.MALFORMED, "audit_webhook_url must not carry credentials; the receiver "
+                            "authenticates the events by their HMAC (DEVICE_CA_AUDIT_WEBHOOK_SECRET[_FILE])")
+    try:
+        timeout = float(pick("audit_webhook_timeout", "10"))
+    except ValueError:
+        raise DeviceCAError(Kind.MALFORMED, "audit_webhook_timeout must be a number of seconds") from None
+    if not 0 < timeout <= 300:
+        raise DeviceCAError(Kind.MALFORMED, "audit_webhook_timeout must be 0..300 s")
+    ca_file = pick("audit_webhook_ca_file", "")
+    return WebhookSettings(url=url, ca_file=Path(ca_file).absolute() if ca_file else None, timeout=timeout)
 
 
 def _read_file(path: Path) -> dict[str, str]:

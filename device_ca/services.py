@@ -156,3 +156,15 @@ class Services:
         from device_ca.keycloak.outbox import OutboxDrainer
 
         return OutboxDrainer(self.keycloak, self.store.queue, self.store.leases, self.clock, state=self.store.state)
+
+    @functools.cached_property
+    def audit_webhook(self):
+        """The SIEM webhook's deliverer (``audit_webhook_url`` and the secret must be configured)."""
+        from device_ca.siem.webhook import Receiver, WebhookDeliverer, secret_from_env
+
+        settings = self.settings.audit_webhook
+        if settings is None:
+            raise DeviceCAError(Kind.NOT_FOUND, "no audit webhook: set audit_webhook_url in device-ca.toml or "
+                                "DEVICE_CA_AUDIT_WEBHOOK_URL")
+        receiver = Receiver(settings, secret_from_env())
+        return WebhookDeliverer(self.store.audit_feed, self.store.leases, self.clock, receiver.post, receiver.where)

@@ -379,6 +379,46 @@ def audit_verify(ctx, expect_head, as_json) -> None:
         ctx.exit(AUDIT_BROKEN)
 
 
+@audit.command("export")
+@click.option("--since", type=click.IntRange(min=0), default=0, show_default=True, metavar="SEQ",
+              help="Only the events after SEQ (the last one the receiver already has).")
+@click.option("--format", "form", type=click.Choice(["jsonl", "cef"]), default="jsonl", show_default=True,
+              help="jsonl: one JSON object per event, with seq, prev_hash and hash (docs/audit-export.md); "
+                   "cef: one ArcSight CEF line per event.")
+@click.pass_context
+def audit_export(ctx, since, form) -> None:
+    """Write the audit events in sequence order to stdout, streamed (a page of events at a time)."""
+    from device_ca.siem.formats import render
+
+    feed = services(ctx).store.audit_feed
+    while events := feed.events(since, 1000):
+        click.echo("\n".join(render(e, form) for e in events))
+        since = events[-1].seq
+
+
+@audit.command("webhook")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def audit_webhook(ctx, as_json) -> None:
+    """How far the SIEM webhook has delivered: the last event the receiver confirmed, how many wait,
+    and the failures since."""
+    svc = services(ctx)
+    from device_ca.siem.webhook import CURSOR
+
+    cursor, head = svc.store.audit_feed.cursor(CURSOR), svc.store.audit_feed.head_seq()
+    url = svc.settings.audit_webhook.url.split("?")[0] if svc.settings.audit_webhook else None
+    shown = {"url": url,
+             "delivered_seq": cursor.seq, "head_seq": head, "waiting": head - cursor.seq,
+             "delivered_at": _iso(cursor.delivered_at), "failures": cursor.failures, "last_error": cursor.last_error,
+             "last_attempt_at": _iso(cursor.last_attempt_at)}
+    if as_json:
+        _emit_json(shown)
+        return
+    for key, value in shown.items():
+        if value is not None:
+            click.echo(f"{key:<16} {value}")
+
+
 @audit.command("checkpoint")
 @click.pass_context
 def audit_checkpoint(ctx) -> None:

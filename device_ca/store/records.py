@@ -67,6 +67,33 @@ class AuditEvent:
 
 
 @dataclass(frozen=True)
+class LoggedEvent:
+    """An event as the chain holds it: ``details`` is the canonical JSON its hash covers."""
+
+    seq: int
+    at: dt.datetime
+    action: str
+    actor: str
+    serial: str | None
+    device_id: str | None
+    details: str
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class DeliveryCursor:
+    """How far a receiver of the audit events has confirmed (seq 0: nothing yet)."""
+
+    seq: int
+    hash: str
+    delivered_at: dt.datetime | None
+    failures: int                      # failed attempts since the last confirmed delivery
+    last_error: str | None
+    last_attempt_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
 class OutboxMessage:
     topic: str
     device_id: str

@@ -12,6 +12,7 @@ from sqlmodel import select
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database, migrate, translate_errors
+from device_ca.store.audit_feed import AuditFeed
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo
 from device_ca.store.issuance import IssuanceRepo
@@ -41,6 +42,7 @@ class Store:
         self.state = StateRepo(self.db)
         self.leases = LeaseRepo(self.db)
         self.rates = RateRepo(self.db)
+        self.audit_feed = AuditFeed(self.db)
 
     def ping(self) -> None:
         with self.db.read() as s:

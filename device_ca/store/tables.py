@@ -106,6 +106,20 @@ class AuditEventRow(SQLModel, table=True):
     hash: str = Field(max_length=64)
 
 
+class AuditDeliveryRow(SQLModel, table=True):
+    """A receiver's cursor in the audit chain (``webhook``): the last event it confirmed with a
+    2xx, moved forward only; what follows it is delivered next, after any restart."""
+
+    __tablename__ = "audit_deliveries"
+    name: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(default=0)
+    hash: str = Field(max_length=64)
+    delivered_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    failures: int = Field(default=0)
+    last_error: Optional[str] = Field(default=None, max_length=1024)
+    last_attempt_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+
+
 class AuditHeadRow(SQLModel, table=True):
     """The chain's head, locked for every append; a truncated tail no longer matches it."""
 

@@ -112,6 +112,10 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
                 forget_idle=services.store.rates.forget_idle).start()
         if services.settings.keycloak is not None:      # Keycloak outbox, every second
             start_drainer(services.store.queue, lambda: services.keycloak_drainer)
+        if services.settings.audit_webhook is not None:  # audit events to the SIEM, every second
+            from device_ca.siem.webhook import start_webhook
+
+            start_webhook(services.store.audit_feed, lambda: services.audit_webhook)
         batch_dir = services.settings.home / "batches"
 
         def run_batch(batch) -> None:
@@ -246,6 +250,9 @@ def run(options: ServeOptions) -> None:
         raise DeviceCAError(Kind.MALFORMED, "--tls-cert and --tls-key go together")
     from device_ca.ra.failpoints import Failpoints
     Failpoints.from_env()                       # refused here, before anything starts, unless a test asks
+    if settings.audit_webhook is not None:      # a webhook without its secret: refused before anything starts
+        from device_ca.siem.webhook import secret_from_env
+        secret_from_env()
     _prepare(options)
     cert, key = options.tls_cert or settings.home / "tls" / "server.pem", \
         options.tls_key or settings.home / "tls" / "server.key"
