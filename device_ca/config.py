@@ -125,8 +125,8 @@ def _webhook(pick) -> WebhookSettings | None:
         timeout = float(pick("audit_webhook_timeout", "10"))
     except ValueError:
         raise DeviceCAError(Kind.MALFORMED, "audit_webhook_timeout must be a number of seconds") from None
-    if not 0 < timeout <= 300:
-        raise DeviceCAError(Kind.MALFORMED, "audit_webhook_timeout must be 0..300 s")
+    if not 0 < timeout <= 15:                # below the deliverer's lease (siem/webhook.py LEASE_TTL)
+        raise DeviceCAError(Kind.MALFORMED, "audit_webhook_timeout must be 0..15 s")
     ca_file = pick("audit_webhook_ca_file", "")
     return WebhookSettings(url=url, ca_file=Path(ca_file).absolute() if ca_file else None, timeout=timeout)
 

@@ -16,10 +16,12 @@ HMAC-SHA256 under a secret read from ``DEVICE_CA_AUDIT_WEBHOOK_SECRET`` or
 log line). While the receiver is down or answers anything but 2xx, delivery stops at the first
 unconfirmed event and retries with exponential backoff (1 s doubling to 60 s), counted in the
 cursor's row so that the backoff holds across restarts and nodes. A lease in the database lets one deliverer
-at a time work, across the server's workers and nodes.
+at a time work, across the server's workers and nodes; it is extended before each POST and let go
+when a worker exits, so that a crashed holder delays delivery by at most ``LEASE_TTL``.
 """
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import hashlib
 import hmac
@@ -45,7 +47,7 @@ log = logging.getLogger("device_ca.siem")
 
 CURSOR = "webhook"
 LEASE = "audit-webhook"
-LEASE_TTL = dt.timedelta(seconds=60)
+LEASE_TTL = dt.timedelta(seconds=20)    # extended before every POST, whose timeout is at most 15 s
 BATCH = 100
 BACKOFF_MAX = 60.0
 SIGNATURE_HEADER = "X-Device-CA-Signature"
@@ -141,6 +143,9 @@ class WebhookDeliverer:
                 return report
             after = self.feed.cursor(CURSOR).seq
             while events := self.feed.events(after, self.batch):
+                if not self.leases.acquire(LEASE, self.holder, self.clock.now(), LEASE_TTL):
+                    report.leased = False          # taken over meanwhile (this holder stalled): stop here
+                    return report
                 body = json.dumps({"events": [event_dict(e) for e in events]}, ensure_ascii=False,
                                   separators=(",", ":")).encode()
                 error = self._send(body)
@@ -156,7 +161,6 @@ class WebhookDeliverer:
                 after = events[-1].seq
                 report.delivered += len(events)
                 report.batches += 1
-                self.leases.acquire(LEASE, self.holder, now, LEASE_TTL)
             return report
 
     def _send(self, body: bytes) -> str | None:
@@ -185,6 +189,7 @@ def start_webhook(feed: AuditFeed, deliverer: Callable[[], WebhookDeliverer], in
                     continue
                 if current is None:
                     current = deliverer()
+                    atexit.register(current.release)     # a worker that stops lets the next one start at once
                 current.deliver()
             except Exception as exc:  # noqa: BLE001 - keep delivering; a later round retries
                 log.warning("audit webhook: %s", exc)
