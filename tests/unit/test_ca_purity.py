@@ -34,11 +34,12 @@ ALLOWED = {
     "store": _BASE | {"metrics", "sqlalchemy", "sqlmodel"},
     "token": _BASE | {"hsm", "metrics"},
     "keycloak": _BASE | {"ca", "config", "policy", "store"},
+    "siem": _BASE | {"ca", "config", "store"},
     "ra": _BASE | {"ca", "config", "files", "keycloak", "metrics", "policy", "runtime", "store", "token"},
-    "services": _BASE | {"ca", "config", "hsm", "keycloak", "policy", "ra", "store", "token"},
+    "services": _BASE | {"ca", "config", "hsm", "keycloak", "policy", "ra", "siem", "store", "token"},
     "web": _BASE | {"ca", "config", "files", "flask", "gunicorn", "hsm", "httptools", "keycloak", "metrics", "policy", "ra",
-                    "runtime", "services", "store", "token", "uvloop"},
-    "cli": _BASE | {"ca", "click", "config", "files", "keycloak", "policy", "ra", "services", "store", "web"},
+                    "runtime", "services", "siem", "store", "token", "uvloop"},
+    "cli": _BASE | {"ca", "click", "config", "files", "keycloak", "policy", "ra", "services", "siem", "store", "web"},
 }
 # The composition root is built only by the command line and by the server's process factories.
 ROOT_USERS = ("cli.", "web.server")
