@@ -61,9 +61,14 @@ class Settings:
     audit_webhook: WebhookSettings | None = None
 
     @classmethod
-    def load(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+    def load(cls, environ: Mapping[str, str] = os.environ, file_text: str | None = None) -> "Settings":
+        """``file_text``: the content of a ``device-ca.toml`` not yet in place (``restore`` takes it
+        from a backup), read instead of the state directory's."""
         home = Path(environ.get("DEVICE_CA_HOME", "var")).absolute()
-        file_values = _read_file(home / "device-ca.toml")
+        if file_text is None:
+            file_values = _read_file(home / "device-ca.toml")
+        else:
+            file_values = _parse_file(file_text, home / "device-ca.toml")
 
         def pick(key: str, default: str) -> str:
             return environ.get(f"DEVICE_CA_{key.upper()}") or file_values.get(key) or default
@@ -135,8 +140,16 @@ def _read_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DeviceCAError(Kind.MALFORMED, f"{path}: {exc}") from None
+    return _parse_file(text, path)
+
+
+def _parse_file(text: str, path: Path) -> dict[str, str]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise DeviceCAError(Kind.MALFORMED, f"{path}: {exc}") from None
     unknown = set(data) - _FILE_KEYS
     if unknown:

@@ -432,12 +432,13 @@ def audit_checkpoint(ctx) -> None:
     _emit_json(checkpoints.as_json(signed))
 
 
-from device_ca.cli import bulk_cmds, enroll_cmds, keycloak_cmds, status_cmds  # noqa: E402  (register on the group defined above)
+from device_ca.cli import backup_cmds, bulk_cmds, enroll_cmds, keycloak_cmds, status_cmds  # noqa: E402  (register on the group defined above)
 
 enroll_cmds.register(cli, services, _actor, _iso)
 status_cmds.register(cli, services, _actor, _iso)
 keycloak_cmds.register(cli, services, _actor, _iso)
 bulk_cmds.register(cli, services, _actor, _iso)
+backup_cmds.register(cli, services, _actor, _iso)
 
 
 def main() -> None:

@@ -183,6 +183,11 @@ class Store:
         with self.db.read() as s:
             return audit.verify(s, expect_head)
 
+    def append_audit(self, event: AuditEvent) -> int:
+        """One event that goes with no other write (``backup.created``); its sequence number."""
+        with self.db.transaction() as c:
+            return audit.append(c, event)
+
     def audit_head(self) -> tuple[int, str]:
         with self.db.read() as s:
             return audit.head(s)
