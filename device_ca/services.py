@@ -73,9 +73,7 @@ class Services:
         if ISSUING not in records:
             raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
         record = records[ISSUING]
-        if record.status != "active":
-            raise DeviceCAError(Kind.CA_UNAVAILABLE, f"the issuing CA is {record.status} "
-                                f"({record.revocation_reason}): it issues no more certificates")
+        # a revoked issuing CA still signs its CRL and OCSP answers; the reservation refuses its certificates
         return Issuer(x509.load_der_x509_certificate(record.der), self.token.signer(record.key_label), self.clock,
                       PublicUrls(self.settings.public_url, ISSUING), self.linter)
 

@@ -163,3 +163,20 @@ class RootAuthority:
         revoked = self.store.revoke_ca(name, reason, self.clock.now(), actor, crl_of=ROOT)
         log.warning("issuing CA %s (serial %s) revoked by %s: %s", name, revoked.serial, actor, reason)
         return revoked, self.generate_crl(actor)
+
+
+def revoke_certificates_of(ra, store: Store, name: str, actor: str) -> list[str]:
+    """After a compromise: revoke (cACompromise) every good certificate the issuing CA ``name``
+    issued, so that relying parties that check only the leaf (OCSP, the issuing CA's CRL) refuse
+    them too and Keycloak disables their clients (the outbox, as for any revocation)."""
+    done = []
+    for record in store.certificates(status="good"):
+        if record.issuer != name:
+            continue
+        try:
+            ra.revoke(record.serial, "cACompromise", actor=actor)
+            done.append(record.serial)
+        except DeviceCAError as exc:
+            if exc.kind is not Kind.CONFLICT:           # revoked meanwhile: nothing left to do
+                raise
+    return done

@@ -149,3 +149,15 @@ def test_compromise_drill_strict_validators_refuse_after_revoke_issuing(served, 
     again = env.run("ca", "revoke-issuing", "--reason", "cACompromise", "--yes", check=False)
     assert again.returncode == 6
 
+    # the revoked CA still signs its own CRL and OCSP answers (for relying parties that check only the
+    # leaf); --revoke-certificates revokes what it issued, so that those refuse it too
+    env.run("crl", "generate")
+    env.run("ocsp", "refresh")
+    done = env.run("ca", "revoke-issuing", "--reason", "cACompromise", "--revoke-certificates", "--yes").stdout
+    assert b"revoking its certificates" in done and b"certificate(s) of issuing revoked" in done, done
+    listed = {c["device_id"]: (c["status"], c["revocation_reason"]) for c in json.loads(env.run("list", "--json").stdout)}
+    assert listed["br-1"] == ("revoked", "cACompromise")
+    ocsp = openssl("ocsp", "-issuer", str(env.ca_dir / "issuing.pem"), "-cert", str(leaf), "-url", f"{base}/ocsp",
+                   "-CAfile", str(env.ca_dir / "root.pem"), "-no_nonce")
+    assert f"{leaf}: revoked" in ocsp.stdout and "Reason: cACompromise" in ocsp.stdout, ocsp.stdout + ocsp.stderr
+
