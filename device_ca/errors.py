@@ -15,6 +15,7 @@ class Kind(enum.Enum):
     HSM_UNAVAILABLE = "hsm-unavailable"
     DB_UNAVAILABLE = "db-unavailable"
     KEYCLOAK_UNAVAILABLE = "keycloak-unavailable"
+    CA_UNAVAILABLE = "ca-unavailable"          # no issuing CA may sign (the one there is was revoked)
     INTERNAL = "internal"
 
 

@@ -18,7 +18,8 @@ from device_ca.errors import Kind
 log = logging.getLogger("device_ca.metrics")
 
 # The kinds that say something is wrong on this side; every other kind is the request's refusal.
-ERROR_KINDS = frozenset({Kind.HSM_UNAVAILABLE, Kind.DB_UNAVAILABLE, Kind.KEYCLOAK_UNAVAILABLE, Kind.INTERNAL})
+ERROR_KINDS = frozenset({Kind.HSM_UNAVAILABLE, Kind.DB_UNAVAILABLE, Kind.KEYCLOAK_UNAVAILABLE, Kind.CA_UNAVAILABLE,
+                         Kind.INTERNAL})
 
 
 def outcome(kind: Kind | None) -> tuple[str, str]:

@@ -73,6 +73,7 @@ class Services:
         if ISSUING not in records:
             raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
         record = records[ISSUING]
+        # a revoked issuing CA still signs its CRL and OCSP answers; the reservation refuses its certificates
         return Issuer(x509.load_der_x509_certificate(record.der), self.token.signer(record.key_label), self.clock,
                       PublicUrls(self.settings.public_url, ISSUING), self.linter)
 
@@ -101,6 +102,14 @@ class Services:
 
         return StatusPublisher(self.store, lambda: self.issuer, self.token, self.clock,
                                self.settings.home / "crl" / f"{ISSUING}.crl", self.linter, ISSUING)
+
+    @functools.cached_property
+    def root(self):
+        from device_ca.ca.lint import pkilint_crl_gate
+        from device_ca.ra.rootca import RootAuthority
+
+        return RootAuthority(self.store, self.token, self.clock, self.settings.home / "crl" / f"{ROOT}.crl",
+                             pkilint_crl_gate if self.linter is not None else None)
 
     @functools.cached_property
     def checkpoints(self):

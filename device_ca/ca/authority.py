@@ -1,4 +1,10 @@
-"""Root and issuing CA certificates (RFC 5280 §4.2.1.9 basicConstraints, §4.2.1.10 nameConstraints)."""
+"""Root and issuing CA certificates (RFC 5280 §4.2.1.9 basicConstraints, §4.2.1.10 nameConstraints).
+
+An issuing CA certificate names where its own status is published (RFC 5280 §4.2.1.13 CRL
+distribution point: the root's CRL) and where its issuer is (§4.2.2.1 AIA caIssuers: the root
+certificate), so that a relying party that wants revocation information for every CA in the path
+finds it. The root answers no OCSP, so the AIA holds no OCSP URL.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -6,10 +12,11 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from device_ca.ca.clock import Clock
 from device_ca.ca.csr import hash_for_key_type, key_type_of
-from device_ca.ca.issuer import Linter, verify_signed_by
+from device_ca.ca.issuer import Linter, PublicUrls, verify_signed_by
 from device_ca.ca.serial import new_serial
 
 
@@ -67,8 +74,10 @@ def build_root(signer, profile: CaProfile, clock: Clock, linter: Linter | None =
 
 
 def build_issuing(root: x509.Certificate, root_signer, issuing_public_key, profile: CaProfile, clock: Clock,
-                  linter: Linter | None = None) -> x509.Certificate:
-    """The issuing CA: pathLen 0, so it can sign only end-entity (device) certificates."""
+                  linter: Linter | None = None, root_urls: PublicUrls | None = None) -> x509.Certificate:
+    """The issuing CA: pathLen 0, so it can sign only end-entity (device) certificates. With
+    ``root_urls`` (the root's public URLs) it carries the root CRL's distribution point and the
+    root certificate's caIssuers URL."""
     now = clock.now()
     root_ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
@@ -84,6 +93,13 @@ def build_issuing(root: x509.Certificate, root_signer, issuing_public_key, profi
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(issuing_public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False)
     )
+    if root_urls is not None:
+        builder = builder.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(root_urls.crl)], relative_name=None, reasons=None,
+            crl_issuer=None)]), critical=False)
+        builder = builder.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+            AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(root_urls.ca_issuers))]),
+            critical=False)
     subtrees = [x509.DNSName(d) for d in profile.permitted_dns] + \
                [x509.UniformResourceIdentifier(u) for u in profile.permitted_uri]
     if subtrees:

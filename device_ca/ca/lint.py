@@ -260,3 +260,13 @@ def pkilint_gate(cert_der: bytes, issuer_der: bytes) -> None:
         require_clean(findings, threshold="ERROR")
     except LintError as exc:
         raise DeviceCAError(Kind.POLICY_REJECTED, f"pre-issuance {exc}") from None
+
+
+def pkilint_crl_gate(crl_der: bytes) -> None:
+    """Lint a signed CRL before it is published: a finding at ERROR or above stops it."""
+    from device_ca.errors import DeviceCAError, Kind
+
+    try:
+        require_clean(lint_crl(crl_der), threshold="ERROR")
+    except LintError as exc:
+        raise DeviceCAError(Kind.INTERNAL, f"CRL {exc}; nothing was published") from None

@@ -27,12 +27,13 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import load_policy
 from device_ca.ra.administration import CA_KEY_TYPES, ISSUING, ROOT
 from device_ca.ra.authority import REASONS
+from device_ca.ra.rootca import CA_REVOCATION_REASONS, revoke_certificates_of
 from device_ca.services import Services
 
 EXIT_CODES = {
     Kind.MALFORMED: 3, Kind.POLICY_REJECTED: 4, Kind.NOT_FOUND: 5, Kind.CONFLICT: 6,
     Kind.UNAUTHORIZED: 7, Kind.FORBIDDEN: 7, Kind.PENDING: 8, Kind.HSM_UNAVAILABLE: 9,
-    Kind.DB_UNAVAILABLE: 10, Kind.INTERNAL: 11, Kind.KEYCLOAK_UNAVAILABLE: 13,
+    Kind.DB_UNAVAILABLE: 10, Kind.INTERNAL: 11, Kind.KEYCLOAK_UNAVAILABLE: 13, Kind.CA_UNAVAILABLE: 14,
 }
 AUDIT_BROKEN = 12
 
@@ -142,14 +143,50 @@ def ca_show(ctx, as_json) -> None:
         rows.append({"name": name, "subject": cert.subject.rfc4514_string(), "serial": to_hex(cert.serial_number),
                      "not_before": _iso(cert.not_valid_before_utc), "not_after": _iso(cert.not_valid_after_utc),
                      "sha256": hashlib.sha256(r.der).hexdigest(), "key_type": r.key_type,
-                     "key": f"pkcs11:token={svc.settings.hsm_token};object={r.key_label}"})
+                     "key": f"pkcs11:token={svc.settings.hsm_token};object={r.key_label}", "status": r.status,
+                     "revoked_at": _iso(r.revoked_at), "revocation_reason": r.revocation_reason})
     if as_json:
         _emit_json(rows)
         return
     for row in rows:
         click.echo(f"{row['name']}:")
-        for key in ("subject", "serial", "not_before", "not_after", "sha256", "key_type", "key"):
+        for key in ("subject", "serial", "not_before", "not_after", "sha256", "key_type", "key", "status"):
             click.echo(f"  {key:<11} {row[key]}")
+        if row["revoked_at"]:
+            click.echo(f"  {'revoked':<11} {row['revoked_at']} ({row['revocation_reason']})")
+
+
+@ca.command("revoke-issuing")
+@click.argument("name", default=ISSUING)
+@click.option("--reason", required=True, type=click.Choice(CA_REVOCATION_REASONS),
+              help="RFC 5280 reason; cACompromise when its key may be known to someone else.")
+@click.option("--revoke-certificates", is_flag=True,
+              help="Also revoke every good certificate it issued (cACompromise): relying parties that check only "
+                   "the leaf (OCSP, its CRL) refuse them too, and Keycloak disables their clients.")
+@click.option("--yes", is_flag=True, help="Confirm: every certificate of this CA stops validating, and it issues "
+                                          "no more.")
+@click.pass_context
+def ca_revoke_issuing(ctx, name, reason, revoke_certificates, yes) -> None:
+    """Revoke the issuing CA NAME (default: issuing) in the root's CRL, signed at once (root key needed).
+    Relying parties that check the whole path refuse every certificate it issued; it issues no more."""
+    if not yes:
+        raise DeviceCAError(Kind.MALFORMED, f"revoking issuing CA {name!r} invalidates every certificate it issued "
+                            "and stops issuance with it; repeat with --yes to do it (nothing was changed)")
+    svc = services(ctx)
+    try:
+        record, crl = svc.root.revoke_issuing(name, reason, _actor())
+        click.echo(f"issuing CA {name} (serial {record.serial}) revoked: {reason}; root CRL {crl.number} published "
+                   f"to {svc.root.crl_path} (nextUpdate {_iso(crl.next_update)})")
+    except DeviceCAError as exc:
+        if exc.kind is not Kind.CONFLICT or not revoke_certificates:
+            raise
+        click.echo(f"{exc.detail}; revoking its certificates")         # a run interrupted before, resumed
+    if revoke_certificates:
+        revoked = revoke_certificates_of(svc.ra, svc.store, name, _actor())
+        click.echo(f"{len(revoked)} certificate(s) of {name} revoked (cACompromise)")
+    if not any(r.status == "active" for n, r in svc.store.ca_certificates().items() if n != ROOT):
+        click.echo("no active issuing CA is left: enrollment and issuance are refused until a new issuing CA "
+                   "exists", err=True)
 
 
 @ca.command("chain")

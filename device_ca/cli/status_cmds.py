@@ -16,15 +16,19 @@ def register(cli: click.Group, services, actor, iso) -> None:
 
     @crl.command("generate")
     @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the DER CRL here.")
+    @click.option("--root", "root", is_flag=True,
+                  help="The root's CRL (revoked issuing CAs, valid a year) instead of the issuing CA's; needs the "
+                       "root key on the token.")
     @click.pass_context
-    def crl_generate(ctx, out) -> None:
+    def crl_generate(ctx, out, root) -> None:
         """Sign and publish a new CRL (the server also does this after revocations and on a schedule)."""
         svc = services(ctx)
-        latest = svc.publisher.generate_crl()
+        latest = svc.root.generate_crl(actor()) if root else svc.publisher.generate_crl()
         if out:                                       # for distribution: world-readable
             files.write_atomically(out, latest.der, files.PUBLIC, durable=True)
-        click.echo(f"CRL {latest.number}: thisUpdate {iso(latest.this_update)}, nextUpdate {iso(latest.next_update)}, "
-                   f"written to {out or svc.publisher.crl_path}")
+        path = svc.root.crl_path if root else svc.publisher.crl_path
+        click.echo(f"{'root ' if root else ''}CRL {latest.number}: thisUpdate {iso(latest.this_update)}, "
+                   f"nextUpdate {iso(latest.next_update)}, written to {out or path}")
 
     @cli.command()
     @click.pass_context

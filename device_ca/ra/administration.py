@@ -71,7 +71,8 @@ class CaAdministration:
         if self.token.find(AUDIT_KEY) is None:                 # signs the audit checkpoints
             self.token.generate(AUDIT_KEY, AUDIT_KEY_TYPE)
         root = build_root(root_key, profile, self.clock, self.linter)
-        issuing = build_issuing(root, root_key, issuing_key.public_key(), profile, self.clock, self.linter)
+        issuing = build_issuing(root, root_key, issuing_key.public_key(), profile, self.clock, self.linter,
+                                root_urls=PublicUrls(self.public_url, ROOT))
         now = self.clock.now()
         records = [CaRecord(name=name, key_label=KEY_LABELS[name], key_type=key_type_of(c.public_key()),
                             der=c.public_bytes(Encoding.DER), serial=format(c.serial_number, "x"),

@@ -2,7 +2,9 @@
 validity has passed; pre-sign OCSP answers for new, revoked and ageing certificates; revoke
 superseded certificates whose rotation grace is over; rotate the OCSP responder certificate; sign
 an audit checkpoint every 30 s in which events were added and after every CRL; forget idle
-rate-limit buckets.
+rate-limit buckets; every 30 s, sign the root CRL when it is due (half its year passed, or an
+issuing CA revoked) and the root key is on the token (ra/rootca.py; an offline root is only warned
+about).
 
 These CA-wide jobs run in one process of one node at a time: the holder of the lease
 ``janitor:<ca>`` in the database (store/leases.py), extended before each job. When its node dies
@@ -26,6 +28,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.authority import RegistrationAuthority
 from device_ca.ra.checkpoints import AuditCheckpoints
 from device_ca.ra.publication import StatusPublisher
+from device_ca.ra.rootca import RootAuthority
 from device_ca.store.leases import LeaseRepo, new_holder
 
 log = logging.getLogger("device_ca.ra.janitor")
@@ -38,8 +41,10 @@ PREPARE_WAIT = 60.0          # seconds a starting node waits for the lease (or f
 
 class Janitor:
     def __init__(self, publisher: StatusPublisher, ra: RegistrationAuthority, leases: LeaseRepo,
-                 checkpoints: AuditCheckpoints | None = None, forget_idle=None, holder: str | None = None):
+                 checkpoints: AuditCheckpoints | None = None, forget_idle=None, holder: str | None = None,
+                 root: RootAuthority | None = None):
         self.publisher = publisher
+        self.root = root
         self.ra = ra
         self.leases = leases
         self.checkpoints = checkpoints
@@ -77,6 +82,8 @@ class Janitor:
             self.publisher.ensure_responder()
             if self.forget_idle is not None:
                 self.forget_idle()
+            if self.root is not None and self._hold():
+                published = self._root_crl() or published
         if self.checkpoints is not None and (published or self.rounds % ROTATION_EVERY == 0) and self._hold():
             self.checkpoints.sign(force=published)
         return True
@@ -102,9 +109,23 @@ class Janitor:
                                     f"process has held the lease {self.lease!r} for {wait:.0f} s")
             time.sleep(0.5)
         self.publisher.sync_crl_file()
+        if self.root is not None and self.root.crl_due() and self._hold():
+            try:
+                self._root_crl()
+            finally:
+                self.leases.release(self.lease, self.holder, self.publisher.clock.now())
         for label in self.publisher.orphan_responder_keys():
             log.warning("OCSP responder key %s is on the token without a responder certificate (a start "
                         "interrupted while making it); it is never used and may be deleted", label)
+
+    def _root_crl(self) -> bool:
+        """The root CRL if due; True if one was signed. A failure is logged, not raised: the
+        issuing CA's jobs go on."""
+        try:
+            return self.root.refresh() is not None
+        except DeviceCAError as exc:
+            log.warning("root CRL: %s", exc.detail)
+            return False
 
     def start(self, interval: float = JANITOR_SECONDS) -> threading.Thread:
         """A daemon thread running a round every ``interval`` seconds; errors are logged and retried."""

@@ -17,7 +17,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database
 from device_ca.store.enrollment import claim
-from device_ca.store.issuance_sql import (ABANDON, BLOCKED, CERTIFICATES, INSERT_CERTIFICATE, INSERT_OUTBOX,
+from device_ca.store.issuance_sql import (ABANDON, BLOCKED, CA_STATUS, CERTIFICATES, INSERT_CERTIFICATE, INSERT_OUTBOX,
                                           INSERT_RESERVATION, INSERT_SCOPE, ISSUE_PENDING, ITEM_ISSUED, MARK_ISSUED, RESERVE_ITEM,
                                           SUPERSEDE, UPSERT_DEVICE, USE_TOKEN, certificate_row, device_row,
                                           outbox_row)
@@ -106,6 +106,11 @@ class IssuanceRepo:
                     c.execute(ABANDON, [{"b_serial": s} for s in abandon])
                 if not reserved:
                     return
+                for ca in sorted({r.reservation.issuer for r in reserved}):
+                    row = c.execute(CA_STATUS, {"b_ca": ca}).first()
+                    if row is not None and row[0] != "active":
+                        raise DeviceCAError(Kind.CA_UNAVAILABLE, f"the issuing CA {ca!r} is {row[0]}: it issues no "
+                                            "more certificates; nothing was signed")
                 for r in reserved:
                     if r.claim_token is not None and not claim(c, r.claim_token, r.reservation.reserved_at):
                         raise DeviceCAError(Kind.UNAUTHORIZED,

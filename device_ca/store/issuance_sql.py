@@ -10,13 +10,14 @@ import json
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from device_ca.store.tables import (BatchItemRow, BlockedKeyRow, BootstrapTokenRow, CertificateRow, DeviceRow,
+from device_ca.store.tables import (BatchItemRow, BlockedKeyRow, BootstrapTokenRow, CaCertificateRow, CertificateRow, DeviceRow,
                                     OutboxRow, PendingRequestRow, SerialReservationRow, StationScopeRow)
 
 RESERVATIONS = SerialReservationRow.__table__
 DEVICES = DeviceRow.__table__
 CERTIFICATES = CertificateRow.__table__
 BLOCKED = BlockedKeyRow.__table__
+CA_STATUS = sa.select(CaCertificateRow.__table__.c.status).where(CaCertificateRow.__table__.c.name == sa.bindparam("b_ca"))
 
 INSERT_RESERVATION = sa.insert(RESERVATIONS)
 MARK_ISSUED = (sa.update(RESERVATIONS)

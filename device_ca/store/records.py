@@ -22,6 +22,9 @@ class CaRecord:
     serial: str
     not_after: dt.datetime
     created_at: dt.datetime
+    status: str = "active"                  # active | revoked (by the root: an entry of the root's CRL)
+    revoked_at: dt.datetime | None = None
+    revocation_reason: str | None = None
 
 
 @dataclass(frozen=True)

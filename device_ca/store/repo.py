@@ -65,6 +65,30 @@ class Store:
         except IntegrityError as exc:
             raise DeviceCAError(Kind.CONFLICT, "a CA already exists in this database", cause=exc) from None
 
+    def revoke_ca(self, name: str, reason: str, at: dt.datetime, actor: str, crl_of: str) -> CaRecord:
+        """Mark the CA certificate ``name`` revoked and the CRL of ``crl_of`` (its issuer) due, with
+        the audit event ``ca.revoked``: one transaction. CONFLICT if it is revoked already."""
+        with self.db.write() as s:
+            row = s.get(CaCertificateRow, name)
+            if row is None:
+                raise DeviceCAError(Kind.NOT_FOUND, f"no CA certificate named {name!r}")
+            if row.status == "revoked":
+                raise DeviceCAError(Kind.CONFLICT, f"CA {name!r} was revoked already ({row.revocation_reason}, "
+                                    f"{utc(row.revoked_at):%Y-%m-%dT%H:%M:%SZ})")
+            row.status, row.revoked_at, row.revocation_reason = "revoked", at, reason
+            s.add(row)
+            mark_crl_dirty(s, crl_of)
+            audit.append(s, AuditEvent(action="ca.revoked", actor=actor, at=at, serial=row.serial,
+                                       details={"ca": name, "reason": reason, "crl": crl_of}))
+            s.flush()
+            return _ca(row)
+
+    def revoked_cas(self) -> list[tuple[str, dt.datetime, str]]:
+        """(serial, revoked at, reason) of every revoked CA certificate: the root CRL's entries."""
+        with self.db.read() as s:
+            rows = s.exec(select(CaCertificateRow).where(CaCertificateRow.status == "revoked"))
+            return [(r.serial, utc(r.revoked_at), r.revocation_reason or "unspecified") for r in rows]
+
     # -- issuance ----------------------------------------------------------------------------
 
     def unfinished_reservations(self, older_than: dt.datetime) -> list[Reservation]:
@@ -225,7 +249,8 @@ def _enqueue(connection, messages: list[OutboxMessage], at: dt.datetime) -> None
 
 def _ca(r: CaCertificateRow) -> CaRecord:
     return CaRecord(name=r.name, key_label=r.key_label, key_type=r.key_type, der=bytes(r.der), serial=r.serial,
-                    not_after=utc(r.not_after), created_at=utc(r.created_at))
+                    not_after=utc(r.not_after), created_at=utc(r.created_at), status=r.status,
+                    revoked_at=utc(r.revoked_at), revocation_reason=r.revocation_reason)
 
 
 def _reservation(r: SerialReservationRow) -> Reservation:

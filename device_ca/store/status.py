@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from device_ca.store import audit
 from device_ca.store.db import ChangeCounter, Database, unavailable
-from device_ca.store.records import utc
+from device_ca.store.records import AuditEvent, utc
 from device_ca.store.tables import (CertificateRow, CrlRow, CrlStateRow, OcspResponderRow, OcspResponseRow,
                                     RevocationRow, SerialReservationRow)
 
@@ -225,10 +226,13 @@ class StatusRepo:
             return number
 
     def save_crl(self, ca: str, number: int, this_update: dt.datetime, next_update: dt.datetime, entries: int,
-                 der: bytes) -> None:
+                 der: bytes, event: AuditEvent | None = None) -> None:
+        """Store a signed CRL, with its audit ``event`` if given (in the same transaction)."""
         with self.db.transaction() as c:
             c.execute(sa.insert(_CRLS).values(number=number, ca=ca, this_update=this_update, next_update=next_update,
                                               entries=entries, der=der))
+            if event is not None:
+                audit.append(c, event)
 
     def crl_dirty_again(self, ca: str) -> None:
         with self.db.transaction() as c:

@@ -26,6 +26,10 @@ class CaCertificateRow(SQLModel, table=True):
     serial: str = Field(max_length=40)
     not_after: dt.datetime = Field(sa_column=_ts())
     created_at: dt.datetime = Field(sa_column=_ts())
+    # active | revoked: an issuing CA revoked by the root (listed in the root's CRL) issues nothing
+    status: str = Field(default="active", max_length=16)
+    revoked_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
+    revocation_reason: Optional[str] = Field(default=None, max_length=32)
 
 
 class DeviceRow(SQLModel, table=True):
@@ -233,11 +237,12 @@ class PendingRequestRow(SQLModel, table=True):
 
 
 class CrlRow(SQLModel, table=True):
-    """Every CRL signed, by number; the newest is the one served and published."""
+    """Every CRL signed, per CA by number (each CA has its own number sequence); the newest of a CA
+    is the one served and published."""
 
     __tablename__ = "crls"
+    ca: str = Field(primary_key=True, max_length=64)
     number: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
-    ca: str = Field(max_length=64)
     this_update: dt.datetime = Field(sa_column=_ts())
     next_update: dt.datetime = Field(sa_column=_ts())
     entries: int

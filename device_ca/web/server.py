@@ -109,7 +109,7 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
         _open_token(services)
         limits = _shared(services, limiter, options)
         Janitor(services.publisher, services.ra, services.store.leases, services.checkpoints,
-                forget_idle=services.store.rates.forget_idle).start()
+                forget_idle=services.store.rates.forget_idle, root=services.root).start()
         if services.settings.keycloak is not None:      # Keycloak outbox, every second
             start_drainer(services.store.queue, lambda: services.keycloak_drainer)
         if services.settings.audit_webhook is not None:  # audit events to the SIEM, every second
@@ -180,7 +180,8 @@ def _http_factory(options: ServeOptions, live_budget: RateLimiter):
         from device_ca.web.status import StatusApp
 
         services = Services(Settings.load())
-        status = StatusApp(services.publisher, live_budget=_shared(services, live_budget, options, "ocsp-nonce:"))
+        status = StatusApp(services.publisher, live_budget=_shared(services, live_budget, options, "ocsp-nonce:"),
+                           crls={"root": services.root.latest_crl})
         fold = Fold(services.publisher.answered, status.tally)    # the OCSP counts: every second, and at a scrape
         fold.start()
         public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
@@ -239,7 +240,7 @@ def _prepare(options: ServeOptions) -> None:
 
         if not options.tls_cert:
             services.admin.ensure_server_certificate(options.host, "system:serve")
-        Janitor(services.publisher, services.ra, services.store.leases).prepare()
+        Janitor(services.publisher, services.ra, services.store.leases, root=services.root).prepare()
     _in_child(work, "preparing the server")
 
 

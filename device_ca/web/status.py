@@ -10,10 +10,12 @@ import email.utils
 import hashlib
 import logging
 import time
+from typing import Callable
 
 from device_ca.ca import ocsp
 from device_ca.ra.publication import OcspAnswer, StatusPublisher
 from device_ca.runtime import BoundedCache
+from device_ca.store.status import StoredCrl
 from device_ca.web.ratelimit import RateLimiter
 
 log = logging.getLogger("device_ca.web.status")
@@ -50,10 +52,13 @@ class StatusApp:
     """Answers /ocsp and /crl/* (``handle``; the listener's front, web/front.py, reads the request
     and sends everything else to the Flask app)."""
 
-    def __init__(self, publisher: StatusPublisher, live_budget: RateLimiter | None = None):
+    def __init__(self, publisher: StatusPublisher, live_budget: RateLimiter | None = None,
+                 crls: dict[str, Callable[[], StoredCrl | None]] | None = None):
         """``live_budget``: answers signed live for a nonce, per client address (shared by the HTTP
-        workers when made before they fork); beyond it a client gets the nonce-less answer."""
+        workers when made before they fork); beyond it a client gets the nonce-less answer.
+        ``crls``: the newest CRL of other CAs by name (``root``), besides the publisher's own."""
         self.publisher = publisher
+        self.crls = {publisher.ca: publisher.latest_crl, **(crls or {})}
         self.live_budget = live_budget
         self._headers = BoundedCache(HEADER_CACHE_BYTES)   # id(answer) -> (answer, headers)
         self.tally = OcspTally()
@@ -121,7 +126,8 @@ class StatusApp:
     def _crl(self, name, method):
         if method not in ("GET", "HEAD"):
             return 405, (("Allow", "GET"), ("Content-Length", "0")), b""
-        latest = self.publisher.latest_crl() if name == "issuing" else None
+        source = self.crls.get(name)
+        latest = source() if source is not None else None
         if latest is None:
             data = b"no such CRL\n"
             return 404, (("Content-Type", "text/plain"), ("Content-Length", str(len(data)))), data
