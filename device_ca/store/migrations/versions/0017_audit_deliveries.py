@@ -1,14 +1,14 @@
 """audit deliveries: a receiver's cursor in the audit chain (the SIEM webhook)
 
-Revision ID: 0016b
-Revises: 0016a
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-06 10:30:00.000000
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0016b'
-down_revision = '0016a'
+revision = '0017'
+down_revision = '0016'
 branch_labels = None
 depends_on = None
 

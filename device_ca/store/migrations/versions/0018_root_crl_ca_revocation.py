@@ -1,15 +1,15 @@
 """root CRL and issuing-CA revocation: a CA certificate's state (active | revoked, when, why), and
 CRLs numbered per CA (the root's CRL numbers start at 1 beside the issuing CA's)
 
-Revision ID: 0016d
-Revises: 0015
+Revision ID: 0018
+Revises: 0017
 Create Date: 2026-12-06 10:00:00.000000
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0016d'
-down_revision = '0015'
+revision = '0018'
+down_revision = '0017'
 branch_labels = None
 depends_on = None
 

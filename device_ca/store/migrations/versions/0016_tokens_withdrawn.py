@@ -1,13 +1,13 @@
 """bootstrap tokens withdrawn by an operator: when and by whom
 
-Revision ID: 0016a
+Revision ID: 0016
 Revises: 0015
 Create Date: 2026-12-06 10:00:00.000000
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0016a'
+revision = '0016'
 down_revision = '0015'
 branch_labels = None
 depends_on = None
