@@ -14,6 +14,7 @@ from device_ca.store import audit
 from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo
+from device_ca.store.expiry import ExpiryRepo
 from device_ca.store.issuance import IssuanceRepo
 from device_ca.store.leases import LeaseRepo
 from device_ca.store.rates import RateRepo
@@ -41,6 +42,7 @@ class Store:
         self.state = StateRepo(self.db)
         self.leases = LeaseRepo(self.db)
         self.rates = RateRepo(self.db)
+        self.expiry = ExpiryRepo(self.db)
 
     def ping(self) -> None:
         with self.db.read() as s:
