@@ -1,10 +1,11 @@
 """The periodic jobs of a running CA: publish a CRL when a revocation asks for one or half its
 validity has passed; pre-sign OCSP answers for new, revoked and ageing certificates; revoke
-superseded certificates whose rotation grace is over; rotate the OCSP responder certificate; sign
-an audit checkpoint every 30 s in which events were added and after every CRL; forget idle
-rate-limit buckets; every 30 s, sign the root CRL when it is due (half its year passed, or an
-issuing CA revoked) and the root key is on the token (ra/rootca.py; an offline root is only warned
-about).
+superseded certificates whose rotation grace is over; handle the certificates whose notAfter has
+passed (audit, Keycloak disable: ra/expiry.py) every round, so within seconds of expiry; rotate the
+OCSP responder certificate; sign an audit checkpoint every 30 s in which events were added and after
+every CRL; forget idle rate-limit buckets; every 30 s, sign the root CRL when it is due (half its
+year passed, or an issuing CA revoked) and the root key is on the token (ra/rootca.py; an offline
+root is only warned about).
 
 These CA-wide jobs run in one process of one node at a time: the holder of the lease
 ``janitor:<ca>`` in the database (store/leases.py), extended before each job. When its node dies
@@ -15,7 +16,7 @@ same lease, so that nodes started together make one responder and one CRL, not o
 
 Should a holder stall past its lease (a pause longer than ``LEASE_TTL``), the jobs stay safe to
 overlap: CRL numbers are reserved atomically, pre-signed answers and revocations are idempotent,
-and responder keys have unique labels.
+responder keys have unique labels, and each expiry is handled by one conditional update.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import time
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.authority import RegistrationAuthority
 from device_ca.ra.checkpoints import AuditCheckpoints
+from device_ca.ra.expiry import ExpiryJob
 from device_ca.ra.publication import StatusPublisher
 from device_ca.ra.rootca import RootAuthority
 from device_ca.store.leases import LeaseRepo, new_holder
@@ -42,12 +44,13 @@ PREPARE_WAIT = 60.0          # seconds a starting node waits for the lease (or f
 class Janitor:
     def __init__(self, publisher: StatusPublisher, ra: RegistrationAuthority, leases: LeaseRepo,
                  checkpoints: AuditCheckpoints | None = None, forget_idle=None, holder: str | None = None,
-                 root: RootAuthority | None = None):
+                 root: RootAuthority | None = None, expiry: ExpiryJob | None = None):
         self.publisher = publisher
         self.root = root
         self.ra = ra
         self.leases = leases
         self.checkpoints = checkpoints
+        self.expiry = expiry
         self.forget_idle = forget_idle        # () -> None: drops idle shared rate-limit buckets
         self.lease = f"janitor:{publisher.ca}"
         self.holder = holder or new_holder()
@@ -64,6 +67,10 @@ class Janitor:
             self.publisher.sync_crl_file()            # a CRL the holder signed, on another node perhaps
             return False
         self.rounds += 1
+        if self.expiry is not None:              # first: it needs no token, so a token outage cannot delay it
+            lapsed = self.expiry.run(still_holding=self._hold)
+            if lapsed:
+                log.info("handled the expiry of %d certificates", len(lapsed))
         published = False
         if self.publisher.crl_due():
             self.publisher.generate_crl()
