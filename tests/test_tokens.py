@@ -134,3 +134,25 @@ def test_withdrawal_while_the_request_signs_keeps_the_certificate_out(est, store
     with pytest.raises(DeviceCAError) as again:
         _enroll(est, "lock-10", token.secret)
     assert again.value.kind is Kind.UNAUTHORIZED
+
+
+def test_a_token_held_by_an_attempt_an_outage_cut_off_is_busy_not_wrong_until_the_claim_lapses(est, store, clock):
+    """An attempt claimed the token, then the database went away before the claim could be given
+    back (the failover tests do this for real): the device's retry is told to come back (202,
+    PENDING), not that its credentials are wrong; once the claim has lapsed it gets its
+    certificate. Used, withdrawn or expired tokens still get 401."""
+    from device_ca.store.enrollment import CLAIM_SECONDS, claim
+
+    token = est.create_token(POLICY, "lock-11", dt.timedelta(hours=1), "cli:alice")
+    with store.db.direct() as c:                                    # the cut-off attempt's claim
+        assert claim(c, token.id, clock.now())
+    before = _counts(store)
+    with pytest.raises(DeviceCAError) as busy:
+        _enroll(est, "lock-11", token.secret)
+    assert busy.value.kind is Kind.PENDING and "retry later" in busy.value.detail
+    assert _counts(store) == before                                 # nothing reserved, signed or audited
+    clock.advance(dt.timedelta(seconds=CLAIM_SECONDS + 1))
+    assert _enroll(est, "lock-11", token.secret).record.device_id == "lock-11"
+    with pytest.raises(DeviceCAError) as used:
+        _enroll(est, "lock-11", token.secret)
+    assert used.value.kind is Kind.UNAUTHORIZED

@@ -133,6 +133,9 @@ _CLAIM = (sa.update(_TOKENS)
                  sa.or_(_TOKENS.c.claimed_until.is_(None), _TOKENS.c.claimed_until < sa.bindparam("now")))
           .values(claimed_until=sa.bindparam("until")))
 _FIND_TOKEN = sa.select(_TOKENS).where(_TOKENS.c.secret_sha256 == sa.bindparam("digest"))
+_CLAIMED = sa.select(_TOKENS.c.claimed_until).where(
+    _TOKENS.c.id == sa.bindparam("token_id"), _TOKENS.c.used_at.is_(None), _TOKENS.c.withdrawn_at.is_(None),
+    _TOKENS.c.expires_at > sa.bindparam("now"), _TOKENS.c.claimed_until >= sa.bindparam("now"))
 
 
 def claim(connection, token_id: str, now: dt.datetime) -> bool:
@@ -140,6 +143,12 @@ def claim(connection, token_id: str, now: dt.datetime) -> bool:
     result = connection.execute(_CLAIM, {"token_id": token_id, "now": now,
                                          "until": now + dt.timedelta(seconds=CLAIM_SECONDS)})
     return result.rowcount == 1
+
+
+def claimed(connection, token_id: str, now: dt.datetime) -> bool:
+    """Whether a token that could not be claimed is otherwise good and only held by another attempt
+    (one in flight, or one an outage cut off before it could give the claim back)."""
+    return connection.execute(_CLAIMED, {"token_id": token_id, "now": now}).first() is not None
 
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
 from device_ca.store.db import Database
-from device_ca.store.enrollment import claim
+from device_ca.store.enrollment import claim, claimed
 from device_ca.store.issuance_sql import (ABANDON, BLOCKED, CA_STATUS, CERTIFICATES, INSERT_CERTIFICATE, INSERT_OUTBOX,
                                           INSERT_RESERVATION, INSERT_SCOPE, ISSUE_PENDING, ITEM_ISSUED, MARK_ISSUED, RESERVE_ITEM,
                                           SUPERSEDE, UPSERT_DEVICE, USE_TOKEN, certificate_row, device_row,
@@ -113,6 +113,12 @@ class IssuanceRepo:
                                             "more certificates; nothing was signed")
                 for r in reserved:
                     if r.claim_token is not None and not claim(c, r.claim_token, r.reservation.reserved_at):
+                        if claimed(c, r.claim_token, r.reservation.reserved_at):
+                            # held by another attempt: its outcome decides; a device whose attempt an
+                            # outage cut off comes back when the claim has lapsed, and is not told
+                            # that its credentials are wrong (202 + Retry-After, RFC 7030 §4.2.3)
+                            raise DeviceCAError(Kind.PENDING, "these bootstrap credentials are in use by "
+                                                "another request; retry later")
                         raise DeviceCAError(Kind.UNAUTHORIZED,
                                             "invalid, expired or already used bootstrap credentials")
                 c.execute(INSERT_RESERVATION, [r.reservation.__dict__ for r in reserved])

@@ -92,9 +92,9 @@ def test_three_nodes_through_a_node_death_and_a_database_failover(tmp_path, pg_c
     nodes = start_nodes(serve, envs, "--load-balancer", "127.0.0.1", "--rate-limit", "500",
                         "--workers", "1", "--threads", "4", "--http-workers", "1")
 
-    with cluster.connect() as db:                       # started together: one responder, one CRL
+    with cluster.connect() as db:                       # started together: one responder, one CRL each
         assert db.execute("SELECT count(*) FROM ocsp_responders").fetchone()[0] == 1
-        assert db.execute("SELECT count(*) FROM crls").fetchone()[0] == 1
+        assert dict(db.execute("SELECT ca, count(*) FROM crls GROUP BY ca").fetchall()) == {"issuing": 1, "root": 1}
 
     devices = [f"env-{i:04x}" for i in range(1, 700)]
     secrets = make_tokens(env, "env-sensor", devices)
@@ -201,8 +201,8 @@ def test_three_nodes_through_a_node_death_and_a_database_failover(tmp_path, pg_c
         live = [nodes[0], nodes[2]]
         time.sleep(7)                                                # a janitor round (5 s) on every node
         with cluster.connect() as db:
-            newest_number = db.execute("SELECT max(number) FROM crls").fetchone()[0]
-            crls = db.execute("SELECT number, this_update FROM crls ORDER BY number").fetchall()
+            newest_number = db.execute("SELECT max(number) FROM crls WHERE ca = 'issuing'").fetchone()[0]
+            crls = db.execute("SELECT number, this_update FROM crls WHERE ca = 'issuing' ORDER BY number").fetchall()
             recorded = {r[0]: r[1] for r in db.execute(
                 "SELECT serial, status FROM certificates WHERE device_id LIKE 'env-%'").fetchall()}
             per_device = db.execute("SELECT device_id, count(*) FROM certificates WHERE device_id LIKE 'env-%' "
@@ -218,7 +218,11 @@ def test_three_nodes_through_a_node_death_and_a_database_failover(tmp_path, pg_c
         served = probes[-1]
         logs = {n.http: n.log.read_text()[-2000:] for n in live} if set(served.values()) != {newest_number} else {}
         through_balancer = _served_crl_number(front.status)
-        files = {n.http: _file_crl_number(n.env.home / "crl" / "issuing.crl") for n in live}
+        for _ in range(24):                                              # a janitor round (5 s) or two
+            files = {n.http: _file_crl_number(n.env.home / "crl" / "issuing.crl") for n in live}
+            if set(files.values()) == {newest_number}:
+                break
+            time.sleep(0.5)
         reserved = json.loads(env.run("reconcile", "--json", "--older-than", "0").stdout)
         audit = json.loads(env.run("audit", "verify", "--json").stdout)
         final_ocsp = {s: _ocsp_status(f"{front.status}/ocsp", _request(issuing, s)) for s in results.revoked}
@@ -234,7 +238,9 @@ def test_three_nodes_through_a_node_death_and_a_database_failover(tmp_path, pg_c
     assert not missing, f"{len(missing)} answered 200 but not in the database after the failover: {missing[:10]}"
     # the service went on after the failover without a restart, and said 503 + Retry-After during it
     assert results.ok_after_promotion > 0
-    assert set(results.statuses) <= {0, 200, 401, 503}, results.statuses    # 0: in flight to the killed node
+    # 0: in flight to the killed node; 202: a raced token held by the other attempt, or by one the
+    # failover cut off (come back later); 401: a raced token the other attempt used
+    assert set(results.statuses) <= {0, 200, 202, 401, 503}, results.statuses
     assert results.retry_after[False] == 0
     assert set(results.ocsp) <= {"GOOD", "REVOKED", "TRY_LATER"}, results.ocsp
     # one token, one certificate: raced tokens gave at most one 200 and one certificate
