@@ -111,18 +111,20 @@ class Store:
         notAfter of its unexpired certificates (None when every one has expired)."""
         c = CertificateRow
         out: dict[str, dict] = {}
+
+        def entry(issuer: str) -> dict:
+            return out.setdefault(issuer, {"good": 0, "revoked": 0, "expired": 0, "last_not_after": None})
         with self.db.read() as s:
-            rows = s.exec(sa.select(c.issuer, c.status, c.not_after > now, sa.func.count(), sa.func.max(c.not_after))
-                          .group_by(c.issuer, c.status, c.not_after > now))
-            for issuer, status, unexpired, count, last in rows:
-                entry = out.setdefault(issuer, {"good": 0, "revoked": 0, "expired": 0, "last_not_after": None})
-                if not unexpired:
-                    entry["expired"] += count
-                    continue
-                entry["good" if status == "good" else "revoked"] += count
-                last = utc(last)
-                if entry["last_not_after"] is None or last > entry["last_not_after"]:
-                    entry["last_not_after"] = last
+            for issuer, status, count, last in s.exec(
+                    sa.select(c.issuer, c.status, sa.func.count(), sa.func.max(c.not_after))
+                    .where(c.not_after > now).group_by(c.issuer, c.status)):
+                e = entry(issuer)
+                e["good" if status == "good" else "revoked"] += count
+                if e["last_not_after"] is None or utc(last) > e["last_not_after"]:
+                    e["last_not_after"] = utc(last)
+            for issuer, count in s.exec(sa.select(c.issuer, sa.func.count()).where(c.not_after <= now)
+                                        .group_by(c.issuer)):
+                entry(issuer)["expired"] += count
         return out
 
     def revoked_cas(self) -> list[tuple[str, dt.datetime, str]]:
