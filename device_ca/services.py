@@ -110,6 +110,12 @@ class Services:
                                      failpoints=self.failpoints)
 
     @functools.cached_property
+    def expiry(self):
+        from device_ca.ra.expiry import ExpiryJob
+
+        return ExpiryJob(self.store, self.policies, self.clock)
+
+    @functools.cached_property
     def admin(self) -> CaAdministration:
         return CaAdministration(self.store, self.token, self.ra, self.clock, self.linter, self.settings.home,
                                 self.settings.public_url, lambda: self.policies)

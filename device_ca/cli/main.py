@@ -281,6 +281,15 @@ def _certificate_dict(r) -> dict:
             "revocation_reason": r.revocation_reason, "superseded_by": r.superseded_by}
 
 
+def _expiry_marks(svc: Services):
+    """record -> ``expired``, ``renewal-window`` or None (ra/expiry.py), at one instant for a listing."""
+    from device_ca.ra.expiry import expiry_mark
+
+    now = svc.clock.now()
+    known = {p.name: p for p in svc.policies}
+    return lambda r: expiry_mark(r, known.get(r.policy), now)
+
+
 @cli.command("list")
 @click.option("--status", type=click.Choice(["good", "revoked"]))
 @click.option("--policy", "policy_name")
@@ -288,14 +297,17 @@ def _certificate_dict(r) -> dict:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def list_(ctx, status, policy_name, device_id, as_json) -> None:
-    """List issued certificates."""
-    records = services(ctx).store.certificates(status=status, policy=policy_name, device_id=device_id)
+    """List issued certificates; EXPIRY marks those inside their renewal window or expired."""
+    svc = services(ctx)
+    records = svc.store.certificates(status=status, policy=policy_name, device_id=device_id)
+    mark = _expiry_marks(svc)
     if as_json:
-        _emit_json([_certificate_dict(r) for r in records])
+        _emit_json([{**_certificate_dict(r), "expiry": mark(r)} for r in records])
         return
-    click.echo(f"{'SERIAL':<36}  {'DEVICE':<20} {'POLICY':<14} {'STATUS':<8} NOT AFTER")
+    click.echo(f"{'SERIAL':<36}  {'DEVICE':<20} {'POLICY':<14} {'STATUS':<8} {'NOT AFTER':<20} EXPIRY")
     for r in records:
-        click.echo(f"{r.serial:<36}  {r.device_id:<20} {r.policy:<14} {r.status:<8} {_iso(r.not_after)}")
+        click.echo(f"{r.serial:<36}  {r.device_id:<20} {r.policy:<14} {r.status:<8} {_iso(r.not_after):<20} "
+                   f"{mark(r) or ''}".rstrip())
 
 
 def _serial_arg(serial: str) -> str:
@@ -312,11 +324,12 @@ def _serial_arg(serial: str) -> str:
 @click.pass_context
 def show(ctx, serial, as_json, pem) -> None:
     """Show one certificate by its hex serial."""
-    store = services(ctx).store
+    svc = services(ctx)
+    store = svc.store
     record = store.certificate(_serial_arg(serial))
     if record is None:
         raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
-    shown = _certificate_dict(record)
+    shown = {**_certificate_dict(record), "expiry": _expiry_marks(svc)(record)}
     scope = store.station_scope(record.serial)
     if scope is not None:
         shown["scope"] = scope.as_dict()
@@ -520,13 +533,14 @@ def audit_checkpoint(ctx) -> None:
     _emit_json(checkpoints.as_json(signed))
 
 
-from device_ca.cli import backup_cmds, bulk_cmds, enroll_cmds, keycloak_cmds, status_cmds  # noqa: E402  (register on the group defined above)
+from device_ca.cli import backup_cmds, bulk_cmds, enroll_cmds, expiry_cmds, keycloak_cmds, status_cmds  # noqa: E402  (register on the group defined above)
 
 enroll_cmds.register(cli, services, _actor, _iso)
 status_cmds.register(cli, services, _actor, _iso)
 keycloak_cmds.register(cli, services, _actor, _iso)
 bulk_cmds.register(cli, services, _actor, _iso)
 backup_cmds.register(cli, services, _actor, _iso)
+expiry_cmds.register(cli, services, _actor, _iso)
 
 
 def main() -> None:

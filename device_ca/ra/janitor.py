@@ -1,12 +1,13 @@
 """The periodic jobs of a running CA: publish a CRL when a revocation asks for one or half its
 validity has passed; pre-sign OCSP answers for new, revoked and ageing certificates; revoke
-superseded certificates whose rotation grace is over; rotate the OCSP responder certificate; sign
-an audit checkpoint every 30 s in which events were added and after every CRL; forget idle
-rate-limit buckets; every 30 s, sign the root CRL when it is due (half its year passed, or an
-issuing CA revoked) and the root key is on the token (ra/rootca.py; an offline root is only warned
-about); after a rollover (ra/rollover.py), the CRL, pre-signing and responder jobs run for every
-issuing CA generation that still signs status, and an old generation whose certificates have all
-expired is retired.
+superseded certificates whose rotation grace is over; handle the certificates whose notAfter has
+passed (audit, Keycloak disable: ra/expiry.py) every round, so within seconds of expiry; rotate the
+OCSP responder certificate; sign an audit checkpoint every 30 s in which events were added and after
+every CRL; forget idle rate-limit buckets; every 30 s, sign the root CRL when it is due (half its
+year passed, or an issuing CA revoked) and the root key is on the token (ra/rootca.py; an offline
+root is only warned about); after a rollover (ra/rollover.py), the CRL, pre-signing and responder
+jobs run for every issuing CA generation that still signs status, and an old generation whose
+certificates have all expired is retired.
 
 These CA-wide jobs run in one process of one node at a time: the holder of the lease
 ``janitor:issuing`` in the database (store/leases.py), extended before each job. When its node dies
@@ -17,7 +18,7 @@ same lease, so that nodes started together make one responder and one CRL, not o
 
 Should a holder stall past its lease (a pause longer than ``LEASE_TTL``), the jobs stay safe to
 overlap: CRL numbers are reserved atomically, pre-signed answers and revocations are idempotent,
-and responder keys have unique labels.
+responder keys have unique labels, and each expiry is handled by one conditional update.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from typing import Callable
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.authority import RegistrationAuthority
 from device_ca.ra.checkpoints import AuditCheckpoints
+from device_ca.ra.expiry import ExpiryJob
 from device_ca.ra.publication import StatusPublisher
 from device_ca.ra.rootca import RootAuthority
 from device_ca.store.leases import LeaseRepo, new_holder
@@ -45,7 +47,8 @@ PREPARE_WAIT = 60.0          # seconds a starting node waits for the lease (or f
 class Janitor:
     def __init__(self, publisher: StatusPublisher, ra: RegistrationAuthority, leases: LeaseRepo,
                  checkpoints: AuditCheckpoints | None = None, forget_idle=None, holder: str | None = None,
-                 root: RootAuthority | None = None, publishers: Callable[[], list[StatusPublisher]] | None = None,
+                 root: RootAuthority | None = None, expiry: ExpiryJob | None = None,
+                 publishers: Callable[[], list[StatusPublisher]] | None = None,
                  retire: Callable[[], list[str]] | None = None):
         """``publishers``: every issuing CA's publisher that still signs status, read each round
         (default: ``publisher`` alone); ``retire``: retires old generations, returns their names."""
@@ -56,6 +59,7 @@ class Janitor:
         self.ra = ra
         self.leases = leases
         self.checkpoints = checkpoints
+        self.expiry = expiry
         self.forget_idle = forget_idle        # () -> None: drops idle shared rate-limit buckets
         self.lease = "janitor:issuing"            # one lease for every generation's jobs
         self.holder = holder or new_holder()
@@ -74,6 +78,10 @@ class Janitor:
                 publisher.sync_crl_file()
             return False
         self.rounds += 1
+        if self.expiry is not None:              # first: it needs no token, so a token outage cannot delay it
+            lapsed = self.expiry.run(still_holding=self._hold)
+            if lapsed:
+                log.info("handled the expiry of %d certificates", len(lapsed))
         published = False
         for publisher in publishers:
             if publisher.crl_due():

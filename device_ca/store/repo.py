@@ -15,6 +15,7 @@ from device_ca.store.db import Database, migrate, translate_errors
 from device_ca.store.audit_feed import AuditFeed
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo
+from device_ca.store.expiry import ExpiryRepo
 from device_ca.store.issuance import IssuanceRepo
 from device_ca.store.leases import LeaseRepo
 from device_ca.store.rates import RateRepo
@@ -43,6 +44,7 @@ class Store:
         self.leases = LeaseRepo(self.db)
         self.rates = RateRepo(self.db)
         self.audit_feed = AuditFeed(self.db)
+        self.expiry = ExpiryRepo(self.db)
 
     def ping(self) -> None:
         with self.db.read() as s:

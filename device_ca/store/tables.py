@@ -54,6 +54,8 @@ class SerialReservationRow(SQLModel, table=True):
 
 class CertificateRow(SQLModel, table=True):
     __tablename__ = "certificates"
+    # The expiry job's and the scrape's scans: good certificates by notAfter (ra/expiry.py).
+    __table_args__ = (sa.Index("ix_certificates_status_not_after", "status", "not_after"),)
     serial: str = Field(primary_key=True, max_length=40, foreign_key="serial_reservations.serial")
     issuer: str = Field(max_length=64)
     device_id: str = Field(max_length=128, foreign_key="devices.device_id", index=True)
@@ -70,6 +72,8 @@ class CertificateRow(SQLModel, table=True):
     revoke_after: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True, index=True))
     # SHA-256 of the SubjectPublicKeyInfo: which certificates share a key (blocked keys, one key per device)
     spki_sha256: Optional[str] = Field(default=None, max_length=64, index=True)
+    # When the expiry job handled this good certificate's passing of notAfter (audit, Keycloak): once.
+    expired_at: Optional[dt.datetime] = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class BlockedKeyRow(SQLModel, table=True):

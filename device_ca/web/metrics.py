@@ -6,7 +6,7 @@ Counters live in prometheus_client's multiprocess files when PROMETHEUS_MULTIPRO
 lock and an mmap write, microseconds, too much for each of the ~80,000 OCSP answers a second: the
 OCSP path counts in plain integers of its process (``OcspTally``) that ``Fold`` moves into the
 counters every second and before a scrape that process serves. What the database knows (CRL,
-outbox, pre-signing, leases) is read at the scrape by ``StateCollector``.
+outbox, pre-signing, leases, expiry) is read at the scrape by ``StateCollector``.
 """
 from __future__ import annotations
 
@@ -94,10 +94,11 @@ class StateCollector:
     """Gauges read from the database at each scrape, with a few aggregate queries; with the database
     down, only ``device_ca_database_up 0``."""
 
-    def __init__(self, store, clock, ca: str = "issuing"):
+    def __init__(self, store, clock, ca: str = "issuing", expiry=None):
         self.store = store
         self.clock = clock
         self.ca = ca
+        self.expiry = expiry            # ra.expiry.ExpiryJob: the per-policy renewal-window counts
 
     def collect(self):
         from device_ca.ra.publication import OCSP_VALIDITY
@@ -109,6 +110,8 @@ class StateCollector:
             backlog = self.store.queue.backlog()
             presign = self.store.status.presign_backlog(self.ca, now - OCSP_VALIDITY / 4, now, OCSP_VALIDITY / 4)
             leases = [(lease.name, lease.holder) for lease in self.store.leases.held(now)]
+            lag = self.store.expiry.lag(now)
+            expiring = self.expiry.counts() if self.expiry is not None else {}
         except DeviceCAError as exc:
             log.warning("metrics: database unavailable: %s", exc.detail)
             up.add_metric([], 0)
@@ -143,6 +146,19 @@ class StateCollector:
         for name, holder in leases:
             holders.add_metric([name, holder], 1)
         yield holders
+        due = GaugeMetricFamily("device_ca_certificates_renewal_due", "Good, not renewed certificates inside "
+                                "their policy's renewal window (notAfter not yet passed)", labels=["policy"])
+        expired = GaugeMetricFamily("device_ca_certificates_expired", "Good, not renewed certificates past "
+                                    "notAfter: devices that let their certificate lapse", labels=["policy"])
+        for policy, counts in sorted(expiring.items()):
+            due.add_metric([policy], counts.renewal_due)
+            expired.add_metric([policy], counts.expired)
+        yield due
+        yield expired
+        yield _gauge("device_ca_expiry_unhandled", "Certificates past notAfter whose expiry the server has not "
+                     "handled yet (audit event, Keycloak disable)", lag.unhandled)
+        yield _gauge("device_ca_expiry_lag_seconds", "Seconds since the notAfter of the oldest unhandled expiry "
+                     "(0: none)", max(0.0, (now - lag.oldest).total_seconds()) if lag.oldest else 0)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

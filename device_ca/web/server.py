@@ -101,7 +101,7 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
         from device_ca.services import Services
         from device_ca.web.app import create_app
         from device_ca.web.front import Limits, Site
-        from device_ca.web.metrics import Scrape, StateCollector
+        from device_ca.web.metrics import Scrape
         from device_ca.web.tls import ProxySettings
         from device_ca.web.tls_context import server_context
 
@@ -110,7 +110,8 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
         limits = _shared(services, limiter, options)
         Janitor(services.publisher, services.ra, services.store.leases, services.checkpoints,
                 forget_idle=services.store.rates.forget_idle, root=services.root,
-                publishers=services.signing_publishers, retire=services.rollover.retire_due).start()
+                expiry=services.expiry, publishers=services.signing_publishers,
+                retire=services.rollover.retire_due).start()
         if services.settings.keycloak is not None:      # Keycloak outbox, every second
             start_drainer(services.store.queue, lambda: services.keycloak_drainer)
         if services.settings.audit_webhook is not None:  # audit events to the SIEM, every second
@@ -135,7 +136,7 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
                                                Callers(services.store, services.policies, services.clock,
                                                        services.est.is_ours).proves_proxy),
                          default_policy=options.default_policy, limiter=limits,
-                         scrape=Scrape(collectors=(StateCollector(services.store, services.clock),)))
+                         scrape=Scrape(collectors=(_state(services),)))
         quiet_gc()
         return Site(app, threads=options.threads,
                     limits=Limits(deadline=options.request_timeout, idle=options.idle_timeout,
@@ -153,6 +154,13 @@ def _shared(services, limiter: RateLimiter, options: ServeOptions, prefix: str =
     from device_ca.web.ratelimit import SharedRateLimiter
 
     return SharedRateLimiter(services.store.rates, limiter, prefix)
+
+
+def _state(services):
+    """What /metrics reads from the database at a scrape (web/metrics.py)."""
+    from device_ca.web.metrics import StateCollector
+
+    return StateCollector(services.store, services.clock, expiry=services.expiry)
 
 
 def _health(services) -> dict:
@@ -178,8 +186,8 @@ def _http_factory(options: ServeOptions, live_budget: RateLimiter):
         from device_ca.services import Services
         from device_ca.web.app import create_public_app
         from device_ca.web.front import Limits, Site
-        from device_ca.web.metrics import Fold, Scrape, StateCollector
         from device_ca.ra.status_routing import StatusRouter
+        from device_ca.web.metrics import Fold, Scrape
         from device_ca.web.status import StatusApp
 
         services = Services(Settings.load())
@@ -191,7 +199,7 @@ def _http_factory(options: ServeOptions, live_budget: RateLimiter):
         fold.start()
         public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
                                    audit_checkpoint=services.checkpoints.newest,
-                                   scrape=Scrape(collectors=(StateCollector(services.store, services.clock),),
+                                   scrape=Scrape(collectors=(_state(services),),
                                                  before=(fold,)))
 
         def inline(request):

@@ -77,6 +77,17 @@ enrollment = ["admin"]
 realm = "campus"
 ocsp_checked_user_flow = true
 ''',
+    # Certificates that expire during the test run (the server's clock is the system's).
+    "brief-lock": '''
+subject = "CN={device_id},OU=brief-lock,O=BuildingCo"
+device_id_pattern = "brief-[0-9]{1,4}"
+validity = "75s"
+renewal_window = "74s"
+enrollment = ["admin"]
+[keycloak]
+realm = "smart-building"
+default_client_scopes = ["door-access"]
+''',
 }
 CAMPUS = "campus"
 
@@ -227,6 +238,29 @@ def test_revocation_disables_the_client_and_the_next_token_request_fails(ca, key
     assert client(keycloak, "br-7")["enabled"] is False
     status, answer = keycloak.token(REALM, "br-7", cert, key)
     assert status in (400, 401) and "access_token" not in answer
+
+
+def test_the_server_disables_the_client_within_a_minute_of_expiry_without_sync(ca, keycloak, server, store):
+    cert, key, serial = issue(ca, "brief-lock", "brief-1")
+    settled(store, "brief-1")
+    assert client(keycloak, "brief-1")["enabled"] is True
+    assert keycloak.token(REALM, "brief-1", cert, key)[0] == 200
+    not_after = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
+    assert json.loads(ca.run("show", serial, "--json").stdout)["expiry"] == "renewal-window"
+
+    wait_for(lambda: not client(keycloak, "brief-1")["enabled"], not_after - time.time() + 60, interval=1,
+             what="the expired device's client disabled")
+    delay = time.time() - not_after
+    assert 0 < delay <= 60
+    rows = settled(store, "brief-1", timeout=5)
+    assert [(r.topic, r.outcome) for r in rows] == [("keycloak.upsert", "create"), ("keycloak.disable", "disable")]
+    assert rows[1].payload == {"serial": serial, "policy": "brief-lock", "realm": REALM, "reason": "expired"}
+    with store.db.reading() as c:
+        events = c.exec_driver_sql("SELECT action, actor FROM audit_events WHERE serial = '%s' ORDER BY seq"
+                                   % serial).all()
+    assert [tuple(e) for e in events][-1] == ("certificate.expired", "system:expiry")
+    assert json.loads(ca.run("show", serial, "--json").stdout)["expiry"] == "expired"
+    print(f"client of brief-1 disabled {delay:.1f} s after notAfter, without keycloak sync")
 
 
 def test_decommission_disables_the_client(ca, keycloak, server, store):

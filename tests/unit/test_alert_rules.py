@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from device_ca.ca.issuer import Issuer, PublicUrls
 from device_ca.ca.lint import pkilint_gate
 from device_ca.ra.authority import RegistrationAuthority
+from device_ca.ra.expiry import ExpiryJob
 from device_ca.ra.publication import StatusPublisher
 from device_ca.store import Store
 from device_ca.web.metrics import Scrape, StateCollector
@@ -45,7 +46,7 @@ def test_promtool_unit_tests_fire_and_stay_silent():
 def test_the_rules_name_only_metrics_device_ca_exports(tmp_path, policies, clock):
     exported = _exported(tmp_path, policies, clock)
     assert {"device_ca_issuances_total", "device_ca_ocsp_answers_total", "device_ca_crl_next_update_in_seconds",
-            "device_ca_lease_holder"} <= exported
+            "device_ca_lease_holder", "device_ca_certificates_expired", "device_ca_expiry_lag_seconds"} <= exported
     used = {name for rule in _alerts().values()
             for name in re.findall(r"\bdevice_ca_[a-z0-9_]+", rule["expr"] + str(rule.get("annotations", "")))}
     assert used and used - exported == set()
@@ -72,7 +73,8 @@ def _exported(tmp_path, policies, clock) -> set[str]:
         publisher.generate_crl()
         metrics.hsm_error("sign")
         metrics.database_error()
-        text = Scrape(collectors=(StateCollector(store, clock),)).exposition().decode()
+        text = Scrape(collectors=(StateCollector(store, clock, expiry=ExpiryJob(store, policies, clock)),)) \
+            .exposition().decode()
     finally:
         store.db.dispose()
     names = set()
