@@ -69,13 +69,37 @@ class Services:
 
     @functools.cached_property
     def issuer(self) -> Issuer:
-        records = self.store.ca_certificates()
-        if ISSUING not in records:
+        """The issuing CA that issues: the newest generation when this process first asked."""
+        from device_ca.ra.rollover import current
+
+        record = current(self.store.ca_certificates())
+        if record is None:
             raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
-        record = records[ISSUING]
         # a revoked issuing CA still signs its CRL and OCSP answers; the reservation refuses its certificates
-        return Issuer(x509.load_der_x509_certificate(record.der), self.token.signer(record.key_label), self.clock,
-                      PublicUrls(self.settings.public_url, ISSUING), self.linter)
+        return self.issuer_of(record.name)
+
+    def issuer_of(self, name: str) -> Issuer:
+        """The issuing CA ``name`` (any generation) with its key on the token, built once per process."""
+        built = self.__dict__.setdefault("_issuers", {})
+        if name not in built:
+            record = self.store.ca_certificates().get(name)
+            if record is None or name == ROOT:
+                raise DeviceCAError(Kind.NOT_FOUND, f"no issuing CA named {name!r}")
+            built[name] = Issuer(x509.load_der_x509_certificate(record.der), self.token.signer(record.key_label),
+                                 self.clock, PublicUrls(self.settings.public_url, name), self.linter)
+        return built[name]
+
+    def trusted_issuing(self) -> list[x509.Certificate]:
+        """Issuing CAs still valid (not retired, not revoked, not expired), newest first; read anew
+        each time, so that a revocation counts at once."""
+        from device_ca.ra.rollover import trusted_issuing
+
+        return trusted_issuing(self.store.ca_certificates(), self.clock.now())
+
+    def cacerts(self) -> list[x509.Certificate]:
+        """What EST cacerts serves: every issuing CA still valid, newest first, then the root."""
+        certs = self.ca_certificates()
+        return self.trusted_issuing() + ([certs[ROOT]] if ROOT in certs else [])
 
     def warm_linter(self, names=None) -> int:
         return warm_linter(self.store, self.policies, self.linter, self.clock, self.settings.public_url, names)
@@ -100,14 +124,39 @@ class Services:
     def est(self):
         from device_ca.ra.enrollment import EstService
 
-        return EstService(self.ra, self.store, self.policies, self.clock, lambda: self.issuer.certificate)
+        return EstService(self.ra, self.store, self.policies, self.clock, self.trusted_issuing)
 
     @functools.cached_property
     def publisher(self):
+        """The status publisher of the issuing CA that issues now (the token is not opened here)."""
+        from device_ca.ra.rollover import current
+
+        record = current(self.store.ca_certificates())
+        return self.publisher_of(record.name if record is not None else ISSUING)
+
+    def publisher_of(self, name: str):
+        """The CRL and OCSP publisher of the issuing CA ``name``, built once per process."""
         from device_ca.ra.publication import StatusPublisher
 
-        return StatusPublisher(self.store, lambda: self.issuer, self.token, self.clock,
-                               self.settings.home / "crl" / f"{ISSUING}.crl", self.linter, ISSUING)
+        built = self.__dict__.setdefault("_publishers", {})
+        if name not in built:
+            built[name] = StatusPublisher(self.store, lambda: self.issuer_of(name), self.token, self.clock,
+                                          self.settings.home / "crl" / f"{name}.crl", self.linter, name)
+        return built[name]
+
+    def signing_publishers(self) -> list:
+        """Publishers of every issuing CA that still signs status (not retired), newest first; read
+        anew each time, so that a retirement or a rollover on another node counts at the next round."""
+        from device_ca.ra.rollover import generations
+
+        return [self.publisher_of(g.name) for g in reversed(generations(self.store.ca_certificates()))
+                if g.signs_status]
+
+    @functools.cached_property
+    def rollover(self):
+        from device_ca.ra.rollover import IssuingRollover
+
+        return IssuingRollover(self.store, self.token, self.clock, self.linter, self.settings.public_url)
 
     @functools.cached_property
     def root(self):

@@ -272,7 +272,7 @@ def test_reenroll_needs_a_current_good_certificate(ra, store, signer, policies, 
     expired, not yet valid or revoked: 403 (FORBIDDEN), nothing signed, nothing stored."""
     from device_ca.ra.enrollment import Caller, EstService
 
-    est = EstService(ra, store, policies, clock, lambda: ca[2])
+    est = EstService(ra, store, policies, clock, lambda: [ca[2]])
     key = ec.generate_private_key(ec.SECP256R1())
     issued = ra.issue("door-lock", make_csr("lock-5", key=key), device_id="lock-5", actor="test")
     current = x509.load_pem_x509_certificate(issued.pem)

@@ -26,7 +26,7 @@ def est(store, policies, clock):
     signer = CountingSigner(ca[3])
     issuer = Issuer(ca[2], signer, clock, PublicUrls("http://127.0.0.1:8080"), pkilint_gate)
     service = EstService(RegistrationAuthority(store, policies, lambda: issuer, clock), store, policies, clock,
-                         lambda: ca[2])
+                         lambda: [ca[2]])
     service.signer = signer
     return service
 

@@ -34,10 +34,13 @@ class CaProfile:
             x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{self.organization} Root CA"),
         ])
 
-    def issuing_name(self) -> x509.Name:
+    def issuing_name(self, generation: int = 1) -> x509.Name:
+        """The issuing CA's name; generations after the first (rollover) are told apart by a suffix,
+        so that relying parties never match one generation's CRL to another's certificates."""
+        suffix = "" if generation == 1 else f" G{generation}"
         return x509.Name([
             x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, self.organization),
-            x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{self.organization} Device Issuing CA"),
+            x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{self.organization} Device Issuing CA{suffix}"),
         ])
 
 
@@ -74,7 +77,8 @@ def build_root(signer, profile: CaProfile, clock: Clock, linter: Linter | None =
 
 
 def build_issuing(root: x509.Certificate, root_signer, issuing_public_key, profile: CaProfile, clock: Clock,
-                  linter: Linter | None = None, root_urls: PublicUrls | None = None) -> x509.Certificate:
+                  linter: Linter | None = None, root_urls: PublicUrls | None = None,
+                  generation: int = 1) -> x509.Certificate:
     """The issuing CA: pathLen 0, so it can sign only end-entity (device) certificates. With
     ``root_urls`` (the root's public URLs) it carries the root CRL's distribution point and the
     root certificate's caIssuers URL."""
@@ -82,7 +86,7 @@ def build_issuing(root: x509.Certificate, root_signer, issuing_public_key, profi
     root_ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
         x509.CertificateBuilder()
-        .subject_name(profile.issuing_name())
+        .subject_name(profile.issuing_name(generation))
         .issuer_name(root.subject)
         .public_key(issuing_public_key)
         .serial_number(new_serial())

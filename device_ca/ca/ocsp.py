@@ -216,6 +216,18 @@ def status_for_error(error: DeviceCAError) -> str:
     }.get(error.kind, "internalError")
 
 
+def issuer_hashes(issuer_cert: x509.Certificate) -> dict[str, tuple[bytes, bytes]]:
+    """(issuerNameHash, issuerKeyHash) by hash algorithm: how a CertID names ``issuer_cert`` (RFC 6960 §4.1.1)."""
+    issuer = asn1_x509.Certificate.load(issuer_cert.public_bytes(Encoding.DER))
+    name_der = issuer.subject.dump()
+    key_bits = issuer.public_key["public_key"].contents[1:]
+    return {name: (hashlib.new(name, name_der).digest(), hashlib.new(name, key_bits).digest()) for name in HASHES}
+
+
+def names_issuer(cert_id: CertId, hashes: dict[str, tuple[bytes, bytes]]) -> bool:
+    return hashes.get(cert_id.hash_algorithm) == (cert_id.issuer_name_hash, cert_id.issuer_key_hash)
+
+
 class Responder:
     """Answers for one issuing CA with a delegated responder certificate (EKU OCSPSigning, ocsp-nocheck)."""
 
@@ -229,11 +241,7 @@ class Responder:
         _check_responder(issuer_cert, responder_cert, responder_signer)
         self.hash = hash_for_key_type(key_type_of(responder_cert.public_key()))
         self._responder_der = responder_cert.public_bytes(Encoding.DER)
-        issuer = asn1_x509.Certificate.load(issuer_cert.public_bytes(Encoding.DER))
-        name_der = issuer.subject.dump()
-        key_bits = issuer.public_key["public_key"].contents[1:]
-        self._issuer_hashes = {name: (hashlib.new(name, name_der).digest(), hashlib.new(name, key_bits).digest())
-                               for name in HASHES}
+        self._issuer_hashes = issuer_hashes(issuer_cert)
         self._responder_key_id = hashlib.sha1(_key_bits(responder_cert)).digest()
 
     def matches(self, cert_id: CertId) -> bool:

@@ -27,6 +27,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import load_policy
 from device_ca.ra.administration import CA_KEY_TYPES, ISSUING, ROOT
 from device_ca.ra.authority import REASONS
+from device_ca.ra.rollover import current, generations
 from device_ca.ra.rootca import CA_REVOCATION_REASONS, revoke_certificates_of
 from device_ca.services import Services
 
@@ -137,7 +138,7 @@ def ca_show(ctx, as_json) -> None:
     if not records:
         raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
     rows = []
-    for name in (ROOT, ISSUING):
+    for name in [ROOT] + [g.name for g in generations(records)]:
         r = records[name]
         cert = x509.load_der_x509_certificate(r.der)
         rows.append({"name": name, "subject": cert.subject.rfc4514_string(), "serial": to_hex(cert.serial_number),
@@ -189,14 +190,64 @@ def ca_revoke_issuing(ctx, name, reason, revoke_certificates, yes) -> None:
                    "exists", err=True)
 
 
+@ca.command("rollover")
+@click.option("--key-type", type=click.Choice(CA_KEY_TYPES), default=None,
+              help="Key type of the new issuing CA (default: the current one's).")
+@click.pass_context
+def ca_rollover(ctx, key_type) -> None:
+    """Generate a new issuing CA key on the token, have the root sign its certificate (root key
+    needed), and issue with it from now on. The previous generation keeps signing its CRL and OCSP
+    answers until its last certificate expires. Restart each 'device-ca serve' afterwards."""
+    svc = services(ctx)
+    record = svc.rollover.rollover(key_type, _actor())
+    svc.admin.export_ca_files()
+    cert = x509.load_der_x509_certificate(record.der)
+    click.echo(f"new issuing CA {record.name}: {cert.subject.rfc4514_string()} (serial {record.serial}, key "
+               f"pkcs11:token={svc.settings.hsm_token};object={record.key_label}, {record.key_type}, notAfter "
+               f"{_iso(cert.not_valid_after_utc)})")
+    click.echo("restart every 'device-ca serve' node: it issues with the new CA, serves it in cacerts and "
+               "trusts its client certificates after the restart", err=True)
+
+
+@ca.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ca_list(ctx, as_json) -> None:
+    """Issuing CA generations: state (current, previous, retired, revoked), notAfter and counts of
+    the certificates each issued."""
+    svc = services(ctx)
+    records = svc.store.ca_certificates()
+    if not records:
+        raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
+    counts = svc.store.issuer_counts(svc.clock.now())
+    rows = []
+    for g in reversed(generations(records)):
+        c = counts.get(g.name, {})
+        rows.append({"name": g.name, "generation": g.generation, "state": g.state,
+                     "subject": g.certificate.subject.rfc4514_string(), "serial": g.record.serial,
+                     "not_after": _iso(g.certificate.not_valid_after_utc), "key_type": g.record.key_type,
+                     "key_label": g.record.key_label, "good": c.get("good", 0), "revoked": c.get("revoked", 0),
+                     "expired": c.get("expired", 0), "last_certificate_expires": _iso(c.get("last_not_after"))})
+    if as_json:
+        _emit_json(rows)
+        return
+    click.echo(f"{'NAME':<12} {'GEN':>3} {'STATE':<9} {'NOT AFTER':<20} {'GOOD':>6} {'REVOKED':>7} {'EXPIRED':>7}  "
+               "LAST CERT EXPIRES")
+    for r in rows:
+        click.echo(f"{r['name']:<12} {r['generation']:>3} {r['state']:<9} {r['not_after']:<20} {r['good']:>6} "
+                   f"{r['revoked']:>7} {r['expired']:>7}  {r['last_certificate_expires'] or '-'}")
+
+
 @ca.command("chain")
 @click.pass_context
 def ca_chain(ctx) -> None:
-    """The chain as PEM: issuing CA first, then the root."""
-    certs = services(ctx).ca_certificates()
+    """The chain as PEM: the issuing CA that issues first, then the root."""
+    svc = services(ctx)
+    certs = svc.ca_certificates()
     if not certs:
         raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
-    click.echo((certs[ISSUING].public_bytes(Encoding.PEM) + certs[ROOT].public_bytes(Encoding.PEM)).decode(), nl=False)
+    issuing = certs[current(svc.store.ca_certificates()).name]
+    click.echo((issuing.public_bytes(Encoding.PEM) + certs[ROOT].public_bytes(Encoding.PEM)).decode(), nl=False)
 
 
 # -- certificates ---------------------------------------------------------------------------

@@ -43,6 +43,14 @@ def ca_certificates(store: Store) -> dict[str, x509.Certificate]:
     return {name: x509.load_der_x509_certificate(r.der) for name, r in store.ca_certificates().items()}
 
 
+def current_issuing(store: Store) -> x509.Certificate | None:
+    """The issuing CA certificate that issues (the newest generation, ra/rollover.py)."""
+    from device_ca.ra.rollover import current
+
+    record = current(store.ca_certificates())
+    return x509.load_der_x509_certificate(record.der) if record is not None else None
+
+
 class CaAdministration:
     def __init__(self, store: Store, token: CaToken, ra: RegistrationAuthority, clock: Clock, linter: Linter | None,
                  home: Path, public_url: str, policies: Callable[[], Policies]):
@@ -86,12 +94,13 @@ class CaAdministration:
         return {ROOT: root, ISSUING: issuing}
 
     def export_ca_files(self) -> dict[str, Path]:
-        """root.pem, issuing.pem and chain.pem (issuing first) under the state directory."""
+        """root.pem, <issuing CA>.pem of each generation and chain.pem (the issuing CA that issues
+        first) under the state directory."""
         certs = ca_certificates(self.store)
         directory = self.home / "ca"
         directory.mkdir(parents=True, exist_ok=True)
         contents = {f"{name}.pem": c.public_bytes(Encoding.PEM) for name, c in certs.items()}
-        contents["chain.pem"] = contents["issuing.pem"] + contents["root.pem"]
+        contents["chain.pem"] = current_issuing(self.store).public_bytes(Encoding.PEM) + contents["root.pem"]
         paths = {}
         for filename, data in contents.items():
             files.publish(directory / filename, data)
@@ -99,12 +108,15 @@ class CaAdministration:
         return paths
 
     def client_ca_bundle(self) -> Path:
-        """The CA chain plus every manufacturer CA a policy trusts: what TLS verifies client
-        certificates with (``tls/client-ca.pem``)."""
+        """Every issuing CA generation still trusted, the root, and every manufacturer CA a policy
+        trusts: what TLS verifies client certificates with (``tls/client-ca.pem``)."""
+        from device_ca.ra.rollover import trusted_issuing
+
         certs = ca_certificates(self.store)
-        if ISSUING not in certs:
+        if ROOT not in certs:
             raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
-        pem = b"".join(certs[n].public_bytes(Encoding.PEM) for n in (ISSUING, ROOT))
+        pem = b"".join(c.public_bytes(Encoding.PEM)
+                       for c in trusted_issuing(self.store.ca_certificates(), self.clock.now()) + [certs[ROOT]])
         for policy in self._policies():
             for path in policy.manufacturer_cas:
                 pem += Path(path).read_bytes().strip() + b"\n"
@@ -120,7 +132,7 @@ class CaAdministration:
         cert, key = directory / "server.pem", directory / "server.key"
         if cert.exists() and key.exists():
             current = x509.load_pem_x509_certificate(cert.read_bytes())
-            issuing = ca_certificates(self.store).get(ISSUING)
+            issuing = current_issuing(self.store)
             if issuing is not None and current.issuer == issuing.subject \
                     and current.not_valid_after_utc - self.clock.now() > SERVER_CERT_RENEW_BEFORE:
                 return cert, key
@@ -145,7 +157,7 @@ class CaAdministration:
         files.write_atomically(directory / "server.key", key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         files.write_atomically(directory / "server.pem",
-                               issued.pem + ca_certificates(self.store)[ISSUING].public_bytes(Encoding.PEM))
+                               issued.pem + current_issuing(self.store).public_bytes(Encoding.PEM))
         return issued.certificate
 
 
@@ -156,10 +168,13 @@ def warm_linter(store: Store, policies: Policies, linter: Linter | None, clock: 
     is signed, PKCS#11 is not opened). A server's parent calls this before it forks, so each worker
     starts with the shapes known clean instead of spending half a second in pkilint on its first
     certificate. ``names``: only these policies. Returns how many shapes were linted in full."""
-    certs = ca_certificates(store)
-    if ISSUING not in certs or linter is None:
+    from device_ca.ra.rollover import current
+
+    record = current(store.ca_certificates())
+    if record is None or linter is None:
         return 0
-    issuer = Issuer(certs[ISSUING], None, clock, PublicUrls(public_url, ISSUING), linter)
+    issuer = Issuer(x509.load_der_x509_certificate(record.der), None, clock, PublicUrls(public_url, record.name),
+                    linter)
     before = getattr(linter, "full_runs", 0)
     for policy in policies:
         if names is not None and policy.name not in names:

@@ -75,10 +75,12 @@ def make_backup(out: Path, sources: BackupSources, audit_key, store: Store, cloc
             raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
         now = clock.now().replace(microsecond=0)
         members: dict[str, Path | bytes] = {f"database/{database.name}": database}
-        pems = {name: x509.load_der_x509_certificate(contents.ca[name][1]).public_bytes(Encoding.PEM)
-                for name in CA_ORDER}
+        names = list(CA_ORDER) + sorted(n for n in contents.ca if n not in CA_ORDER)   # rolled-over generations
+        pems = {name: x509.load_der_x509_certificate(contents.ca[name][1]).public_bytes(Encoding.PEM) for name in names}
         members.update({f"ca/{name}.pem": pem for name, pem in pems.items()})
-        members["ca/chain.pem"] = pems["issuing"] + pems["root"]
+        newest = max((n for n in names if n != "root"),
+                     key=lambda n: x509.load_der_x509_certificate(contents.ca[n][1]).not_valid_before_utc)
+        members["ca/chain.pem"] = pems[newest] + pems["root"]
         if (sources.home / CRL_FILE).is_file():
             members[CRL_FILE] = (sources.home / CRL_FILE).read_bytes()
         settings_file, dropped = settings_toml(sources.home / "device-ca.toml")
@@ -94,7 +96,7 @@ def make_backup(out: Path, sources: BackupSources, audit_key, store: Store, cloc
             "audit_head": f"{contents.head[0]}:{contents.head[1]}",
             "database": {"kind": kind, "member": f"database/{database.name}", "revision": contents.revision,
                          "certificates": contents.certificates},
-            "ca": [{"name": name, "key_label": contents.ca[name][0], "member": f"ca/{name}.pem"} for name in CA_ORDER],
+            "ca": [{"name": name, "key_label": contents.ca[name][0], "member": f"ca/{name}.pem"} for name in names],
             "token": {"label": sources.token_label, "audit_key": AUDIT_KEY,
                       "responder_keys": list(contents.responder_labels)},
             "policy_dir": str(sources.policy_dir),

@@ -65,12 +65,14 @@ class Authenticated:
 
 class EstService:
     def __init__(self, ra: RegistrationAuthority, store: Store, policies: Policies, clock: Clock,
-                 issuing_ca: Callable[[], x509.Certificate]):
+                 issuing_cas: Callable[[], list[x509.Certificate]]):
+        """``issuing_cas``: the issuing CAs whose certificates authenticate a device (every generation
+        still valid, none revoked or retired), read at each call."""
         self.ra = ra
         self.store = store
         self.policies = policies
         self.clock = clock
-        self._issuing_ca = issuing_ca
+        self._issuing_cas = issuing_cas
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -220,11 +222,17 @@ class EstService:
             raise
 
     def is_ours(self, certificate: x509.Certificate) -> bool:
-        try:
-            certificate.verify_directly_issued_by(self._issuing_ca())
-            return True
-        except (ValueError, TypeError, InvalidSignature):
-            return False
+        """Whether an issuing CA generation still trusted signed ``certificate`` (a certificate of a
+        revoked or retired generation is not: it re-enrolls nowhere)."""
+        for issuing in self._issuing_cas():
+            if certificate.issuer != issuing.subject:
+                continue
+            try:
+                certificate.verify_directly_issued_by(issuing)
+                return True
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        return False
 
     def _current(self, policy: Policy, certificate: x509.Certificate):
         from device_ca.ca.serial import to_hex

@@ -5,10 +5,12 @@ passed (audit, Keycloak disable: ra/expiry.py) every round, so within seconds of
 OCSP responder certificate; sign an audit checkpoint every 30 s in which events were added and after
 every CRL; forget idle rate-limit buckets; every 30 s, sign the root CRL when it is due (half its
 year passed, or an issuing CA revoked) and the root key is on the token (ra/rootca.py; an offline
-root is only warned about).
+root is only warned about); after a rollover (ra/rollover.py), the CRL, pre-signing and responder
+jobs run for every issuing CA generation that still signs status, and an old generation whose
+certificates have all expired is retired.
 
 These CA-wide jobs run in one process of one node at a time: the holder of the lease
-``janitor:<ca>`` in the database (store/leases.py), extended before each job. When its node dies
+``janitor:issuing`` in the database (store/leases.py), extended before each job. When its node dies
 another process, on any node, takes the lease over within ``LEASE_TTL``. Every process of every
 node also brings its node's CRL file up to the newest CRL in the database each round, wherever that
 CRL was signed. ``prepare`` is the same work done once before a node starts serving, under the
@@ -24,6 +26,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from typing import Callable
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.authority import RegistrationAuthority
@@ -44,15 +47,21 @@ PREPARE_WAIT = 60.0          # seconds a starting node waits for the lease (or f
 class Janitor:
     def __init__(self, publisher: StatusPublisher, ra: RegistrationAuthority, leases: LeaseRepo,
                  checkpoints: AuditCheckpoints | None = None, forget_idle=None, holder: str | None = None,
-                 root: RootAuthority | None = None, expiry: ExpiryJob | None = None):
+                 root: RootAuthority | None = None, expiry: ExpiryJob | None = None,
+                 publishers: Callable[[], list[StatusPublisher]] | None = None,
+                 retire: Callable[[], list[str]] | None = None):
+        """``publishers``: every issuing CA's publisher that still signs status, read each round
+        (default: ``publisher`` alone); ``retire``: retires old generations, returns their names."""
         self.publisher = publisher
+        self.publishers = publishers or (lambda: [publisher])
+        self.retire = retire
         self.root = root
         self.ra = ra
         self.leases = leases
         self.checkpoints = checkpoints
         self.expiry = expiry
         self.forget_idle = forget_idle        # () -> None: drops idle shared rate-limit buckets
-        self.lease = f"janitor:{publisher.ca}"
+        self.lease = "janitor:issuing"            # one lease for every generation's jobs
         self.holder = holder or new_holder()
         self.rounds = 0
 
@@ -62,9 +71,11 @@ class Janitor:
 
     def run_once(self) -> bool:
         """One round: the CA-wide jobs if this process holds the lease (False if not); the node's
-        CRL file in every round."""
+        CRL files in every round."""
+        publishers = self.publishers()
         if not self._hold():
-            self.publisher.sync_crl_file()            # a CRL the holder signed, on another node perhaps
+            for publisher in publishers:          # a CRL the holder signed, on another node perhaps
+                publisher.sync_crl_file()
             return False
         self.rounds += 1
         if self.expiry is not None:              # first: it needs no token, so a token outage cannot delay it
@@ -72,21 +83,26 @@ class Janitor:
             if lapsed:
                 log.info("handled the expiry of %d certificates", len(lapsed))
         published = False
-        if self.publisher.crl_due():
-            self.publisher.generate_crl()
-            published = True
-        else:
-            self.publisher.sync_crl_file()
+        for publisher in publishers:
+            if publisher.crl_due():
+                publisher.generate_crl()
+                published = True
+            else:
+                publisher.sync_crl_file()
         if not self._hold():
             return True
-        signed = self.publisher.presign()
-        if signed:
-            log.info("pre-signed %d OCSP answers", signed)
+        for publisher in publishers:
+            signed = publisher.presign()
+            if signed:
+                log.info("pre-signed %d OCSP answers (%s)", signed, publisher.ca)
         if self.rounds % ROTATION_EVERY == 0 and self._hold():
             done = self.ra.revoke_superseded()
             if done:
                 log.info("revoked %d superseded certificates", len(done))
-            self.publisher.ensure_responder()
+            for publisher in publishers:
+                publisher.ensure_responder()
+            if self.retire is not None:
+                self.retire()
             if self.forget_idle is not None:
                 self.forget_idle()
             if self.root is not None and self._hold():
@@ -96,18 +112,20 @@ class Janitor:
         return True
 
     def prepare(self, wait: float = PREPARE_WAIT) -> None:
-        """Before a node serves: an OCSP responder, its pre-signed answers and a CRL, made under the
-        lease by whichever node comes first; the others find them made (or wait for the holder to
-        make them) and only write the newest CRL to their file."""
+        """Before a node serves: an OCSP responder, its pre-signed answers and a CRL for every issuing
+        CA that signs status, made under the lease by whichever node comes first; the others find
+        them made (or wait for the holder to make them) and only write the newest CRLs to their files."""
         deadline = time.monotonic() + wait
-        while not self.publisher.ready():
+        publishers = self.publishers()
+        while not all(p.ready() for p in publishers):
             if self._hold():
                 try:
-                    self.publisher.ensure_responder()
-                    while self.publisher.presign():
-                        self._hold()
-                    if self.publisher.crl_due():
-                        self.publisher.generate_crl()
+                    for publisher in publishers:
+                        publisher.ensure_responder()
+                        while publisher.presign():
+                            self._hold()
+                        if publisher.crl_due():
+                            publisher.generate_crl()
                 finally:
                     self.leases.release(self.lease, self.holder, self.publisher.clock.now())
                 break
@@ -115,7 +133,8 @@ class Janitor:
                 raise DeviceCAError(Kind.CONFLICT, f"the CA's OCSP responder or CRL is not ready and another "
                                     f"process has held the lease {self.lease!r} for {wait:.0f} s")
             time.sleep(0.5)
-        self.publisher.sync_crl_file()
+        for publisher in publishers:
+            publisher.sync_crl_file()
         if self.root is not None and self.root.crl_due() and self._hold():
             try:
                 self._root_crl()

@@ -22,7 +22,9 @@ class CaRecord:
     serial: str
     not_after: dt.datetime
     created_at: dt.datetime
-    status: str = "active"                  # active | revoked (by the root: an entry of the root's CRL)
+    # active | retired (an old generation whose certificates have all expired: it signs nothing more)
+    # | revoked (by the root: an entry of the root's CRL)
+    status: str = "active"
     revoked_at: dt.datetime | None = None
     revocation_reason: str | None = None
 

@@ -85,6 +85,50 @@ class Store:
             s.flush()
             return _ca(row)
 
+    def add_issuing_ca(self, record: CaRecord, event: AuditEvent) -> None:
+        """A new issuing CA generation (``ca rollover``) with its audit event, in one transaction."""
+        try:
+            with self.db.write() as s:
+                if s.get(CaCertificateRow, record.name) is not None:
+                    raise DeviceCAError(Kind.CONFLICT, f"a CA named {record.name!r} exists already")
+                s.add(CaCertificateRow(**record.__dict__))
+                audit.append(s, event)
+        except IntegrityError as exc:
+            raise DeviceCAError(Kind.CONFLICT, f"a CA named {record.name!r} exists already", cause=exc) from None
+
+    def retire_ca(self, name: str, event: AuditEvent) -> bool:
+        """Mark an active issuing CA retired (its last certificate expired): no more CRLs or OCSP
+        answers are signed with it. False if it is not active (retired or revoked meanwhile)."""
+        with self.db.write() as s:
+            row = s.get(CaCertificateRow, name)
+            if row is None or row.status != "active":
+                return False
+            row.status = "retired"
+            s.add(row)
+            audit.append(s, event)
+            return True
+
+    def issuer_counts(self, now: dt.datetime) -> dict[str, dict]:
+        """Per issuing CA: certificates good (unexpired), revoked (unexpired), expired, and the latest
+        notAfter of its unexpired certificates (None when every one has expired)."""
+        c = CertificateRow
+        out: dict[str, dict] = {}
+
+        def entry(issuer: str) -> dict:
+            return out.setdefault(issuer, {"good": 0, "revoked": 0, "expired": 0, "last_not_after": None})
+        with self.db.read() as s:
+            for issuer, status, count, last in s.exec(
+                    sa.select(c.issuer, c.status, sa.func.count(), sa.func.max(c.not_after))
+                    .where(c.not_after > now).group_by(c.issuer, c.status)):
+                e = entry(issuer)
+                e["good" if status == "good" else "revoked"] += count
+                if e["last_not_after"] is None or utc(last) > e["last_not_after"]:
+                    e["last_not_after"] = utc(last)
+            for issuer, count in s.exec(sa.select(c.issuer, sa.func.count()).where(c.not_after <= now)
+                                        .group_by(c.issuer)):
+                entry(issuer)["expired"] += count
+        return out
+
     def revoked_cas(self) -> list[tuple[str, dt.datetime, str]]:
         """(serial, revoked at, reason) of every revoked CA certificate: the root CRL's entries."""
         with self.db.read() as s:

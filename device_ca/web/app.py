@@ -84,7 +84,8 @@ def _base(name: str, ca_certificates: Callable[[], dict], health: dict[str, Call
 def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: dict[str, Callable[[], None]],
                store, clock, bulk: Callable, batch_dir: Path, batch_queue, proxies: ProxySettings = ProxySettings(),
                rate_limit: float = 20.0, default_policy: str | None = None,
-               limiter: RateLimiter | None = None, scrape=None) -> Flask:
+               limiter: RateLimiter | None = None, scrape=None,
+               cacerts: Callable[[], list] | None = None) -> Flask:
     """The HTTPS application: EST under /.well-known/est, the batch API under /api/v1/batches.
     ``bulk(policy, inputs, out_dir, **options)`` makes a batch run, ``batch_queue`` (BatchQueue)
     runs stored batches a bounded number at a time; ``limiter``: one shared with
@@ -97,6 +98,9 @@ def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: di
     app.config["DEVICE_CA_PROXIES"] = proxies
     app.config["DEVICE_CA_RATE_LIMITER"] = limiter or RateLimiter(rate_limit)
     app.config["DEVICE_CA_DEFAULT_POLICY"] = default_policy
+    # what cacerts serves (issuing CAs still valid, newest first, then the root); by default the
+    # issuing CA and the root of ca_certificates
+    app.config["DEVICE_CA_CACERTS_LIST"] = cacerts or (lambda: [ca_certificates()[n] for n in ("issuing", "root")])
     app.register_blueprint(est_blueprint.bp)
     app.register_blueprint(batches.bp)
     return app

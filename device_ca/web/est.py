@@ -62,8 +62,8 @@ def cacerts(label: str | None = None) -> Response:
         _label(label)
     body = current_app.config.get("DEVICE_CA_CACERTS")
     if body is None:
-        certs = current_app.config["DEVICE_CA_CA_CERTIFICATES"]()
-        body = current_app.config["DEVICE_CA_CACERTS"] = est_codec.certs_only_base64([certs["issuing"], certs["root"]])
+        body = current_app.config["DEVICE_CA_CACERTS"] = est_codec.certs_only_base64(
+            current_app.config["DEVICE_CA_CACERTS_LIST"]())
     response = Response(body, status=200, content_type=PKCS7_CERTS)
     response.headers["Content-Transfer-Encoding"] = "base64"
     return response

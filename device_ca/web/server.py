@@ -110,7 +110,8 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
         limits = _shared(services, limiter, options)
         Janitor(services.publisher, services.ra, services.store.leases, services.checkpoints,
                 forget_idle=services.store.rates.forget_idle, root=services.root,
-                expiry=services.expiry).start()
+                expiry=services.expiry, publishers=services.signing_publishers,
+                retire=services.rollover.retire_due).start()
         if services.settings.keycloak is not None:      # Keycloak outbox, every second
             start_drainer(services.store.queue, lambda: services.keycloak_drainer)
         if services.settings.audit_webhook is not None:  # audit events to the SIEM, every second
@@ -128,6 +129,7 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
                            services.store.leases, limit=options.max_batches)
         queue.kick()                                  # batches queued or orphaned before this start
         app = create_app(est=services.est, policies=services.policies, ca_certificates=services.ca_certificates,
+                         cacerts=services.cacerts,
                          health=_health(services), store=services.store, clock=services.clock, bulk=services.bulk,
                          batch_dir=batch_dir, batch_queue=queue,
                          proxies=ProxySettings(frozenset(options.trusted_proxies), options.client_cert_header,
@@ -184,12 +186,15 @@ def _http_factory(options: ServeOptions, live_budget: RateLimiter):
         from device_ca.services import Services
         from device_ca.web.app import create_public_app
         from device_ca.web.front import Limits, Site
+        from device_ca.ra.status_routing import StatusRouter
         from device_ca.web.metrics import Fold, Scrape
         from device_ca.web.status import StatusApp
 
         services = Services(Settings.load())
+        router = StatusRouter(services.signing_publishers, lambda name: services.ca_certificates()[name])
         status = StatusApp(services.publisher, live_budget=_shared(services, live_budget, options, "ocsp-nonce:"),
-                           crls={"root": services.root.latest_crl})
+                           crls={"root": services.root.latest_crl}, route=router.route,
+                           crl_of=services.store.status.latest_crl)
         fold = Fold(services.publisher.answered, status.tally)    # the OCSP counts: every second, and at a scrape
         fold.start()
         public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
@@ -248,7 +253,8 @@ def _prepare(options: ServeOptions) -> None:
 
         if not options.tls_cert:
             services.admin.ensure_server_certificate(options.host, "system:serve")
-        Janitor(services.publisher, services.ra, services.store.leases, root=services.root).prepare()
+        Janitor(services.publisher, services.ra, services.store.leases, root=services.root,
+                publishers=services.signing_publishers).prepare()
     _in_child(work, "preparing the server")
 
 

@@ -53,12 +53,19 @@ class StatusApp:
     and sends everything else to the Flask app)."""
 
     def __init__(self, publisher: StatusPublisher, live_budget: RateLimiter | None = None,
-                 crls: dict[str, Callable[[], StoredCrl | None]] | None = None):
+                 crls: dict[str, Callable[[], StoredCrl | None]] | None = None,
+                 route: Callable[[bytes], StatusPublisher | None] | None = None,
+                 crl_of: Callable[[str], StoredCrl | None] | None = None):
         """``live_budget``: answers signed live for a nonce, per client address (shared by the HTTP
         workers when made before they fork); beyond it a client gets the nonce-less answer.
-        ``crls``: the newest CRL of other CAs by name (``root``), besides the publisher's own."""
+        ``crls``: the newest CRL of other CAs by name (``root``), besides the publisher's own.
+        ``route``: the publisher of the issuer a request's CertIDs name, None for none served here
+        (ra/status_routing.py; default: ``publisher`` answers everything). ``crl_of``: the newest
+        CRL of any other CA by name (older issuing CA generations)."""
         self.publisher = publisher
         self.crls = {publisher.ca: publisher.latest_crl, **(crls or {})}
+        self.route = route or (lambda request_der: publisher)
+        self.crl_of = crl_of
         self.live_budget = live_budget
         self._headers = BoundedCache(HEADER_CACHE_BYTES)   # id(answer) -> (answer, headers)
         self.tally = OcspTally()
@@ -88,7 +95,7 @@ class StatusApp:
         if method == "POST" and path == "/ocsp":
             if not 0 < len(body) <= ocsp.MAX_REQUEST_BYTES:
                 return self._send(self.publisher.unsigned("malformedRequest"))
-            answer = self.publisher.respond(body, self._live_allowed(remote))
+            answer = self._respond(body, remote)
         elif method == "GET" and path.startswith("/ocsp/"):
             raw = raw_path.split("?", 1)[0]
             segment = raw[raw.index("/ocsp/") + len("/ocsp/"):] if "/ocsp/" in raw else ""
@@ -96,11 +103,17 @@ class StatusApp:
                 request_der = ocsp.parse_get_path(segment)
             except ocsp.MalformedRequest:
                 return self._send(self.publisher.unsigned("malformedRequest"))
-            answer = self.publisher.respond(request_der, self._live_allowed(remote))
+            answer = self._respond(request_der, remote)
         else:
             return 405, (("Allow", "GET, POST"), ("Content-Type", "text/plain"), ("Content-Length", "19")), \
                 b"method not allowed\n"
         return self._send(answer)
+
+    def _respond(self, request_der: bytes, remote: str) -> OcspAnswer:
+        publisher = self.route(request_der)
+        if publisher is None:                  # no issuer served here (RFC 6960 §2.3)
+            return self.publisher.unsigned("unauthorized")
+        return publisher.respond(request_der, self._live_allowed(remote))
 
     def _live_allowed(self, remote: str):
         budget = self.live_budget
@@ -127,7 +140,10 @@ class StatusApp:
         if method not in ("GET", "HEAD"):
             return 405, (("Allow", "GET"), ("Content-Length", "0")), b""
         source = self.crls.get(name)
-        latest = source() if source is not None else None
+        if source is not None:
+            latest = source()
+        else:
+            latest = self.crl_of(name) if self.crl_of is not None and _plain_name(name) else None
         if latest is None:
             data = b"no such CRL\n"
             return 404, (("Content-Type", "text/plain"), ("Content-Length", str(len(data)))), data
@@ -137,6 +153,10 @@ class StatusApp:
             ("Last-Modified", _http_date(latest.this_update)), ("Expires", _http_date(latest.next_update)),
             ("ETag", f'"crl-{latest.number}"'), ("Cache-Control", f"max-age={max_age}, public, no-transform")), \
             b"" if method == "HEAD" else latest.der
+
+
+def _plain_name(name: str) -> bool:
+    return 0 < len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name)
 
 
 def _headers(answer: OcspAnswer) -> tuple[tuple[str, str], ...]:
