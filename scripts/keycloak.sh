@@ -66,7 +66,8 @@ install() {
     fi
     local download
     download=$(mktemp -d)
-    trap 'rm -rf "$download"' RETURN
+    # A RETURN trap outlives the function: reset it, or the next function's return trips set -u.
+    trap 'rm -rf "$download"; trap - RETURN' RETURN
     say "fetching $ARTIFACT with Maven"
     mvn -q -B dependency:copy -Dartifact="$ARTIFACT" -DoutputDirectory="$download" -Dmdep.useBaseVersion=true \
         || die "mvn dependency:copy $ARTIFACT failed"

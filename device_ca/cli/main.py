@@ -206,7 +206,8 @@ def ca_rollover(ctx, key_type) -> None:
                f"pkcs11:token={svc.settings.hsm_token};object={record.key_label}, {record.key_type}, notAfter "
                f"{_iso(cert.not_valid_after_utc)})")
     click.echo("restart every 'device-ca serve' node: it issues with the new CA, serves it in cacerts and "
-               "trusts its client certificates after the restart", err=True)
+               "trusts its client certificates after the restart; restart Keycloak with ca/trust.pem as its trust "
+               "store", err=True)
 
 
 @ca.command("list")

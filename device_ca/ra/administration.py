@@ -94,13 +94,19 @@ class CaAdministration:
         return {ROOT: root, ISSUING: issuing}
 
     def export_ca_files(self) -> dict[str, Path]:
-        """root.pem, <issuing CA>.pem of each generation and chain.pem (the issuing CA that issues
-        first) under the state directory."""
+        """root.pem, <issuing CA>.pem of each generation, chain.pem (the issuing CA that issues
+        first) and trust.pem (every issuing CA still trusted, newest first, then the root: the trust
+        store of a relying party whose devices present their certificate without its issuer, such as
+        Keycloak's HTTPS listener) under the state directory."""
+        from device_ca.ra.rollover import trusted_issuing
+
         certs = ca_certificates(self.store)
         directory = self.home / "ca"
         directory.mkdir(parents=True, exist_ok=True)
         contents = {f"{name}.pem": c.public_bytes(Encoding.PEM) for name, c in certs.items()}
         contents["chain.pem"] = current_issuing(self.store).public_bytes(Encoding.PEM) + contents["root.pem"]
+        contents["trust.pem"] = b"".join(c.public_bytes(Encoding.PEM) for c in trusted_issuing(
+            self.store.ca_certificates(), self.clock.now())) + contents["root.pem"]
         paths = {}
         for filename, data in contents.items():
             files.publish(directory / filename, data)

@@ -105,7 +105,7 @@ def ca(tmp_path_factory, module_database_url):
 def keycloak(ca, tmp_path_factory):
     kc = new_keycloak(tmp_path_factory.mktemp("kc-state"))
     try:
-        kc.start(truststore=ca.ca_dir / "chain.pem", fresh=True)
+        kc.start(truststore=ca.ca_dir / "trust.pem", fresh=True)
         ca.extra.update(kc.device_env(ca.home))
         ca.run("keycloak", "init-realm")
         yield kc
@@ -657,3 +657,53 @@ def test_keycloak_itself_refuses_a_revoked_device_by_ocsp(ca, keycloak, server, 
     assert status in (400, 401) and "access_token" not in answer, answer
     _, user, _ = keycloak.admin().request("GET", f"/admin/realms/{CAMPUS}/users/{user_id}")
     assert user["enabled"] is True                                  # refused by OCSP, not by device-ca's sync
+
+
+# -- issue 18 item 2: issuing-CA rollover --------------------------------------------------------
+
+
+def test_after_an_issuing_ca_rollover_devices_of_both_generations_get_tokens(ca, keycloak, server, store, serve):
+    """A device of the first issuing CA gets a token; `ca rollover`, serve restarted as the docs
+    say; a device issued by generation 2 gets one too, the first still does, and every client's
+    x509.casubjectdn is still the root, so `keycloak sync` has nothing to change. What does change
+    is Keycloak's TLS trust store: restarted with ca/trust.pem (every trusted generation and the
+    root), as docs/rollover.md says. Rolls the module's CA over and stops its server: the module's
+    last test."""
+    old_cert, old_key, _ = issue(ca, "door-lock", "lock-700")
+    settled(store, "lock-700")
+    status, answer = keycloak.token(REALM, "lock-700", old_cert, old_key)
+    assert status == 200, answer
+
+    server.stop()
+    rolled = ca.run("ca", "rollover")
+    assert rolled.stdout.startswith(b"new issuing CA issuing-2:"), rolled.stdout
+    serve(ca, "--workers", "2", "--threads", "1", "--http-workers", "1")
+    new_cert, new_key, new_serial = issue(ca, "door-lock", "lock-701")
+    second = x509.load_pem_x509_certificate((ca.ca_dir / "issuing-2.pem").read_bytes())
+    first = x509.load_pem_x509_certificate((ca.ca_dir / "issuing.pem").read_bytes())
+    leaf = x509.load_pem_x509_certificate(new_cert.read_bytes())
+    assert leaf.issuer == second.subject != first.subject
+    leaf.verify_directly_issued_by(second)
+    settled(store, "lock-701")
+
+    report = json.loads(ca.run("keycloak", "sync", "--json").stdout)
+    assert report["summary"]["failed"] == 0 and report["changes"] == [], report
+    root = rfc2253_by_openssl(ca.ca_dir / "root.pem")
+    for device_id, cert in (("lock-700", old_cert), ("lock-701", new_cert)):
+        attributes = client(keycloak, device_id)["attributes"]
+        assert attributes["x509.casubjectdn"] == root, (device_id, attributes)
+        assert attributes["x509.subjectdn"] == rfc2253_by_openssl(cert)
+
+    # Keycloak's HTTPS listener read its trust store at start: a device that presents its
+    # certificate alone is refused in the handshake until Keycloak restarts with the new trust.pem.
+    assert keycloak.token(REALM, "lock-701", new_cert, new_key)[0] != 200
+    trust = [c.subject for c in x509.load_pem_x509_certificates((ca.ca_dir / "trust.pem").read_bytes())]
+    assert trust == [second.subject, first.subject, x509.load_pem_x509_certificate(
+        (ca.ca_dir / "root.pem").read_bytes()).subject]
+    keycloak.start(truststore=ca.ca_dir / "trust.pem")          # keycloak.sh restarts on a changed trust store
+
+    status, answer = keycloak.token(REALM, "lock-701", new_cert, new_key)
+    assert status == 200, answer
+    assert jwt_claims(answer["access_token"])["cert_serial"] == new_serial
+    status, answer = keycloak.token(REALM, "lock-700", old_cert, old_key)
+    assert status == 200, answer

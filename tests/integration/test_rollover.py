@@ -2,8 +2,8 @@
 PostgreSQL): devices enrolled before `ca rollover` and after it both validate with openssl (chain
 with -crl_check_all on the CRLs each certificate points at, OCSP with each issuer), cacerts serves
 both generations newest first and the root, and devices of the old generation re-enroll into the new
-one over EST with curl (mutual TLS) and with estclient. Keycloak's trust anchor is the root, which a
-rollover does not change (ra/rollover.py; the Keycloak suite covers x509.casubjectdn)."""
+one over EST with curl (mutual TLS) and with estclient. Keycloak's clients name the root, which a
+rollover does not change; test_keycloak.py checks that and Keycloak's restart with ca/trust.pem."""
 from __future__ import annotations
 
 import json
