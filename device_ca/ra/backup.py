@@ -81,6 +81,10 @@ def make_backup(out: Path, sources: BackupSources, audit_key, store: Store, cloc
         newest = max((n for n in names if n != "root"),
                      key=lambda n: x509.load_der_x509_certificate(contents.ca[n][1]).not_valid_before_utc)
         members["ca/chain.pem"] = pems[newest] + pems["root"]
+        by_age = sorted((n for n in names if n != "root"),
+                        key=lambda n: x509.load_der_x509_certificate(contents.ca[n][1]).not_valid_before_utc,
+                        reverse=True)
+        members["ca/trust.pem"] = b"".join(pems[n] for n in by_age) + pems["root"]    # Keycloak's trust store
         if (sources.home / CRL_FILE).is_file():
             members[CRL_FILE] = (sources.home / CRL_FILE).read_bytes()
         settings_file, dropped = settings_toml(sources.home / "device-ca.toml")

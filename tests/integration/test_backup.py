@@ -94,18 +94,20 @@ def test_backup_while_serving_destroy_restore_and_continue(tmp_path, database_ur
         names = tar.getnames()
         manifest = json.load(tar.extractfile("manifest.json"))
     assert names[:2] == ["manifest.json", "manifest.sig"]
-    assert {"ca/root.pem", "ca/issuing.pem", "ca/chain.pem", "crl/issuing.crl", "settings/device-ca.toml",
+    assert {"ca/root.pem", "ca/issuing.pem", "ca/chain.pem", "ca/trust.pem", "crl/issuing.crl", "settings/device-ca.toml",
             "policies/door-lock.toml", manifest["database"]["member"]} <= set(names)
     assert not any("tls/" in n or "hsm-pin" in n for n in names)
     head_at_backup = manifest["audit_head"]
     verified = json.loads(env.run("audit", "verify", "--json").stdout)
     assert verified["ok"] and verified["events"] > int(head_at_backup.split(":")[0])   # backup.created and lock-5 since
 
+    trust_before = (env.ca_dir / "trust.pem").read_bytes()             # Keycloak's trust store
     _destroy(env)
     restored = env.run("restore", str(archive))
     text = restored.stdout.decode()
     assert f"head {head_at_backup} as in the manifest" in text, text + restored.stderr.decode()
     assert _private(env.home) == []
+    assert (env.ca_dir / "trust.pem").read_bytes() == trust_before
     assert (policy_dir / "door-lock.toml").read_bytes() == (ROOT / "policies" / "door-lock.toml").read_bytes()
     assert json.loads(env.run("audit", "verify", "--json", "--expect-head", head_at_backup).stdout)["ok"]
 
