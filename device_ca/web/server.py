@@ -245,12 +245,14 @@ def _in_child(work, what: str):
 
 
 def _prepare(options: ServeOptions) -> None:
-    """Before the listeners start: the node's HTTPS server certificate (unless given); an OCSP
-    responder certificate and a CRL made by whichever node starting now takes the janitor's lease
-    first (ra/janitor.py), so that no relying party meets a server without them."""
+    """Before the listeners start: the node's CA files (ca/*.pem, rewritten from the database) and
+    its HTTPS server certificate (unless given); an OCSP responder certificate and a CRL made by
+    whichever node starting now takes the janitor's lease first (ra/janitor.py), so that no relying
+    party meets a server without them."""
     def work(services) -> None:
         from device_ca.ra.janitor import Janitor
 
+        services.admin.export_ca_files()        # the CA files follow the database (a rollover, an upgrade)
         if not options.tls_cert:
             services.admin.ensure_server_certificate(options.host, "system:serve")
         Janitor(services.publisher, services.ra, services.store.leases, root=services.root,
