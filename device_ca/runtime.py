@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import gc
+import logging
+import threading
+from typing import Callable, TypeVar
 
 GC_YOUNG_THRESHOLD = 20_000      # allocations between young collections (Python's default: 700)
 
@@ -58,3 +61,34 @@ class BoundedCache:
             if key not in self._data:
                 self._bytes += charge
             self._data[key] = value
+
+
+W = TypeVar("W")
+
+
+def start_rounds(name: str, due: Callable[[], bool], build: Callable[[], W], work: Callable[[W], object],
+                 interval: float, backoff: float, log: logging.Logger) -> threading.Thread:
+    """A daemon thread that calls ``work(worker)`` every ``interval`` seconds while ``due()`` says
+    there is something to do; ``worker`` is built by ``build()`` on the first round that finds work.
+    An error is logged and the next round waits ``backoff`` seconds (a misconfiguration or an
+    outage: no log line every second)."""
+    def loop() -> None:
+        worker = None
+        wait = interval
+        while not stop.wait(wait):
+            wait = interval
+            try:
+                if not due():
+                    continue
+                if worker is None:
+                    worker = build()
+                work(worker)
+            except Exception as exc:  # noqa: BLE001 - keep going; a later round retries
+                log.warning("%s: %s", name, exc)
+                wait = backoff
+
+    stop = threading.Event()
+    thread = threading.Thread(target=loop, name=f"device-ca-{name.replace(' ', '-')}", daemon=True)
+    thread.start()
+    return thread
+

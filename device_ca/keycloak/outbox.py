@@ -20,6 +20,7 @@ from typing import Callable
 from device_ca.ca.clock import Clock
 from device_ca.keycloak.admin import KeycloakError
 from device_ca.keycloak.sync import TOPIC_PREFIX, KeycloakSync
+from device_ca.runtime import start_rounds
 from device_ca.store.leases import LeaseRepo, new_holder
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.state import StateRepo
@@ -146,23 +147,5 @@ def start_drainer(queue: OutboxRepo, drainer: Callable[[], OutboxDrainer],
                   interval: float = 1.0) -> threading.Thread:
     """A daemon thread that drains the Keycloak outbox every ``interval`` seconds (``device-ca serve``);
     ``drainer`` is built on the first round that finds work."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        current = None
-        wait = interval
-        while not stop.wait(wait):
-            wait = interval
-            try:
-                if queue.next_due(TOPIC_PREFIX) is None:
-                    continue
-                if current is None:
-                    current = drainer()
-                current.drain()
-            except Exception as exc:  # noqa: BLE001 - keep draining; a later round retries
-                log.warning("keycloak drainer: %s", exc)
-                wait = BACKOFF_MAX          # a misconfiguration or an outage: no log line every second
-
-    thread = threading.Thread(target=loop, name="device-ca-keycloak-outbox", daemon=True)
-    thread.start()
-    return thread
+    return start_rounds("keycloak drainer", lambda: queue.next_due(TOPIC_PREFIX) is not None, drainer,
+                        lambda current: current.drain(), interval, BACKOFF_MAX, log)

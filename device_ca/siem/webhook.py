@@ -41,6 +41,7 @@ from device_ca.config import WebhookSettings
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.siem.formats import event_dict
 from device_ca.store.audit_feed import AuditFeed
+from device_ca.runtime import start_rounds
 from device_ca.store.leases import LeaseRepo, new_holder
 
 log = logging.getLogger("device_ca.siem")
@@ -177,24 +178,10 @@ class WebhookDeliverer:
 def start_webhook(feed: AuditFeed, deliverer: Callable[[], WebhookDeliverer], interval: float = 1.0) -> threading.Thread:
     """A daemon thread that delivers new audit events every ``interval`` seconds (``device-ca serve``);
     ``deliverer`` is built on the first round that finds events after the cursor."""
-    stop = threading.Event()
+    def build() -> WebhookDeliverer:
+        current = deliverer()
+        atexit.register(current.release)     # a worker that stops lets the next one start at once
+        return current
 
-    def loop() -> None:
-        current = None
-        wait = interval
-        while not stop.wait(wait):
-            wait = interval
-            try:
-                if feed.head_seq() <= feed.cursor(CURSOR).seq:
-                    continue
-                if current is None:
-                    current = deliverer()
-                    atexit.register(current.release)     # a worker that stops lets the next one start at once
-                current.deliver()
-            except Exception as exc:  # noqa: BLE001 - keep delivering; a later round retries
-                log.warning("audit webhook: %s", exc)
-                wait = BACKOFF_MAX          # a misconfiguration or an outage: no log line every second
-
-    thread = threading.Thread(target=loop, name="device-ca-audit-webhook", daemon=True)
-    thread.start()
-    return thread
+    return start_rounds("audit webhook", lambda: feed.head_seq() > feed.cursor(CURSOR).seq, build,
+                        lambda current: current.deliver(), interval, BACKOFF_MAX, log)
