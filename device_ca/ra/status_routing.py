@@ -5,14 +5,19 @@ gets ``unauthorized``. With a single issuing CA every request goes straight to i
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
 from device_ca.ca import ocsp
+from device_ca.errors import DeviceCAError
 from device_ca.ra.publication import StatusPublisher
 from device_ca.runtime import BoundedCache
 
+log = logging.getLogger("device_ca.ra.status_routing")
+
 REFRESH_SECONDS = 30.0          # a generation retired (or added) elsewhere counts within this
+RETRY_SECONDS = 5.0             # after a failed read (database down): the table known stays in use
 ROUTE_CACHE_BYTES = 4 << 20
 
 
@@ -29,9 +34,20 @@ class StatusRouter:
         self._routes = BoundedCache(ROUTE_CACHE_BYTES)     # request bytes -> publisher
 
     def table(self) -> list[tuple[StatusPublisher, dict]]:
+        """The generations served, read again every ``refresh`` seconds. While the database cannot
+        be read the table known goes on serving (the generations rarely change; each publisher says
+        tryLater itself if it needs the database); with none known yet, DB_UNAVAILABLE."""
         if time.monotonic() - self._read_at >= self._refresh:
-            self._table = [(p, ocsp.issuer_hashes(self._certificate(p.ca))) for p in self._publishers()]
-            self._read_at = time.monotonic()
+            try:
+                table = [(p, ocsp.issuer_hashes(self._certificate(p.ca))) for p in self._publishers()]
+            except DeviceCAError as exc:
+                if not self._table:
+                    raise
+                log.warning("OCSP routing: the issuing CAs could not be read again (%s); kept the %d known",
+                            exc.detail, len(self._table))
+                self._read_at = time.monotonic() - self._refresh + min(RETRY_SECONDS, self._refresh)
+                return self._table
+            self._table, self._read_at = table, time.monotonic()
             self._routes = BoundedCache(ROUTE_CACHE_BYTES)
         return self._table
 

@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 from device_ca.ca import ocsp
+from device_ca.errors import DeviceCAError
 from device_ca.ra.publication import OcspAnswer, StatusPublisher
 from device_ca.runtime import BoundedCache
 from device_ca.store.status import StoredCrl
@@ -110,7 +111,11 @@ class StatusApp:
         return self._send(answer)
 
     def _respond(self, request_der: bytes, remote: str) -> OcspAnswer:
-        publisher = self.route(request_der)
+        try:
+            publisher = self.route(request_der)
+        except DeviceCAError as exc:           # the issuers could not be read: tryLater, not internalError
+            log.error("OCSP: %s", exc.detail)
+            return self.publisher.unsigned(ocsp.status_for_error(exc))
         if publisher is None:                  # no issuer served here (RFC 6960 §2.3)
             return self.publisher.unsigned("unauthorized")
         return publisher.respond(request_der, self._live_allowed(remote))
