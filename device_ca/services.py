@@ -58,7 +58,8 @@ class Services:
                                                pin=hsm.pin_from_env()))
 
     def ca_certificates(self) -> dict[str, x509.Certificate]:
-        """The CA certificates; read once per process once a CA exists (they never change under it)."""
+        """The CA certificates by name; read once per process once a CA exists, and again after a
+        rollover (``follow_rollover``)."""
         cached = self.__dict__.get("_ca_certificates")
         if cached:
             return cached
@@ -67,16 +68,51 @@ class Services:
             self.__dict__["_ca_certificates"] = certs
         return certs
 
-    @functools.cached_property
+    def ca_certificate(self, name: str) -> x509.Certificate:
+        """The CA certificate ``name``; one this process has not seen yet (a rollover elsewhere) is
+        read anew. NOT_FOUND if there is none."""
+        certs = self.ca_certificates()
+        if name not in certs:
+            self.__dict__.pop("_ca_certificates", None)
+            certs = self.ca_certificates()
+        if name not in certs:
+            raise DeviceCAError(Kind.NOT_FOUND, f"no CA certificate named {name!r}")
+        return certs[name]
+
+    @property
     def issuer(self) -> Issuer:
-        """The issuing CA that issues: the newest generation when this process first asked."""
+        """The issuing CA that issues: the newest generation, as this process last read it (at its
+        first use, then at each ``follow_rollover``)."""
+        name = self.__dict__.get("_current")
+        if name is None:
+            name = self._read_current()
+            if name is None:
+                raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
+            self.__dict__["_current"] = name
+        # a revoked issuing CA still signs its CRL and OCSP answers; the reservation refuses its certificates
+        return self.issuer_of(name)
+
+    def _read_current(self) -> str | None:
         from device_ca.ra.rollover import current
 
         record = current(self.store.ca_certificates())
-        if record is None:
-            raise DeviceCAError(Kind.NOT_FOUND, "no CA yet: run 'device-ca init' first")
-        # a revoked issuing CA still signs its CRL and OCSP answers; the reservation refuses its certificates
-        return self.issuer_of(record.name)
+        return record.name if record is not None else None
+
+    def follow_rollover(self) -> str | None:
+        """Read which generation issues now; if a rollover (here or on another node) made a new one
+        since this process last looked, and it has its OCSP responder (so every certificate it signs
+        can be answered for at once), issue with it from now on and forget the CA certificates read
+        before. Returns the new generation's name, None if nothing changed. A running server calls
+        this every few seconds in each worker, so no restart is needed after a rollover."""
+        known = self.__dict__.get("_current")
+        name = self._read_current()
+        if name is None or name == known:
+            return None
+        if known is not None and not self.publisher_of(name).has_responder():
+            return None         # not before the janitor's round that makes its CRL and responder
+        self.__dict__["_current"] = name
+        self.__dict__.pop("_ca_certificates", None)
+        return name
 
     def issuer_of(self, name: str) -> Issuer:
         """The issuing CA ``name`` (any generation) with its key on the token, built once per process."""
@@ -128,11 +164,9 @@ class Services:
 
     @functools.cached_property
     def publisher(self):
-        """The status publisher of the issuing CA that issues now (the token is not opened here)."""
-        from device_ca.ra.rollover import current
-
-        record = current(self.store.ca_certificates())
-        return self.publisher_of(record.name if record is not None else ISSUING)
+        """The status publisher of the issuing CA that issued when this process first asked (the
+        token is not opened here); the publishers of every generation: ``signing_publishers``."""
+        return self.publisher_of(self._read_current() or ISSUING)
 
     def publisher_of(self, name: str):
         """The CRL and OCSP publisher of the issuing CA ``name``, built once per process."""
@@ -143,6 +177,10 @@ class Services:
             built[name] = StatusPublisher(self.store, lambda: self.issuer_of(name), self.token, self.clock,
                                           self.settings.home / "crl" / f"{name}.crl", self.linter, name)
         return built[name]
+
+    def built_publishers(self) -> list:
+        """The publishers this process has built so far (any generation): whose OCSP counts it folds."""
+        return list(self.__dict__.get("_publishers", {}).values())
 
     def signing_publishers(self) -> list:
         """Publishers of every issuing CA that still signs status (not retired), newest first; read

@@ -81,9 +81,9 @@ def test_ocsp_answers_by_status_and_source_are_folded_into_the_counters(node, cl
     while publisher.presign():
         pass
     status = StatusApp(publisher)
-    fold = Fold(publisher.answered, status.tally)
+    fold = Fold(lambda: [publisher], status.tally)
     fold()
-    before = {k: value("device_ca_ocsp_answers_total", status=k[0], source=k[1])
+    before = {k: value("device_ca_ocsp_answers_total", status=k[0], source=k[1], ca="issuing")
               for k in (("good", "presigned"), ("good", "cached"), ("revoked", "presigned"),
                         ("malformedRequest", "unsigned"))}
     count_before = value("device_ca_ocsp_request_seconds_count")
@@ -93,9 +93,9 @@ def test_ocsp_answers_by_status_and_source_are_folded_into_the_counters(node, cl
     status.handle("POST", "/ocsp", "/ocsp", _request(x509.load_der_x509_certificate(revoked.der), issuing),
                   "127.0.0.1")
     status.handle("POST", "/ocsp", "/ocsp", b"\x30\x03junk", "127.0.0.1")
-    assert value("device_ca_ocsp_answers_total", status="good", source="presigned") == before[("good", "presigned")]
+    assert value("device_ca_ocsp_answers_total", status="good", source="presigned", ca="issuing") == before[("good", "presigned")]
     fold()
-    grown = {k: value("device_ca_ocsp_answers_total", status=k[0], source=k[1]) - v for k, v in before.items()}
+    grown = {k: value("device_ca_ocsp_answers_total", status=k[0], source=k[1], ca="issuing") - v for k, v in before.items()}
     assert grown == {("good", "presigned"): 1, ("good", "cached"): 2, ("revoked", "presigned"): 1,
                      ("malformedRequest", "unsigned"): 1}
     assert value("device_ca_ocsp_request_seconds_count") == count_before + 5
@@ -110,7 +110,7 @@ def test_the_nonce_budget_refusals_are_counted(node):
 
     leaf = x509.load_der_x509_certificate(ra.issue("door-lock", make_csr("lock-921"), actor="test").record.der)
     status = StatusApp(publisher, live_budget=RateLimiter(1, burst=1, clock=lambda: 1000.0))
-    fold = Fold(publisher.answered, status.tally)
+    fold = Fold(lambda: [publisher], status.tally)
     fold()
     before = value("device_ca_rate_limited_total", limit="ocsp_nonce")
     for nonce in (b"a" * 16, b"b" * 16, b"c" * 16):
@@ -125,14 +125,14 @@ def test_the_scrape_reads_crl_outbox_presigning_and_leases_from_the_database(nod
     record = ra.issue("door-lock", make_csr("lock-931"), actor="test").record      # door-lock: a Keycloak row
     families = scraped(scrape)
     assert gauge(families, "device_ca_database_up") == 1
-    assert "device_ca_crl_age_seconds" not in families                            # no CRL yet
+    assert not families["device_ca_crl_age_seconds"]                          # no CRL yet
     assert gauge(families, "device_ca_outbox_pending") == 1
-    assert gauge(families, "device_ca_ocsp_presign_due") == 1                     # the new certificate
-    assert gauge(families, "device_ca_ocsp_presign_lag_seconds") == 0             # due since now
+    assert gauge(families, "device_ca_ocsp_presign_due", ca="issuing") == 1                     # the new certificate
+    assert gauge(families, "device_ca_ocsp_presign_lag_seconds", ca="issuing") == 0             # due since now
     clock.advance(dt.timedelta(minutes=10))
     families = scraped(scrape)
     assert gauge(families, "device_ca_outbox_oldest_pending_age_seconds") == 600
-    assert gauge(families, "device_ca_ocsp_presign_lag_seconds") == 600
+    assert gauge(families, "device_ca_ocsp_presign_lag_seconds", ca="issuing") == 600
     assert gauge(families, "device_ca_outbox_failing") == 0 and families["device_ca_outbox_last_error_info"] == []
 
     while publisher.presign():
@@ -147,14 +147,14 @@ def test_the_scrape_reads_crl_outbox_presigning_and_leases_from_the_database(nod
     assert store.leases.acquire("drain", "node-b:7", clock.now() - dt.timedelta(minutes=5),
                                 dt.timedelta(seconds=30))                        # expired: no holder
     families = scraped(scrape)
-    assert gauge(families, "device_ca_crl_number") == 1
-    assert gauge(families, "device_ca_crl_age_seconds") == 320
-    assert gauge(families, "device_ca_crl_next_update_in_seconds") == 24 * 3600 - 320
+    assert gauge(families, "device_ca_crl_number", ca="issuing") == 1
+    assert gauge(families, "device_ca_crl_age_seconds", ca="issuing") == 320
+    assert gauge(families, "device_ca_crl_next_update_in_seconds", ca="issuing") == 24 * 3600 - 320
     assert gauge(families, "device_ca_outbox_pending") == 2                       # + the disable
     assert gauge(families, "device_ca_outbox_failing") == 1
     assert gauge(families, "device_ca_outbox_last_error_info", error="KeycloakError: 503 from the admin API") == 1
-    assert gauge(families, "device_ca_ocsp_presign_due") == 1                     # revoked since it was signed
-    assert gauge(families, "device_ca_ocsp_presign_lag_seconds") == 20
+    assert gauge(families, "device_ca_ocsp_presign_due", ca="issuing") == 1                     # revoked since it was signed
+    assert gauge(families, "device_ca_ocsp_presign_lag_seconds", ca="issuing") == 20
     assert gauge(families, "device_ca_lease_holder", name="janitor", holder="node-a:123") == 1
     assert not [s for s in families["device_ca_lease_holder"] if s.labels["name"] == "drain"]
 
@@ -162,8 +162,8 @@ def test_the_scrape_reads_crl_outbox_presigning_and_leases_from_the_database(nod
         pass
     clock.advance(OCSP_VALIDITY / 4 + dt.timedelta(minutes=1))                   # every answer ageing
     families = scraped(scrape)
-    assert gauge(families, "device_ca_ocsp_presign_due") == 1                     # the revoked one (not expired)
-    assert gauge(families, "device_ca_ocsp_presign_lag_seconds") == 60
+    assert gauge(families, "device_ca_ocsp_presign_due", ca="issuing") == 1                     # the revoked one (not expired)
+    assert gauge(families, "device_ca_ocsp_presign_lag_seconds", ca="issuing") == 60
 
 
 def test_with_the_database_down_the_scrape_still_answers(clock):
@@ -172,7 +172,7 @@ def test_with_the_database_down_the_scrape_still_answers(clock):
         before = value("device_ca_database_errors_total")
         families = scraped(Scrape(collectors=(StateCollector(store, clock),)))
         assert gauge(families, "device_ca_database_up") == 0
-        assert "device_ca_crl_age_seconds" not in families
+        assert not families.get("device_ca_crl_age_seconds")
         assert value("device_ca_database_errors_total") == before + 1
     finally:
         store.db.dispose()

@@ -200,3 +200,32 @@ def test_an_old_generation_retires_when_its_last_certificate_expires(node, clock
     with restarted.store.db.reading() as c:
         assert c.exec_driver_sql("SELECT status FROM ca_certificates WHERE name = 'issuing'").scalar() == "retired"
     assert restarted.rollover.retire_due() == []            # the current generation never retires
+
+
+def test_a_running_node_follows_a_rollover_made_on_another_once_the_new_generation_answers_ocsp(node, clock):
+    start, token = node
+    running, operator = start(), start()                 # a serving node's worker; the operator's CLI elsewhere
+    before, _ = _enroll(running, "lock-20")
+    old_ca = running.issuer.certificate
+    assert running.follow_rollover() is None and running.ca_certificates().keys() == {"root", "issuing"}
+
+    operator.rollover.rollover(None, "test")
+    # the new generation has no OCSP responder yet: the running node keeps issuing with the old one
+    assert running.follow_rollover() is None
+    still, _ = _enroll(running, "lock-21")
+    still.verify_directly_issued_by(old_ca)
+
+    janitor = Janitor(running.publisher, running.ra, running.store.leases, publishers=running.signing_publishers)
+    assert janitor.run_once()                            # the round makes issuing-2's CRL and responder
+    assert running.store.status.latest_crl("issuing-2") is not None
+    assert running.follow_rollover() == "issuing-2"
+    assert running.follow_rollover() is None             # once
+    new_ca = running.ca_certificate("issuing-2")         # CA certificates read again
+    after, _ = _enroll(running, "lock-22")
+    after.verify_directly_issued_by(new_ca)
+    assert running.store.certificate(to_hex(after.serial_number)).issuer == "issuing-2"
+    status = StatusApp(running.publisher, route=StatusRouter(running.signing_publishers, running.ca_certificate).route)
+    for leaf, ca in ((before, old_ca), (after, new_ca)):
+        answer = x509_ocsp.load_der_ocsp_response(_ocsp(status, leaf, ca))
+        assert answer.certificate_status == x509_ocsp.OCSPCertStatus.GOOD
+        answer.certificates[0].verify_directly_issued_by(ca)

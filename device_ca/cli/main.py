@@ -197,7 +197,8 @@ def ca_revoke_issuing(ctx, name, reason, revoke_certificates, yes) -> None:
 def ca_rollover(ctx, key_type) -> None:
     """Generate a new issuing CA key on the token, have the root sign its certificate (root key
     needed), and issue with it from now on. The previous generation keeps signing its CRL and OCSP
-    answers until its last certificate expires. Restart each 'device-ca serve' afterwards."""
+    answers until its last certificate expires. Running 'device-ca serve' nodes follow within
+    seconds, without a restart."""
     svc = services(ctx)
     record = svc.rollover.rollover(key_type, _actor())
     svc.admin.export_ca_files()
@@ -205,9 +206,9 @@ def ca_rollover(ctx, key_type) -> None:
     click.echo(f"new issuing CA {record.name}: {cert.subject.rfc4514_string()} (serial {record.serial}, key "
                f"pkcs11:token={svc.settings.hsm_token};object={record.key_label}, {record.key_type}, notAfter "
                f"{_iso(cert.not_valid_after_utc)})")
-    click.echo("restart every 'device-ca serve' node: it issues with the new CA, serves it in cacerts and "
-               "trusts its client certificates after the restart; restart Keycloak with ca/trust.pem as its trust "
-               "store", err=True)
+    click.echo("running 'device-ca serve' nodes issue with the new CA, serve it in cacerts and trust its "
+               "client certificates within 5 s, no restart needed; restart Keycloak with ca/trust.pem as its "
+               "trust store", err=True)
 
 
 @ca.command("list")

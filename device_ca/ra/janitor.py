@@ -6,8 +6,9 @@ OCSP responder certificate; sign an audit checkpoint every 30 s in which events 
 every CRL; forget idle rate-limit buckets; every 30 s, sign the root CRL when it is due (half its
 year passed, or an issuing CA revoked) and the root key is on the token (ra/rootca.py; an offline
 root is only warned about); after a rollover (ra/rollover.py), the CRL, pre-signing and responder
-jobs run for every issuing CA generation that still signs status, and an old generation whose
-certificates have all expired is retired.
+jobs run for every issuing CA generation that still signs status (a new generation gets its CRL and
+responder in the first round that sees it; the serving workers start issuing with it only then),
+and an old generation whose certificates have all expired is retired.
 
 These CA-wide jobs run in one process of one node at a time: the holder of the lease
 ``janitor:issuing`` in the database (store/leases.py), extended before each job. When its node dies
@@ -92,6 +93,8 @@ class Janitor:
         if not self._hold():
             return True
         for publisher in publishers:
+            if not publisher.has_responder():     # a generation a rollover made since the last round
+                publisher.ensure_responder()
             signed = publisher.presign()
             if signed:
                 log.info("pre-signed %d OCSP answers (%s)", signed, publisher.ca)

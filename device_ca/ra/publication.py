@@ -244,6 +244,11 @@ class StatusPublisher:
             return stored, "is due for rotation"
         return stored, self._key_problem(stored.key_label)
 
+    def has_responder(self) -> bool:
+        """Whether this CA has an OCSP responder certificate at all (a generation just made by a
+        rollover has none until the janitor's next round)."""
+        return self._responder is not None or self.store.status.active_responder(self.ca, self.clock.now()) is not None
+
     def ready(self) -> bool:
         """Whether a node may serve without any CA-wide work first: a usable responder not due for
         rotation, and a CRL that is not due."""

@@ -34,8 +34,8 @@ OCSP_SECONDS = Histogram("device_ca_ocsp_request_seconds",
                          buckets=OCSP_BUCKETS)
 OCSP_ANSWERS = Counter("device_ca_ocsp_answers_total",
                        "OCSP answers by the status they state (good, revoked, unknown, mixed; or the error response "
-                       "status) and their source (presigned, cached, live; unsigned for error responses)",
-                       ["status", "source"])
+                       "status), their source (presigned, cached, live; unsigned for error responses) and the "
+                       "issuing CA generation whose publisher answered", ["status", "source", "ca"])
 RATE_LIMITED = Counter("device_ca_rate_limited_total",
                        "Requests refused by a rate limit: est (HTTPS listener, 429) or ocsp_nonce (nonce answered "
                        "without it beyond the client's live-signing budget)", ["limit"])
@@ -43,13 +43,14 @@ RATE_LIMITED = Counter("device_ca_rate_limited_total",
 
 class Fold:
     """Moves the growth of a process's OCSP counts since the last fold into the Prometheus metrics:
-    ``answered`` (StatusPublisher.answered) and ``tally`` (StatusApp.tally)."""
+    each publisher's ``answered`` (StatusPublisher.answered, labelled with its CA; ``publishers``:
+    those this process built, every generation it answered for) and ``tally`` (StatusApp.tally)."""
 
-    def __init__(self, answered: dict[tuple[str, str], int], tally: OcspTally):
-        self.answered = answered
+    def __init__(self, publishers: Callable[[], list], tally: OcspTally):
+        self.publishers = publishers
         self.tally = tally
         self._lock = threading.Lock()
-        self._answers: dict[tuple[str, str], int] = {}
+        self._answers: dict[tuple[str, str, str], int] = {}
         self._buckets = [0] * (len(OCSP_BUCKETS) + 1)
         self._seconds = 0.0
         self._nonce_refused = 0
@@ -57,11 +58,13 @@ class Fold:
     def __call__(self) -> None:
         tally = self.tally
         with self._lock:
-            for key, value in list(self.answered.items()):
-                grown = value - self._answers.get(key, 0)
-                if grown:
-                    OCSP_ANSWERS.labels(*key).inc(grown)
-                    self._answers[key] = value
+            for publisher in self.publishers():
+                for (status, source), value in list(publisher.answered.items()):
+                    key = (status, source, publisher.ca)
+                    grown = value - self._answers.get(key, 0)
+                    if grown:
+                        OCSP_ANSWERS.labels(*key).inc(grown)
+                        self._answers[key] = value
             buckets, seconds = list(tally.buckets), tally.seconds
             if buckets != self._buckets:
                 # Histogram has no call to add n observations: its per-bucket values are filled as
@@ -92,12 +95,13 @@ class Fold:
 
 class StateCollector:
     """Gauges read from the database at each scrape, with a few aggregate queries; with the database
-    down, only ``device_ca_database_up 0``."""
+    down, only ``device_ca_database_up 0``. CRL and pre-signing gauges carry the label ``ca``, one
+    per issuing CA generation that still signs status (``cas``, read at each scrape)."""
 
-    def __init__(self, store, clock, ca: str = "issuing", expiry=None):
+    def __init__(self, store, clock, cas: Callable[[], list[str]] = lambda: ["issuing"], expiry=None):
         self.store = store
         self.clock = clock
-        self.ca = ca
+        self.cas = cas
         self.expiry = expiry            # ra.expiry.ExpiryJob: the per-policy renewal-window counts
 
     def collect(self):
@@ -106,9 +110,11 @@ class StateCollector:
         up = GaugeMetricFamily("device_ca_database_up", "1 if this node read the database for this scrape, else 0")
         try:
             now = self.clock.now()
-            crl = self.store.status.latest_crl_times(self.ca)
+            cas = self.cas()
+            crls = {ca: self.store.status.latest_crl_times(ca) for ca in cas}
             backlog = self.store.queue.backlog()
-            presign = self.store.status.presign_backlog(self.ca, now - OCSP_VALIDITY / 4, now, OCSP_VALIDITY / 4)
+            presigns = {ca: self.store.status.presign_backlog(ca, now - OCSP_VALIDITY / 4, now, OCSP_VALIDITY / 4)
+                        for ca in cas}
             leases = [(lease.name, lease.holder) for lease in self.store.leases.held(now)]
             lag = self.store.expiry.lag(now)
             expiring = self.expiry.counts() if self.expiry is not None else {}
@@ -119,14 +125,17 @@ class StateCollector:
             return
         up.add_metric([], 1)
         yield up
-        if crl is not None:
-            number, this_update, next_update = crl
-            yield _gauge("device_ca_crl_number", "CRL number of the newest CRL", number)
-            yield _gauge("device_ca_crl_age_seconds", "Seconds since the newest CRL's thisUpdate",
-                         (now - this_update).total_seconds())
-            yield _gauge("device_ca_crl_next_update_in_seconds",
-                         "Seconds until the newest CRL's nextUpdate (negative: relying parties hold an expired CRL)",
-                         (next_update - now).total_seconds())
+        numbers = _by_ca("device_ca_crl_number", "CRL number of the newest CRL")
+        ages = _by_ca("device_ca_crl_age_seconds", "Seconds since the newest CRL's thisUpdate")
+        next_updates = _by_ca("device_ca_crl_next_update_in_seconds",
+                              "Seconds until the newest CRL's nextUpdate (negative: relying parties hold an expired CRL)")
+        for ca, crl in crls.items():
+            if crl is not None:
+                number, this_update, next_update = crl
+                numbers.add_metric([ca], number)
+                ages.add_metric([ca], (now - this_update).total_seconds())
+                next_updates.add_metric([ca], (next_update - now).total_seconds())
+        yield from (numbers, ages, next_updates)
         yield _gauge("device_ca_outbox_pending", "Outbox rows not yet applied (Keycloak changes)", backlog.pending)
         yield _gauge("device_ca_outbox_oldest_pending_age_seconds", "Age of the oldest pending outbox row (0: none)",
                      (now - backlog.oldest).total_seconds() if backlog.oldest else 0)
@@ -137,10 +146,15 @@ class StateCollector:
         if backlog.last_error:
             info.add_metric([backlog.last_error[:200]], 1)
         yield info
-        yield _gauge("device_ca_ocsp_presign_due", "Unexpired certificates whose pre-signed OCSP answer is due "
-                     "(missing, stale status, other responder, or older than a quarter of its validity)", presign.due)
-        yield _gauge("device_ca_ocsp_presign_lag_seconds", "How long the longest-waiting due answer has been due "
-                     "(0: none)", max(0.0, (now - presign.due_since).total_seconds()) if presign.due_since else 0)
+        presign_due = _by_ca("device_ca_ocsp_presign_due", "Unexpired certificates whose pre-signed OCSP answer is due "
+                             "(missing, stale status, other responder, or older than a quarter of its validity)")
+        presign_lag = _by_ca("device_ca_ocsp_presign_lag_seconds", "How long the longest-waiting due answer has "
+                             "been due (0: none)")
+        for ca, presign in presigns.items():
+            presign_due.add_metric([ca], presign.due)
+            presign_lag.add_metric([ca], max(0.0, (now - presign.due_since).total_seconds()) if presign.due_since
+                                   else 0)
+        yield from (presign_due, presign_lag)
         holders = GaugeMetricFamily("device_ca_lease_holder", "1 per unexpired lease, labelled with its holder",
                                     labels=["name", "holder"])
         for name, holder in leases:
@@ -163,6 +177,10 @@ class StateCollector:
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _by_ca(name: str, documentation: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=["ca"])
 
 
 class Scrape:

@@ -30,6 +30,7 @@ from device_ca.web.ratelimit import RateLimiter
 log = logging.getLogger("device_ca.serve")
 
 HTTP_STOP_GRACE = 10.0    # seconds the HTTP listener gets to stop before it is killed
+FOLLOW_SECONDS = 5.0       # how soon each worker notices a rollover made here or on another node
 # One HTTPS worker per core, many threads each: the threads of a worker share their issuing
 # transactions (group commit), and fewer processes contend less for the database's writer lock.
 # Measured (benchmarks/est_bench.py, 2 cores, 16 clients): 2 x 8 spends 2.3-2.6 ms of server CPU
@@ -107,6 +108,8 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
 
         services = Services(Settings.load(), linter=linter)
         _open_token(services)
+        context = server_context(tls.cert, tls.key, tls.client_cas)
+        _follow_rollover(services, context)
         limits = _shared(services, limiter, options)
         Janitor(services.publisher, services.ra, services.store.leases, services.checkpoints,
                 forget_idle=services.store.rates.forget_idle, root=services.root,
@@ -141,9 +144,28 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
         return Site(app, threads=options.threads,
                     limits=Limits(deadline=options.request_timeout, idle=options.idle_timeout,
                                   max_body=_https_body_limit),
-                    ssl_context=server_context(tls.cert, tls.key, tls.client_cas),
+                    ssl_context=context,
                     handshake_timeout=options.handshake_timeout, balancers=frozenset(options.load_balancers))
     return build
+
+
+def _follow_rollover(services, context=None) -> None:
+    """Every ``FOLLOW_SECONDS`` in this worker: after a rollover (``device-ca ca rollover`` here or
+    on another node) issue with the new generation and serve its certificate, without a restart.
+    On the HTTPS listener (``context``) the node's CA files and client-CA bundle are written anew
+    and the new CA is added to the TLS context's trusted certificates, so that devices of the new
+    generation re-enroll over this worker's next handshakes."""
+    from device_ca.runtime import start_rounds
+
+    def follow(_) -> None:
+        name = services.follow_rollover()
+        if name is None or context is None:
+            return
+        services.admin.export_ca_files()
+        context.load_verify_locations(cafile=str(services.admin.client_ca_bundle()))
+        log.info("worker %d: issuing with the new issuing CA generation %s", os.getpid(), name)
+
+    start_rounds("rollover follower", lambda: True, lambda: None, follow, FOLLOW_SECONDS, 30.0, log)
 
 
 def _shared(services, limiter: RateLimiter, options: ServeOptions, prefix: str = ""):
@@ -160,7 +182,8 @@ def _state(services):
     """What /metrics reads from the database at a scrape (web/metrics.py)."""
     from device_ca.web.metrics import StateCollector
 
-    return StateCollector(services.store, services.clock, expiry=services.expiry)
+    return StateCollector(services.store, services.clock, expiry=services.expiry,
+                          cas=lambda: [p.ca for p in services.signing_publishers()])
 
 
 def _health(services) -> dict:
@@ -191,11 +214,12 @@ def _http_factory(options: ServeOptions, live_budget: RateLimiter):
         from device_ca.web.status import StatusApp
 
         services = Services(Settings.load())
-        router = StatusRouter(services.signing_publishers, lambda name: services.ca_certificates()[name])
+        _follow_rollover(services)
+        router = StatusRouter(services.signing_publishers, services.ca_certificate)
         status = StatusApp(services.publisher, live_budget=_shared(services, live_budget, options, "ocsp-nonce:"),
                            crls={"root": services.root.latest_crl}, route=router.route,
                            crl_of=services.store.status.latest_crl)
-        fold = Fold(services.publisher.answered, status.tally)    # the OCSP counts: every second, and at a scrape
+        fold = Fold(services.built_publishers, status.tally)   # the OCSP counts: every second, and at a scrape
         fold.start()
         public = create_public_app(ca_certificates=services.ca_certificates, health=_health(services),
                                    audit_checkpoint=services.checkpoints.newest,

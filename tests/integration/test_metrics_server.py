@@ -86,8 +86,8 @@ def test_est_cli_ocsp_and_rate_limit_show_in_the_scrape(served):
     assert grown("device_ca_rate_limited_total", limit="est") == statuses.count(429)
 
     assert get(after, "device_ca_database_up") == 1
-    assert 0 < get(after, "device_ca_crl_next_update_in_seconds") <= 24 * 3600
-    assert 0 <= get(after, "device_ca_crl_age_seconds") < 3600
+    assert 0 < get(after, "device_ca_crl_next_update_in_seconds", ca="issuing") <= 24 * 3600
+    assert 0 <= get(after, "device_ca_crl_age_seconds", ca="issuing") < 3600
     assert get(after, "device_ca_outbox_pending") >= 3      # Keycloak not configured: upsert x2, disable
     assert get(after, "device_ca_outbox_oldest_pending_age_seconds") > 0
     assert total(after, "device_ca_hsm_errors_total") == 0 and total(after, "device_ca_database_errors_total") == 0

@@ -1,8 +1,9 @@
 """Issuing-CA rollover against SoftHSM, the real CLI and a running `device-ca serve` (SQLite or
-PostgreSQL): devices enrolled before `ca rollover` and after it both validate with openssl (chain
-with -crl_check_all on the CRLs each certificate points at, OCSP with each issuer), cacerts serves
-both generations newest first and the root, and devices of the old generation re-enroll into the new
-one over EST with curl (mutual TLS) and with estclient. Keycloak's clients name the root, which a
+PostgreSQL) that is not restarted: devices enrolled before `ca rollover` and after it both validate
+with openssl (chain with -crl_check_all on the CRLs each certificate points at, OCSP with each
+issuer), cacerts serves both generations newest first and the root, devices of the old generation
+re-enroll into the new one over EST with curl (mutual TLS) and with estclient, a device of the new
+generation re-enrolls over mutual TLS, and the metrics name each generation. Keycloak's clients name the root, which a
 rollover does not change; test_keycloak.py checks that and Keycloak's restart with ca/trust.pem."""
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from integration.cli_harness import new_ca_env, openssl
 from integration.est_pki import device_csr, pkcs7_certificates, simpleenroll
 from integration.server_harness import free_port
+from device_ca.web.server import FOLLOW_SECONDS
 from integration.tls_tools import estclient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WORKERS = 2          # HTTPS workers: each follows the rollover on its own
 
 
 def _token(env, policy, device):
@@ -36,13 +40,14 @@ def _estclient_base(server, label):
 @pytest.fixture(scope="module")
 def rolled(tmp_path_factory, module_database_url, module_serve):
     """Devices br-1 (curl) and br-5 (estclient) enrolled under the first issuing CA, then `ca rollover`
-    while the server is stopped, the server started again, device br-2 enrolled under the new one."""
+    while the server runs: its workers follow without a restart, and device br-2 is enrolled under
+    the new generation by the same server."""
     tmp = tmp_path_factory.mktemp("rollover")
     env = new_ca_env(tmp, module_database_url)
     http_port = free_port()
     env.extra["DEVICE_CA_PUBLIC_URL"] = base = f"http://127.0.0.1:{http_port}"
     env.run("init", "--organization", "BuildingCo")
-    server = module_serve.launch(env, "--rate-limit", "0", "--http-port", str(http_port))
+    server = module_serve.launch(env, "--rate-limit", "0", "--http-port", str(http_port), "--workers", str(WORKERS))
     server.http_port = http_port
     server.wait_ready()
     status, body, _ = simpleenroll(server, tmp, "br-1", _token(env, "badge-reader", "br-1"))
@@ -60,15 +65,20 @@ def rolled(tmp_path_factory, module_database_url, module_serve):
     out = estclient("enroll", *_estclient_base(server, "badge-reader"), "-config", config, "-key", tmp / "br-5.key",
                     "-cn", "br-5", "-ou", "badge-reader", "-org", "BuildingCo", "-out", tmp / "br-5.pem")
     assert out.returncode == 0, out.stderr
-    server.stop()
 
     rolled_over = env.run("ca", "rollover")
     assert rolled_over.stdout.startswith(b"new issuing CA issuing-2: CN=BuildingCo Device Issuing CA G2"), \
         rolled_over.stdout
-    assert b"restart every" in rolled_over.stderr
-    server = module_serve.launch(env, "--rate-limit", "0", "--http-port", str(http_port))
-    server.http_port = http_port
-    server.wait_ready()
+    assert b"no restart needed" in rolled_over.stderr
+    # a janitor round makes the new generation's CRL and responder; then each worker, within its next
+    # follow round, issues with it and writes the node's client-CA bundle with it
+    new_pem, bundle = (env.ca_dir / "issuing-2.pem").read_bytes(), env.home / "tls" / "client-ca.pem"
+    deadline = time.monotonic() + 30
+    while new_pem not in bundle.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert new_pem in bundle.read_bytes(), server.log.read_text()[-3000:]
+    time.sleep(FOLLOW_SECONDS + 1)                      # the other workers' rounds
+    assert server.process.poll() is None
     status, body, _ = simpleenroll(server, tmp, "br-2", _token(env, "badge-reader", "br-2"))
     assert status == 200, body
     (tmp / "br-2.pem").write_bytes(pkcs7_certificates(body)[0].public_bytes(Encoding.PEM))
@@ -165,3 +175,30 @@ def test_old_generation_reenrolls_into_the_new_one_with_curl_and_estclient(rolle
     status, data, _ = server.curl("/badge-reader/simplereenroll", "-H", "Content-Type: application/pkcs10",
                                   "--cert", str(tmp / "br-1.pem"), "--key", str(tmp / "br-1.key"), body=body)
     assert status == 403 and b"revoked" in data, (status, data)
+
+
+def test_the_running_server_trusts_serves_and_counts_the_new_generation(rolled):
+    env, server, base, tmp = rolled
+    new_ca = x509.load_pem_x509_certificate((env.ca_dir / "issuing-2.pem").read_bytes())
+    assert x509.load_der_x509_certificate(_get(f"{base}/ca/issuing-2.crt")) == new_ca     # its AIA caIssuers
+    new_pem = (env.ca_dir / "issuing-2.pem").read_bytes()
+    assert new_pem in (env.home / "tls" / "client-ca.pem").read_bytes() and new_pem in (env.ca_dir / "trust.pem").read_bytes()
+    # br-2's certificate, of the new generation, passes the handshake (a certificate that does not
+    # verify fails it) on whichever worker takes the connection: each worker's TLS context trusts issuing-2
+    for _ in range(4 * WORKERS):
+        status, _, _ = server.curl("/cacerts", "--cert", str(tmp / "br-2.pem"), "--key", str(tmp / "br-2.key"))
+        assert status == 200
+    _, body = device_csr(tmp, "br-2-renew", "/O=BuildingCo/OU=badge-reader/CN=br-2", san="URI:urn:dev:org:32473-br-2",
+                         key=tmp / "br-2.key")
+    status, data, _ = server.curl("/badge-reader/simplereenroll", "-H", "Content-Type: application/pkcs10",
+                                  "--cert", str(tmp / "br-2.pem"), "--key", str(tmp / "br-2.key"), body=body)
+    assert status == 200, (status, data)
+    (renewed,) = pkcs7_certificates(data)
+    renewed.verify_directly_issued_by(new_ca)
+    answered = openssl("ocsp", "-issuer", str(env.ca_dir / "issuing-2.pem"), "-cert", str(tmp / "br-2.pem"),
+                       "-url", f"{base}/ocsp", "-CAfile", str(env.ca_dir / "root.pem"), "-timeout", "10")
+    assert "Response verify OK" in answered.stderr, answered.stdout + answered.stderr
+    metrics = _get(f"{base}/metrics").decode()
+    assert 'device_ca_crl_number{ca="issuing-2"}' in metrics and 'device_ca_crl_number{ca="issuing"}' in metrics
+    assert any(line.startswith("device_ca_ocsp_answers_total{") and 'ca="issuing-2"' in line
+               for line in metrics.splitlines()), metrics
