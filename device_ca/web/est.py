@@ -60,10 +60,13 @@ def _certs_response(certificates) -> Response:
 def cacerts(label: str | None = None) -> Response:
     if label is not None:
         _label(label)
-    body = current_app.config.get("DEVICE_CA_CACERTS")
-    if body is None:
-        body = current_app.config["DEVICE_CA_CACERTS"] = est_codec.certs_only_base64(
-            current_app.config["DEVICE_CA_CACERTS_LIST"]())
+    certs = tuple(current_app.config["DEVICE_CA_CACERTS_LIST"]())    # read anew: a rollover, a revoked CA
+    known = current_app.config.get("DEVICE_CA_CACERTS")
+    if known is not None and known[0] == certs:
+        body = known[1]
+    else:
+        body = est_codec.certs_only_base64(list(certs))
+        current_app.config["DEVICE_CA_CACERTS"] = (certs, body)
     response = Response(body, status=200, content_type=PKCS7_CERTS)
     response.headers["Content-Transfer-Encoding"] = "base64"
     return response

@@ -50,6 +50,8 @@ def rolled(tmp_path_factory, module_database_url, module_serve):
     server = module_serve.launch(env, "--rate-limit", "0", "--http-port", str(http_port), "--workers", str(WORKERS))
     server.http_port = http_port
     server.wait_ready()
+    for _ in range(4 * WORKERS):
+        assert len(pkcs7_certificates(server.curl("/cacerts")[1])) == 2
     status, body, _ = simpleenroll(server, tmp, "br-1", _token(env, "badge-reader", "br-1"))
     assert status == 200, body
     (tmp / "br-1.pem").write_bytes(pkcs7_certificates(body)[0].public_bytes(Encoding.PEM))
@@ -143,11 +145,12 @@ def test_both_generations_validate_with_openssl_chain_crl_and_ocsp(rolled):
 
 def test_cacerts_serves_both_generations_newest_first_and_the_root(rolled):
     env, server, _, _ = rolled
-    status, body, _ = server.curl("/cacerts")
-    assert status == 200
-    assert [c.subject.rfc4514_string() for c in pkcs7_certificates(body)] == [
-        "CN=BuildingCo Device Issuing CA G2,O=BuildingCo", "CN=BuildingCo Device Issuing CA,O=BuildingCo",
-        "CN=BuildingCo Root CA,O=BuildingCo"]
+    for _ in range(4 * WORKERS):         # every worker (each had answered cacerts before the rollover)
+        status, body, _ = server.curl("/cacerts")
+        assert status == 200
+        assert [c.subject.rfc4514_string() for c in pkcs7_certificates(body)] == [
+            "CN=BuildingCo Device Issuing CA G2,O=BuildingCo", "CN=BuildingCo Device Issuing CA,O=BuildingCo",
+            "CN=BuildingCo Root CA,O=BuildingCo"]
 
 
 def test_old_generation_reenrolls_into_the_new_one_with_curl_and_estclient(rolled):

@@ -137,6 +137,11 @@ def test_compromise_drill_strict_validators_refuse_after_revoke_issuing(served, 
     gnutls = _certtool(env, leaf, crls, tmp_path)
     assert gnutls.returncode != 0 and "revoked" in gnutls.stdout.lower(), gnutls.stdout
 
+    # cacerts, on every worker (each answered it at the start), no longer offers the revoked CA
+    for _ in range(8):
+        status, body, _ = server.curl("/cacerts")
+        assert status == 200
+        assert [c.subject.rfc4514_string() for c in pkcs7_certificates(body)] == ["CN=BuildingCo Root CA,O=BuildingCo"]
     # no more certificates from the revoked CA, by any path
     status, body, headers = simpleenroll(server, tmp_path, "br-2", secrets["br-2"])
     assert status == 503 and b"no issuing CA available" in body, (status, body)
