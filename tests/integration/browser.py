@@ -21,6 +21,7 @@ browser and its chromedriver are quit when the test ends, passed or failed. Scre
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import shutil
@@ -75,10 +76,19 @@ class Browser:
 
         return self.driver.find_element(By.TAG_NAME, "body").text
 
+    def console_messages(self) -> list[str]:
+        """What the pages logged to the browser's console since the last call (errors, CSP
+        violations, failed loads)."""
+        return [entry["message"] for entry in self.driver.get_log("browser")]
+
     def screenshot(self, name: str) -> Path:
+        """The whole page (beyond the window), as PNG under the test's tmp_path/screenshots."""
         path = self.screenshots / f"{len(self.shots):02d}-{name}.png"
-        if not self.driver.save_screenshot(str(path)):
-            raise AssertionError(f"the browser made no screenshot {path}")
+        size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        shot = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
+        path.write_bytes(base64.b64decode(shot["data"]))
         self.shots.append(path)
         return path
 
@@ -153,7 +163,8 @@ def start_browser(directory: Path, screenshots: Path, origin: str, trust: Path, 
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      "--no-first-run", "--window-size=1280,900", f"--user-data-dir={profile}"):
         options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})      # Network.* events: statuses
+    # Network.* events (statuses) and the page's console (CSP violations are reported there)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     environment = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
     service = Service(tool(CHROMEDRIVER), env=environment, log_output=str(directory / "chromedriver.log"))
     driver = webdriver.Chrome(options=options, service=service)      # quits chromedriver itself if Chrome fails
