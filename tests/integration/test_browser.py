@@ -92,3 +92,31 @@ def test_the_server_certificate_is_verified(served, browsers, tmp_path):  # noqa
     browser.screenshot("untrusted-server")
     assert "ERR_CERT_AUTHORITY_INVALID" in page.text
     assert page.status == 0 and "line7-001" not in page.text
+
+
+def test_quit_leaves_no_browser_or_driver_running(served, tmp_path):
+    """What the fixture's finalizer does whether the test passed or failed: chromedriver and every
+    Chromium process under it are gone."""
+    from integration.browser import Browsers
+    from integration.tls_tools import children
+
+    env, server, tmp = served
+    started = Browsers(tmp_path)
+    browser = started(_origin(server), server.chain)
+    driver_pid = browser.driver.service.process.pid
+    below = children(driver_pid)
+    assert below, "chromedriver started no browser"
+    started.quit_all()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in [driver_pid, *below]):
+        time.sleep(0.1)
+    assert not [pid for pid in [driver_pid, *below] if _alive(pid)]
+    assert started.started == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"          # a zombie has exited
+    except FileNotFoundError:
+        return False
