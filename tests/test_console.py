@@ -143,3 +143,17 @@ def test_a_post_needs_a_csrf_token_made_for_the_callers_certificate(console_app,
     assert response.status_code == 200 and response.get_data(as_text=True) == "changed"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert client.post("/console/echo", data={"csrf_token": good}).status_code == 401          # no certificate
+
+
+def test_a_failure_below_is_a_page_with_the_headers_and_no_detail(store, peers):
+    def overview():
+        raise DeviceCAError(Kind.DB_UNAVAILABLE, "connection to server at 10.1.2.3 refused")
+
+    app = Flask("console-test")
+    register_console(app, Console(operator_of=certificate_holder, csrf=Csrf(b"k" * 32, FixedClock(T0)),
+                                  overview=overview))
+    response = app.test_client().get("/console/", environ_overrides={"device_ca.peer_der": peers[0]})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "30"
+    assert "database unavailable" in response.get_data(as_text=True)
+    assert "10.1.2.3" not in response.get_data(as_text=True)
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY

@@ -19,7 +19,7 @@ from device_ca.errors import DeviceCAError
 from device_ca.web.console.charts import expiry_histogram, revocations_chart
 from device_ca.web.console.csrf import Csrf
 from device_ca.web.console.headers import secure
-from device_ca.web.errors import PUBLIC_DETAIL, STATUS
+from device_ca.web.errors import PUBLIC_DETAIL, RETRY_AFTER, STATUS
 
 HERE = Path(__file__).resolve().parent
 CONFIG = "DEVICE_CA_CONSOLE"
@@ -59,10 +59,11 @@ def create_blueprint() -> Blueprint:
         return secure(response)
 
     @bp.errorhandler(DeviceCAError)
-    def _refused(exc: DeviceCAError) -> tuple[str, int]:
+    def _refused(exc: DeviceCAError) -> tuple[str, int, dict]:
         status = STATUS[exc.kind]
+        headers = {"Retry-After": RETRY_AFTER[exc.kind]} if exc.kind in RETRY_AFTER else {}
         return render_template("console/error.html", status=status,
-                               message=PUBLIC_DETAIL.get(exc.kind, exc.detail)), status
+                               message=PUBLIC_DETAIL.get(exc.kind, exc.detail)), status, headers
 
     @bp.context_processor
     def _page() -> dict:
