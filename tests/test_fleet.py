@@ -107,3 +107,14 @@ def test_overview_reads_everything_at_the_clocks_time(store, fleet):
     assert overview.revocations.edges[-1] == midnight(T0 + 43 * DAY)
     assert overview.outbox.pending == len(store.outbox()) and overview.outbox.pending > 0
     assert overview.pending_requests == 0
+
+
+def test_a_certificates_history_is_its_audit_events_newest_first(store, fleet):
+    serial = fleet["lock-2"].serial
+    history = store.audit_feed.about(serial)
+    assert [e.action for e in history][:1] == ["certificate.revoked"]
+    assert all(e.serial == serial for e in history) and len(history) >= 2
+    assert [e.seq for e in history] == sorted((e.seq for e in history), reverse=True)
+    assert history[0].actor == "test" and "cessationOfOperation" in history[0].details
+    assert store.audit_feed.about(serial, limit=1) == history[:1]
+    assert store.audit_feed.about("00" * 18) == []
