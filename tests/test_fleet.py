@@ -118,3 +118,23 @@ def test_a_certificates_history_is_its_audit_events_newest_first(store, fleet):
     assert history[0].actor == "test" and "cessationOfOperation" in history[0].details
     assert store.audit_feed.about(serial, limit=1) == history[:1]
     assert store.audit_feed.about("00" * 18) == []
+
+
+def test_recent_batches_with_their_progress(store):
+    from device_ca.store.batches import Batch, NewItem
+    from device_ca.store.records import AuditEvent
+
+    for n, (items, failures) in enumerate([(3, 0), (5, 2), (1, 1)]):
+        batch = Batch(id=f"line-{n}", policy="env-sensor", input_sha256=f"{n}" * 64, items=items, keygen=False,
+                      secret_sha256=None, state="queued", created_at=T0 + n * DAY, created_by="station:test",
+                      finished_at=None)
+        store.batches.open(batch, lambda items=items, failures=failures: [
+            NewItem(f"env-{n:02x}{i:02x}", i, None if i < failures else b"csr", "no CSR" if i < failures else None)
+            for i in range(items)], AuditEvent(action="batch.opened", actor="test", at=T0, details={}))
+    store.batches.fail("line-0", [("env-0001", "policy rejected")])
+    found = store.batches.recent()
+    assert [b.id for b, _ in found] == ["line-2", "line-1", "line-0"]                # newest first
+    assert {b.id: dict(c) for b, c in found} == {"line-2": {"failed": 1}, "line-1": {"failed": 2, "pending": 3},
+                                                 "line-0": {"failed": 1, "pending": 2}}
+    assert [b.id for b, _ in store.batches.recent(limit=1)] == ["line-2"]
+    assert found[0][0].created_at == T0 + 2 * DAY
