@@ -16,8 +16,9 @@ Everything is per browser, nothing machine-wide:
 - A browser without a certificate has an NSS database with the trust anchors only.
 
 ``browsers`` is the fixture: ``browsers(origin, trust, cert=None, key=None) -> Browser``; each
-browser and its chromedriver are quit when the test ends, passed or failed. Screenshots go to
-``tmp_path/screenshots``.
+browser and its chromedriver are quit when the test ends, passed or failed. ``Browser.open`` and
+``Browser.post`` return the document's HTTP status (read from Chromium's network log) and text;
+``Browser.screenshot`` saves the whole page under ``tmp_path/screenshots``.
 """
 from __future__ import annotations
 
@@ -61,6 +62,27 @@ class Browser:
         self.driver.get_log("performance")                # drop what earlier loads logged
         self.driver.get(url)
         return Page(status=self._document_status(url), text=self.text())
+
+    def post(self, action: str, fields: dict[str, str]) -> Page:
+        """Submit a form of the browser's own making from the current page: what a user who edits
+        the page (or whose page lacks the button) can send. ``action`` is an absolute URL; the
+        form is built through WebDriver, which the page's CSP does not govern, and posted by the
+        browser with its client certificate, as a click on a real form would."""
+        self.driver.get_log("performance")
+        self.driver.execute_script(
+            "const form = document.createElement('form'); form.method = 'post'; form.action = arguments[0];"
+            "for (const [name, value] of Object.entries(arguments[1])) {"
+            "  const input = document.createElement('input'); input.type = 'hidden'; input.name = name;"
+            "  input.value = value; form.appendChild(input); }"
+            "document.body.appendChild(form); form.submit();", action, fields)
+        deadline, status = time.monotonic() + PAGE_TIMEOUT, 0
+        while time.monotonic() < deadline:
+            status = status or self._document_status(action)          # each read drains the log
+            if status and self.driver.execute_script("return document.readyState") == "complete" \
+                    and self.driver.current_url == action:
+                return Page(status=status, text=self.text())
+            time.sleep(0.05)
+        raise AssertionError(f"no answer to the form posted to {action}")
 
     def _document_status(self, url: str) -> int:
         status = 0

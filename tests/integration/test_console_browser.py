@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 
 from device_ca.ca.clock import FixedClock
 from device_ca.ra.overview import read_overview
-from device_ca.web.console import Console, register_console
+from device_ca.web.console import Console, create_blueprint, register_console
 from device_ca.web.console.csrf import Csrf
 from helpers import T0
 from integration.browser import browsers  # noqa: F401 - the fixture
@@ -89,8 +89,15 @@ def console_server(store, fleet, tmp_path):  # noqa: F811
     pki = _pki(tmp_path)
     clock = FixedClock(T0 + 42 * DAY + dt.timedelta(hours=5))
     app = Flask("console-browser-test")
-    register_console(app, Console(operator_of=certificate_holder, csrf=Csrf(b"k" * 32, clock),
-                                  overview=lambda: read_overview(store, clock)))
+    blueprint = create_blueprint()
+
+    @blueprint.post("/echo")                       # a state-changing form of the tests' own
+    def echo() -> str:
+        return "changed"
+
+    csrf = Csrf(b"k" * 32, clock)
+    register_console(app, Console(operator_of=certificate_holder, csrf=csrf,
+                                  overview=lambda: read_overview(store, clock)), blueprint)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki["server"], pki["server.key"])
     context.load_verify_locations(pki["root"])
@@ -99,14 +106,14 @@ def console_server(store, fleet, tmp_path):  # noqa: F811
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"https://127.0.0.1:{server.server_port}", pki
+        yield f"https://127.0.0.1:{server.server_port}", pki, csrf
     finally:
         server.shutdown()
         thread.join(timeout=10)
 
 
 def test_overview_in_the_browser(console_server, browsers):  # noqa: F811
-    origin, pki = console_server
+    origin, pki, _ = console_server
     browser = browsers(origin, pki["root"], pki["operator"], pki["operator.key"])
     page = browser.open(f"{origin}/console/")
     browser.screenshot("console-overview")
@@ -133,9 +140,22 @@ def test_overview_in_the_browser(console_server, browsers):  # noqa: F811
 
 
 def test_without_a_certificate_the_console_refuses(console_server, browsers):  # noqa: F811
-    origin, pki = console_server
+    origin, pki, _ = console_server
     browser = browsers(origin, pki["root"])
     page = browser.open(f"{origin}/console/")
     browser.screenshot("console-without-certificate")
     assert page.status == 401
     assert "client certificate is required" in page.text and "Fleet overview" not in page.text
+
+
+def test_a_form_posted_from_the_browser_needs_the_token(console_server, browsers):  # noqa: F811
+    origin, pki, csrf = console_server
+    browser = browsers(origin, pki["root"], pki["operator"], pki["operator.key"])
+    browser.open(f"{origin}/console/")
+    refused = browser.post(f"{origin}/console/echo", {"csrf_token": "0.00"})
+    browser.screenshot("console-post-without-token")
+    assert refused.status == 403 and "CSRF token" in refused.text
+    fingerprint = x509.load_pem_x509_certificate(pki["operator"].read_bytes()).fingerprint(hashes.SHA256()).hex()
+    browser.open(f"{origin}/console/")
+    done = browser.post(f"{origin}/console/echo", {"csrf_token": csrf.token(fingerprint)})
+    assert done.status == 200 and done.text == "changed"
