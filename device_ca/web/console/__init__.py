@@ -5,7 +5,11 @@ POST checked for its CSRF token (console/csrf.py).
 Who is calling is not decided here: ``operator_of(request)`` is given by the composition root (the
 client-certificate authentication of the REST API's operators) and either returns the caller, an
 object with at least ``fingerprint`` (SHA-256 of the certificate, hex), ``subject`` and ``role``, or
-raises DeviceCAError UNAUTHORIZED / FORBIDDEN. Nothing calls ``register_console`` yet.
+raises DeviceCAError UNAUTHORIZED / FORBIDDEN. Nothing calls ``register_console`` yet; the
+composition root will, on the HTTPS app:
+
+    register_console(app, Console(operator_of=..., csrf=Csrf(load_secret(state_dir), clock),
+                                  overview=lambda: read_overview(store, clock)))
 """
 from __future__ import annotations
 
