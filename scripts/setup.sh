@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what device-ca needs on Debian, skipping what is already there (idempotent).
-#   Debian: softhsm2 opensc postgresql openssl gnutls-bin curl
+#   Debian: softhsm2 opensc postgresql openssl gnutls-bin curl, and for the browser tests
+#           chromium chromium-driver libnss3-tools (pk12util, certutil)
 #   Python: this package with its test extras (pip install -e '.[test]')
 #   Tools:  nginx-light, wrk, estclient (scripts/install-tools.sh)
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-packages=(softhsm2 opensc postgresql openssl gnutls-bin curl)
+packages=(softhsm2 opensc postgresql openssl gnutls-bin curl chromium chromium-driver libnss3-tools)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,7 +29,7 @@ PYTHON=${PYTHON:-python3}
 here=$(pwd -P)
 if ! (cd / && "$PYTHON" - "$here" <<'PY' 2>/dev/null
 import sys, pathlib
-import device_ca, hsm, pkcs11, pkilint, sqlmodel, psycopg, pytest, alembic, atheris
+import device_ca, hsm, pkcs11, pkilint, sqlmodel, psycopg, pytest, alembic, atheris, selenium
 assert pathlib.Path(device_ca.__file__).resolve().is_relative_to(sys.argv[1])
 PY
 ); then

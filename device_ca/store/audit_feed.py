@@ -33,9 +33,15 @@ class AuditFeed:
         """Up to ``limit`` events with ``seq > after``, in sequence order."""
         query = sa.select(_EVENTS).where(_EVENTS.c.seq > after).order_by(_EVENTS.c.seq).limit(limit)
         with self.db.reading() as c:
-            return [LoggedEvent(seq=r.seq, at=utc(r.at), action=r.action, actor=r.actor, serial=r.serial,
-                                device_id=r.device_id, details=r.details, prev_hash=r.prev_hash, hash=r.hash)
-                    for r in c.execute(query)]
+            return [_logged(r) for r in c.execute(query)]
+
+    def about(self, serial: str, limit: int = 100) -> list[LoggedEvent]:
+        """The newest ``limit`` events about the certificate ``serial``, newest first: its history
+        as the console shows it (audit_events.serial is indexed; device_id is not, so a device's
+        history goes through its certificates' serials)."""
+        query = sa.select(_EVENTS).where(_EVENTS.c.serial == serial).order_by(_EVENTS.c.seq.desc()).limit(limit)
+        with self.db.reading() as c:
+            return [_logged(r) for r in c.execute(query)]
 
     def head_seq(self) -> int:
         with self.db.reading() as c:
@@ -71,3 +77,8 @@ class AuditFeed:
         """The cursor's row, created at seq 0 unless it exists (also if another deliverer creates it now)."""
         insert = {"sqlite": sqlite_insert, "postgresql": pg_insert}[c.dialect.name](_CURSORS)
         c.execute(insert.values(name=name, seq=0, hash=GENESIS, failures=0).on_conflict_do_nothing())
+
+
+def _logged(r) -> LoggedEvent:
+    return LoggedEvent(seq=r.seq, at=utc(r.at), action=r.action, actor=r.actor, serial=r.serial,
+                       device_id=r.device_id, details=r.details, prev_hash=r.prev_hash, hash=r.hash)

@@ -16,6 +16,7 @@ from device_ca.store.audit_feed import AuditFeed
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo
 from device_ca.store.expiry import ExpiryRepo
+from device_ca.store.fleet import FleetRepo
 from device_ca.store.issuance import IssuanceRepo
 from device_ca.store.leases import LeaseRepo
 from device_ca.store.rates import RateRepo
@@ -45,6 +46,7 @@ class Store:
         self.rates = RateRepo(self.db)
         self.audit_feed = AuditFeed(self.db)
         self.expiry = ExpiryRepo(self.db)
+        self.fleet = FleetRepo(self.db)
 
     def ping(self) -> None:
         with self.db.read() as s:

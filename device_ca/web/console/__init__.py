@@ -1,0 +1,97 @@
+"""The operators' web console under /console/ on the HTTPS listener: server-rendered pages (Jinja
+templates, one stylesheet, no script), every response with the headers of console/headers.py, every
+POST checked for its CSRF token (console/csrf.py).
+
+Who is calling is not decided here: ``operator_of(request)`` is given by the composition root (the
+client-certificate authentication of the REST API's operators) and either returns the caller, an
+object with at least ``fingerprint`` (SHA-256 of the certificate, hex), ``subject`` and ``role``, or
+raises DeviceCAError UNAUTHORIZED / FORBIDDEN. Nothing calls ``register_console`` yet; the
+composition root will, on the HTTPS app:
+
+    register_console(app, Console(operator_of=..., csrf=Csrf(load_secret(state_dir), clock),
+                                  overview=lambda: read_overview(store, clock)))
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+from flask import Blueprint, Flask, Request, Response, current_app, g, render_template, request
+from markupsafe import Markup
+
+from device_ca.errors import DeviceCAError
+from device_ca.web.console.charts import expiry_histogram, revocations_chart
+from device_ca.web.console.csrf import Csrf
+from device_ca.web.console.headers import secure
+from device_ca.web.errors import PUBLIC_DETAIL, RETRY_AFTER, STATUS
+
+HERE = Path(__file__).resolve().parent
+CONFIG = "DEVICE_CA_CONSOLE"
+STATE_LABELS = {"good": "good", "renewed": "renewed", "revoked": "revoked", "expired": "expired",
+                "not-yet-valid": "not yet valid"}
+NAV = (("console.overview", "Overview"),)          # pages join as they are built
+
+
+class Operator(Protocol):
+    fingerprint: str
+    subject: str
+    role: str
+
+
+class Console:
+    """What the console's views use, given by the composition root."""
+
+    def __init__(self, *, operator_of: Callable[[Request], Operator], csrf: Csrf, overview: Callable[[], object]):
+        self.operator_of = operator_of
+        self.csrf = csrf
+        self.overview = overview            # () -> ra.overview.Overview
+
+
+def create_blueprint() -> Blueprint:
+    bp = Blueprint("console", __name__, url_prefix="/console", template_folder=str(HERE / "templates"),
+                   static_folder=str(HERE / "static"), static_url_path="/static")
+
+    @bp.before_request
+    def _operator() -> None:
+        console = _console()
+        g.operator = console.operator_of(request)
+        if request.method == "POST":
+            console.csrf.check(g.operator.fingerprint, request.form.get("csrf_token"))
+
+    @bp.after_request
+    def _headers(response: Response) -> Response:
+        return secure(response)
+
+    @bp.errorhandler(DeviceCAError)
+    def _refused(exc: DeviceCAError) -> tuple[str, int, dict]:
+        status = STATUS[exc.kind]
+        headers = {"Retry-After": RETRY_AFTER[exc.kind]} if exc.kind in RETRY_AFTER else {}
+        return render_template("console/error.html", status=status,
+                               message=PUBLIC_DETAIL.get(exc.kind, exc.detail)), status, headers
+
+    @bp.context_processor
+    def _page() -> dict:
+        operator = g.get("operator")
+        return {"nav": NAV, "operator": operator,
+                "csrf_token": (lambda: _console().csrf.token(operator.fingerprint)) if operator else None}
+
+    @bp.get("/")
+    def overview() -> str:
+        found = _console().overview()
+        first_day = found.revocations.edges[0].date()
+        return render_template(
+            "console/overview.html", overview=found, states=STATE_LABELS,
+            expiry_chart=Markup(expiry_histogram(found.expiring.counts, found.expiring.edges)),
+            revocations_chart=Markup(revocations_chart(found.revocations.counts, first_day)))
+
+    return bp
+
+
+def _console() -> Console:
+    return current_app.config[CONFIG]
+
+
+def register_console(app: Flask, console: Console, blueprint: Blueprint | None = None) -> None:
+    """Mount the console on ``app`` (the HTTPS application) under /console/."""
+    app.config[CONFIG] = console
+    app.register_blueprint(blueprint or create_blueprint())
