@@ -27,6 +27,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import load_policy
 from device_ca.ra.administration import CA_KEY_TYPES, ISSUING, ROOT
 from device_ca.ra.authority import REASONS
+from device_ca.ra.operators import ROLES
 from device_ca.ra.rollover import current, generations
 from device_ca.ra.rootca import CA_REVOCATION_REASONS, revoke_certificates_of
 from device_ca.services import Services
@@ -262,11 +263,14 @@ def ca_chain(ctx) -> None:
               help="Station certificates: a device policy the station may issue on the batch API (repeatable).")
 @click.option("--allow-devices", metavar="REGEX",
               help="Station certificates: only device ids this regular expression matches whole.")
+@click.option("--role", type=click.Choice(ROLES),
+              help="Operator certificates (policy admin): what the operator may do on the REST API.")
 @click.pass_context
-def issue(ctx, policy_name, csr_file, device_id, out, allow_policies, allow_devices) -> None:
-    """Issue one device certificate from a CSR (a station certificate with its scope)."""
+def issue(ctx, policy_name, csr_file, device_id, out, allow_policies, allow_devices, role) -> None:
+    """Issue one device certificate from a CSR (a station certificate with its scope, an operator's
+    with its role)."""
     issued = services(ctx).ra.issue(policy_name, csr_file.read(), device_id=device_id, actor=_actor(),
-                                    allow_policies=allow_policies, allow_devices=allow_devices)
+                                    allow_policies=allow_policies, allow_devices=allow_devices, role=role)
     if out:
         files.write_atomically(out, issued.pem, files.PUBLIC)
     else:
@@ -334,6 +338,9 @@ def show(ctx, serial, as_json, pem) -> None:
     scope = store.station_scope(record.serial)
     if scope is not None:
         shown["scope"] = scope.as_dict()
+    role = store.operator_role(record.serial)
+    if role is not None:
+        shown["role"] = role
     if pem:
         click.echo(x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM).decode(), nl=False)
     elif as_json:

@@ -19,7 +19,7 @@ from device_ca.store.expiry import ExpiryRepo
 from device_ca.store.issuance import IssuanceRepo
 from device_ca.store.leases import LeaseRepo
 from device_ca.store.rates import RateRepo
-from device_ca.store.issuance_sql import CERTIFICATES, DEVICES, INSERT_OUTBOX, SCOPES, outbox_row
+from device_ca.store.issuance_sql import CERTIFICATES, DEVICES, INSERT_OUTBOX, ROLES, SCOPES, outbox_row
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.state import StateRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
@@ -176,6 +176,11 @@ class Store:
         with self.db.reading() as c:
             row = c.execute(sa.select(SCOPES.c.policies, SCOPES.c.devices).where(SCOPES.c.serial == serial)).first()
         return None if row is None else StationScope(tuple(json.loads(row.policies)), row.devices)
+
+    def operator_role(self, serial: str) -> str | None:
+        """The role recorded with an operator's certificate (None: it is not an operator's)."""
+        with self.db.reading() as c:
+            return c.execute(sa.select(ROLES.c.role).where(ROLES.c.serial == serial)).scalar()
 
     def current_certificates(self, policy: str, device_ids: list[str]) -> dict[str, str]:
         """device id -> serial of its current certificate of ``policy`` (good and not renewed), for
