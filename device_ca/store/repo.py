@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
-from device_ca.store.db import Database, migrate, translate_errors
+from device_ca.store.db import Database, after_key, migrate, translate_errors
 from device_ca.store.audit_feed import AuditFeed
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo
@@ -158,10 +158,13 @@ class Store:
             return _certificate(row, s.get(RevocationRow, serial)) if row else None
 
     def certificates(self, *, status: str | None = None, policy: str | None = None,
-                     device_id: str | None = None, limit: int | None = None) -> list[CertificateRecord]:
+                     device_id: str | None = None, limit: int | None = None,
+                     after: tuple[dt.datetime, str] | None = None) -> list[CertificateRecord]:
+        """In order of issue; ``after``: only those after (issued_at, serial), a page's last."""
         with self.db.read() as s:
             query = select(CertificateRow, RevocationRow).join(
-                RevocationRow, RevocationRow.serial == CertificateRow.serial, isouter=True)
+                RevocationRow, RevocationRow.serial == CertificateRow.serial, isouter=True).where(
+                after_key(CertificateRow.issued_at, CertificateRow.serial, after))
             if status:
                 query = query.where(CertificateRow.status == status)
             if policy:
