@@ -10,20 +10,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra import reports
 
 
-def _domain_error(exc) -> DeviceCAError:
-    from device_ca.keycloak import KeycloakError
-
-    if not isinstance(exc, KeycloakError):
-        return exc
-    if exc.unavailable:
-        kind = Kind.KEYCLOAK_UNAVAILABLE
-    elif exc.status in (401, 403):
-        kind = Kind.UNAUTHORIZED
-    elif exc.status == 404:
-        kind = Kind.NOT_FOUND
-    else:
-        kind = Kind.CONFLICT
-    return DeviceCAError(kind, str(exc), cause=exc)
+_domain_error = reports.keycloak_error
 
 
 def register(cli: click.Group, services, actor, iso) -> None:

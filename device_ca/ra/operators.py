@@ -22,6 +22,7 @@ from device_ca.policy import Policy
 
 GRANT = "admin-api"                  # what an operator's policy must authorise (policy key 'authorizes')
 ROLES = ("viewer", "operator", "security-officer")
+ACTOR_MAX = 128                      # the audit log's actor column
 
 # Actions, as the API checks them.
 READ = "read"
@@ -71,8 +72,10 @@ class Operator:
 
     @property
     def actor(self) -> str:
-        """Who the audit log names for a change this operator made."""
-        return f"operator:{self.subject} serial {self.serial}"
+        """Who the audit log names for a change this operator made (at most ACTOR_MAX characters:
+        the subject is shortened, never the serial)."""
+        suffix = f" serial {self.serial}"
+        return f"operator:{self.subject}"[:ACTOR_MAX - len(suffix)] + suffix
 
     def may(self, action: str) -> bool:
         return action in PERMISSIONS.get(self.role, frozenset())

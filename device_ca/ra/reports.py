@@ -93,3 +93,21 @@ def keycloak_changes(report, show_all: bool = False) -> dict:
                          "error": failed.get((c.realm, c.client_id))}
                         for c in report.changes if show_all or c.action not in ("unchanged", "absent")],
             "summary": keycloak_summary(report)}
+
+
+def keycloak_error(exc):
+    """A KeycloakError as the domain's error (other exceptions unchanged)."""
+    from device_ca.errors import DeviceCAError, Kind
+    from device_ca.keycloak import KeycloakError
+
+    if not isinstance(exc, KeycloakError):
+        return exc
+    if exc.unavailable:
+        kind = Kind.KEYCLOAK_UNAVAILABLE
+    elif exc.status in (401, 403):
+        kind = Kind.UNAUTHORIZED
+    elif exc.status == 404:
+        kind = Kind.NOT_FOUND
+    else:
+        kind = Kind.CONFLICT
+    return DeviceCAError(kind, str(exc), cause=exc)
