@@ -103,3 +103,10 @@ def test_who_is_not_an_operator(ra, authority, clock, ca):
     with pytest.raises(DeviceCAError) as refused:
         authority.authenticate(expired)
     assert refused.value.kind is Kind.FORBIDDEN
+
+
+def test_the_actor_fits_the_audit_log_and_keeps_the_serial():
+    serial = "0194" + "ab" * 16
+    long = operators.Operator(serial=serial, subject="CN=" + "x" * 300 + ",OU=admin,O=BuildingCo", role="viewer")
+    assert len(long.actor) == operators.ACTOR_MAX and long.actor.endswith(f" serial {serial}")
+    assert long.actor.startswith("operator:CN=xxx")

@@ -170,8 +170,8 @@ def test_a_revoked_operator_is_refused_at_once(api):
 
 def test_operator_certificates_are_never_issued_over_est_or_the_batch_api(api):
     """Attack: an admin certificate asked for with a bootstrap token (none is given out for the
-    admin policy), over EST without credentials, in a station's or an operator's batch: all
-    refused, no operator certificate more."""
+    admin policy), over EST without credentials or as a re-enrollment with an operator's own
+    certificate, in a station's or an operator's batch: all refused, no operator certificate more."""
     env, server, tmp = api
     admins = json.loads(env.run("list", "--policy", "admin", "--json").stdout)
     token = call(api, "otto", "POST", "/tokens", {"policy": "admin", "device_id": "mallory"})
@@ -180,6 +180,10 @@ def test_operator_certificates_are_never_issued_over_est_or_the_batch_api(api):
     _, csr = device_csr(tmp, "mallory", "/O=BuildingCo/OU=admin/CN=mallory")
     status, _, _ = server.curl("/admin/simpleenroll", "-H", "Content-Type: application/pkcs10", body=csr)
     assert status in (401, 403)
+    _, renewal = device_csr(tmp, "otto-renewal", "/O=BuildingCo/OU=admin/CN=otto", key=tmp / "otto.key")
+    status, _, _ = server.curl("/admin/simplereenroll", "-H", "Content-Type: application/pkcs10",
+                               "--cert", str(tmp / "otto.pem"), "--key", str(tmp / "otto.key"), body=renewal)
+    assert status == 403                                  # an operator renews with device-ca issue, not over EST
     batch = json.dumps({"device_id": "mallory", "csr": base64.b64encode(
         make_csr("mallory", ou="admin", encoding=Encoding.DER)).decode()}).encode() + b"\n"
     for who in ("station-line-3", "sofia"):
@@ -349,3 +353,17 @@ def test_the_openapi_document_is_valid_and_real_answers_match_it(api):
     wrong = MockRequest(f"https://127.0.0.1:{server.port}", "GET", f"/api/v1/certificates/{serial}")
     with pytest.raises(Exception, match="InvalidData"):          # the check can fail: a certificate without fields
         spec.validate_response(wrong, MockResponse(b'{"serial": 5}', 200))
+
+
+def test_the_cli_requires_a_role_for_operator_certificates_and_refuses_it_for_others(api):
+    env, server, tmp = api
+    before = state(env)
+    csr = openssl_csr(tmp, "nobody", "/O=BuildingCo/OU=admin/CN=nobody")
+    missing = env.run("issue", "--policy", "admin", "--csr", str(csr), check=False)
+    assert missing.returncode == 3 and b"--role viewer|operator|security-officer" in missing.stderr
+    unknown = env.run("issue", "--policy", "admin", "--csr", str(csr), "--role", "root", check=False)
+    assert unknown.returncode == 2                                            # not one of click's choices
+    lock = openssl_csr(tmp, "lock-90", "/O=BuildingCo/OU=door-lock/CN=lock-90")
+    device = env.run("issue", "--policy", "door-lock", "--csr", str(lock), "--role", "viewer", check=False)
+    assert device.returncode == 3 and b"do not authorise the admin API" in device.stderr
+    assert state(env) == before
