@@ -258,6 +258,17 @@ def test_tokens_pending_requests_and_devices(api):
                                   "-u", f"gl-1:{secret}", body=csr)
     assert status == 200, body
 
+    second = call(api, "otto", "POST", "/tokens", {"policy": "guarded-lock", "device_id": "gl-2"}).json()["secret"]
+    _, csr2 = device_csr(tmp, "gl-2", "/O=BuildingCo/OU=guarded-lock/CN=gl-2")
+    assert server.curl("/guarded-lock/simpleenroll", "-H", "Content-Type: application/pkcs10",
+                       "-u", f"gl-2:{second}", body=csr2)[0] == 202
+    request_id = [r["id"] for r in call(api, "vera", "GET", "/pending").json()["items"] if r["device_id"] == "gl-2"]
+    rejected = call(api, "sofia", "POST", f"/pending/{request_id[0]}/reject")
+    assert rejected.status == 200 and rejected.json()["state"] == "rejected"
+    assert server.curl("/guarded-lock/simpleenroll", "-H", "Content-Type: application/pkcs10",
+                       "-u", f"gl-2:{second}", body=csr2)[0] == 403
+    assert json.loads(env.run("list", "--device-id", "gl-2", "--json").stdout) == []
+
     other = call(api, "otto", "POST", "/tokens", {"policy": "door-lock", "device_id": "lock-80"}).json()
     withdrawn = call(api, "otto", "POST", f"/tokens/{other['id']}/withdraw")
     assert withdrawn.status == 200 and withdrawn.json()["state"] == "withdrawn"
