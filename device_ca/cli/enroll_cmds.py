@@ -8,6 +8,7 @@ import click
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import parse_duration
+from device_ca.ra import reports
 
 
 def _addresses(values) -> tuple[str, ...]:
@@ -121,11 +122,7 @@ def register(cli: click.Group, services, actor, iso) -> None:
         which are not kept (only their SHA-256)."""
         svc = services(ctx)
         now = svc.clock.now()
-        rows = [{"id": t.id, "device_id": t.device_id, "policy": t.policy, "state": t.state(now),
-                 "created_at": iso(t.created_at), "created_by": t.created_by, "expires_at": iso(t.expires_at),
-                 "used_at": iso(t.used_at), "serial": t.serial, "withdrawn_at": iso(t.withdrawn_at),
-                 "withdrawn_by": t.withdrawn_by}
-                for t in svc.store.enrollment.tokens(device_id=device_id, policy=policy_name)]
+        rows = [reports.token(t, now) for t in svc.store.enrollment.tokens(device_id=device_id, policy=policy_name)]
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
@@ -153,8 +150,7 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.pass_context
     def pending_list(ctx, show_all, as_json) -> None:
         items = services(ctx).store.enrollment.pending(None if show_all else "pending")
-        rows = [{"id": r.id, "policy": r.policy, "device_id": r.device_id, "method": r.method, "state": r.state,
-                 "created_at": iso(r.created_at), "decided_by": r.decided_by, "serial": r.serial} for r in items]
+        rows = [reports.pending(r) for r in items]
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return

@@ -7,22 +7,10 @@ import sys
 import click
 
 from device_ca.errors import DeviceCAError, Kind
+from device_ca.ra import reports
 
 
-def _domain_error(exc) -> DeviceCAError:
-    from device_ca.keycloak import KeycloakError
-
-    if not isinstance(exc, KeycloakError):
-        return exc
-    if exc.unavailable:
-        kind = Kind.KEYCLOAK_UNAVAILABLE
-    elif exc.status in (401, 403):
-        kind = Kind.UNAUTHORIZED
-    elif exc.status == 404:
-        kind = Kind.NOT_FOUND
-    else:
-        kind = Kind.CONFLICT
-    return DeviceCAError(kind, str(exc), cause=exc)
+_domain_error = reports.keycloak_error
 
 
 def register(cli: click.Group, services, actor, iso) -> None:
@@ -111,24 +99,18 @@ def register(cli: click.Group, services, actor, iso) -> None:
             if not dry_run:
                 svc.store.state.record("keycloak.sync", {"error": str(exc)}, svc.clock.now())
             raise _domain_error(exc) from None
-        failed = {(c.realm, c.client_id): error for c, error in report.failures}
+        failed = {(c.realm, c.client_id) for c, _ in report.failures}
         if not dry_run:
             svc.store.state.record("keycloak.sync", {"error": report.failures[0][1] if report.failures else None,
-                                                     **_summary(report)}, svc.clock.now())
+                                                     **reports.keycloak_summary(report)}, svc.clock.now())
         if as_json:
-            click.echo(json.dumps({
-                "dry_run": dry_run,
-                "changes": [{"realm": c.realm, "client_id": c.client_id, "action": c.action, "fields": list(c.fields),
-                             "subject_dn": c.desired.subject_dn, "serial": c.desired.serial,
-                             "error": failed.get((c.realm, c.client_id))}
-                            for c in report.changes if show_all or c.action not in ("unchanged", "absent")],
-                "summary": _summary(report)}, indent=2))
+            click.echo(json.dumps({"dry_run": dry_run, **reports.keycloak_changes(report, show_all)}, indent=2))
         else:
             for change in report.changes:
                 if show_all or change.action not in ("unchanged", "absent"):
                     prefix = "would " if dry_run else ""
                     click.echo(f"{prefix}{change.describe()}")
-            counts = _summary(report)
+            counts = reports.keycloak_summary(report)
             click.echo(("dry run: would " if dry_run else "keycloak sync: ")
                        + ", ".join(f"{counts[k]} {k}" for k in ("create", "update", "disable"))
                        + f"; {counts['unchanged']} unchanged" + (f"; {counts['failed']} failed" if failed else ""))
@@ -143,30 +125,10 @@ def register(cli: click.Group, services, actor, iso) -> None:
     @click.pass_context
     def keycloak_status(ctx, as_json) -> None:
         """Pending Keycloak changes in the outbox and the last error."""
-        from device_ca.keycloak.sync import TOPIC_PREFIX
-
         svc = services(ctx)
-        entries = svc.store.queue.entries(TOPIC_PREFIX)
-        pending = [e for e in entries if e.state == "pending"]
-        applied = [e for e in entries if e.applied_at is not None]
-        errors = [e for e in pending if e.last_error]
-        last_error = max(errors, key=lambda e: (e.attempts, e.id), default=None)
-        drain_note = svc.store.state.get("keycloak.drain")
-        sync_note = svc.store.state.get("keycloak.sync")
         settings = svc.settings.keycloak
-        data = {
-            "configured": settings is not None, "url": settings.url if settings else None,
-            "pending": len(pending), "oldest_pending": iso(pending[0].created_at) if pending else None,
-            "last_applied": iso(max(e.applied_at for e in applied)) if applied else None,
-            "last_error": last_error.last_error if last_error else None,
-            "last_drain_error": drain_note[0]["error"] if drain_note else None,
-            "last_drain_error_at": iso(drain_note[1]) if drain_note else None,
-            "last_sync_at": iso(sync_note[1]) if sync_note else None,
-            "last_sync_error": sync_note[0].get("error") if sync_note else None,
-            "entries": [{"id": e.id, "topic": e.topic, "device_id": e.device_id, "realm": e.payload.get("realm"),
-                         "serial": e.payload.get("serial"), "created_at": iso(e.created_at), "attempts": e.attempts,
-                         "next_attempt_at": iso(e.next_attempt_at), "last_error": e.last_error} for e in pending],
-        }
+        data = reports.keycloak_status(svc.store, settings.url if settings else None)
+        pending = data["entries"]
         if as_json:
             click.echo(json.dumps(data, indent=2))
             return
@@ -182,8 +144,3 @@ def register(cli: click.Group, services, actor, iso) -> None:
         for e in data["entries"]:
             click.echo(f"  {e['id']:>6}  {e['topic']:<17} {e['device_id']:<20} {e['realm'] or '-':<12} "
                        f"attempts {e['attempts']}" + (f"  {e['last_error']}" if e["last_error"] else ""))
-
-
-def _summary(report) -> dict[str, int]:
-    return {"create": report.count("create"), "update": report.count("update"), "disable": report.count("disable"),
-            "unchanged": report.count("unchanged") + report.count("absent"), "failed": len(report.failures)}

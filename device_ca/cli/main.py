@@ -5,7 +5,6 @@ Every error is one line on stderr and a non-zero exit code chosen by the error's
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import getpass
 import hashlib
@@ -26,7 +25,9 @@ from device_ca.config import Settings
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import load_policy
 from device_ca.ra.administration import CA_KEY_TYPES, ISSUING, ROOT
+from device_ca.ra import reports
 from device_ca.ra.authority import REASONS
+from device_ca.ra.operators import ROLES
 from device_ca.ra.rollover import current, generations
 from device_ca.ra.rootca import CA_REVOCATION_REASONS, revoke_certificates_of
 from device_ca.services import Services
@@ -263,24 +264,20 @@ def ca_chain(ctx) -> None:
               help="Station certificates: a device policy the station may issue on the batch API (repeatable).")
 @click.option("--allow-devices", metavar="REGEX",
               help="Station certificates: only device ids this regular expression matches whole.")
+@click.option("--role", type=click.Choice(ROLES),
+              help="Operator certificates (policy admin): what the operator may do on the REST API.")
 @click.pass_context
-def issue(ctx, policy_name, csr_file, device_id, out, allow_policies, allow_devices) -> None:
-    """Issue one device certificate from a CSR (a station certificate with its scope)."""
+def issue(ctx, policy_name, csr_file, device_id, out, allow_policies, allow_devices, role) -> None:
+    """Issue one device certificate from a CSR (a station certificate with its scope, an operator's
+    with its role)."""
     issued = services(ctx).ra.issue(policy_name, csr_file.read(), device_id=device_id, actor=_actor(),
-                                    allow_policies=allow_policies, allow_devices=allow_devices)
+                                    allow_policies=allow_policies, allow_devices=allow_devices, role=role)
     if out:
         files.write_atomically(out, issued.pem, files.PUBLIC)
     else:
         click.echo(issued.pem.decode(), nl=False)
     click.echo(f"issued serial {issued.record.serial} to {issued.record.device_id} "
                f"until {_iso(issued.record.not_after)}", err=True)
-
-
-def _certificate_dict(r) -> dict:
-    return {"serial": r.serial, "device_id": r.device_id, "policy": r.policy, "subject": r.subject,
-            "status": r.status, "not_before": _iso(r.not_before), "not_after": _iso(r.not_after),
-            "sha256": r.fingerprint, "issued_at": _iso(r.issued_at), "revoked_at": _iso(r.revoked_at),
-            "revocation_reason": r.revocation_reason, "superseded_by": r.superseded_by}
 
 
 def _expiry_marks(svc: Services):
@@ -304,7 +301,7 @@ def list_(ctx, status, policy_name, device_id, as_json) -> None:
     records = svc.store.certificates(status=status, policy=policy_name, device_id=device_id)
     mark = _expiry_marks(svc)
     if as_json:
-        _emit_json([{**_certificate_dict(r), "expiry": mark(r)} for r in records])
+        _emit_json([{**reports.certificate(r), "expiry": mark(r)} for r in records])
         return
     click.echo(f"{'SERIAL':<36}  {'DEVICE':<20} {'POLICY':<14} {'STATUS':<8} {'NOT AFTER':<20} EXPIRY")
     for r in records:
@@ -331,10 +328,13 @@ def show(ctx, serial, as_json, pem) -> None:
     record = store.certificate(_serial_arg(serial))
     if record is None:
         raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
-    shown = {**_certificate_dict(record), "expiry": _expiry_marks(svc)(record)}
+    shown = {**reports.certificate(record), "expiry": _expiry_marks(svc)(record)}
     scope = store.station_scope(record.serial)
     if scope is not None:
         shown["scope"] = scope.as_dict()
+    role = store.operator_role(record.serial)
+    if role is not None:
+        shown["role"] = role
     if pem:
         click.echo(x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM).decode(), nl=False)
     elif as_json:
@@ -381,16 +381,6 @@ def reconcile(ctx, older_than, as_json) -> None:
 
 # -- policies and audit -----------------------------------------------------------------------
 
-def _policy_dict(p) -> dict:
-    return {"name": p.name, "description": p.description, "subject": p.subject, "key_types": list(p.key_types),
-            "san": list(p.san), "eku": list(p.eku), "validity_days": p.validity.days,
-            "enrollment": list(p.enrollment), "require_approval": p.require_approval,
-            "keycloak": None if p.keycloak is None else {
-                "realm": p.keycloak.realm, "access_token_lifespan_s": int(p.keycloak.access_token_lifespan.total_seconds()),
-                "default_client_scopes": list(p.keycloak.default_client_scopes),
-                "certificate_bound_tokens": p.keycloak.certificate_bound_tokens}}
-
-
 @cli.group()
 def policy() -> None:
     """Device-class policies."""
@@ -401,7 +391,7 @@ def policy() -> None:
 @click.pass_context
 def policy_list(ctx, as_json) -> None:
     """The policies in the policy directory."""
-    items = [_policy_dict(p) for p in services(ctx).policies]
+    items = [reports.policy(p) for p in services(ctx).policies]
     if as_json:
         _emit_json(items)
         return
@@ -465,20 +455,19 @@ def audit_verify(ctx, expect_head, as_json) -> None:
         if not (sep and seq.isdigit() and len(digest) == 64):
             raise DeviceCAError(Kind.MALFORMED, "--expect-head is SEQ:HASH as 'audit verify' prints it")
         expected = (int(seq), digest.lower())
-    report, head = services(ctx).store.verify_audit(expected)
-    checked, signed_problems = services(ctx).checkpoints.verify()
-    report = dataclasses.replace(report, problems=report.problems + tuple(signed_problems))
+    svc = services(ctx)
+    report = reports.verify_audit(svc.store, svc.checkpoints, expected)
     if as_json:
-        _emit_json({"ok": report.ok, "events": report.events, "head": head, "checkpoints": checked,
-                    "problems": list(report.problems)})
-    elif report.ok:
-        click.echo(f"audit log OK: {report.events} events, {checked} signed checkpoints, head {head}")
+        _emit_json(report)
+    elif report["ok"]:
+        click.echo(f"audit log OK: {report['events']} events, {report['checkpoints']} signed checkpoints, "
+                   f"head {report['head']}")
     else:
-        for problem in report.problems:
+        for problem in report["problems"]:
             click.echo(f"audit: {problem}", err=True)
-        click.echo(f"device-ca: audit log is NOT intact ({len(report.problems)} problems in {report.events} events)",
-                   err=True)
-    if not report.ok:
+        click.echo(f"device-ca: audit log is NOT intact ({len(report['problems'])} problems in {report['events']} "
+                   "events)", err=True)
+    if not report["ok"]:
         ctx.exit(AUDIT_BROKEN)
 
 

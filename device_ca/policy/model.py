@@ -20,7 +20,7 @@ MAX_ACCESS_TOKEN_LIFESPAN = dt.timedelta(hours=1)
 ALLOWED_EKUS = frozenset({"clientAuth", "serverAuth"})
 ENROLLMENT_METHODS = frozenset({"bootstrap-token", "idevid", "admin", "bulk"})
 # What a certificate of a policy may authorise its holder to do on device-ca itself.
-AUTHORIZATIONS = frozenset({"batch-api", "batch-replace", "proxy"})
+AUTHORIZATIONS = frozenset({"batch-api", "batch-replace", "proxy", "admin-api"})
 SAN_KINDS = frozenset({"dns", "uri"})
 DEFAULT_DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")

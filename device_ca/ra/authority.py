@@ -17,6 +17,7 @@ from device_ca.errors import DeviceCAError, Kind, malformed
 from device_ca.policy import Policies, Policy
 from device_ca.ra.failpoints import NONE, Failpoints
 from device_ca.ra.issuance import PATHS, Issued, Order, Pipeline, counted, decide, issued_messages
+from device_ca.ra.operators import role_for
 from device_ca.ra.stations import scope_for
 from device_ca.store import CertificateRecord, IssuanceLinks, OutboxMessage, PendingRequest, Reservation, Store
 
@@ -43,10 +44,11 @@ class RegistrationAuthority:
 
     def issue(self, policy_name: str, csr_data: bytes | csrs.CsrInfo, *, device_id: str | None = None, actor: str,
               method: str = "admin", links: IssuanceLinks | None = None, allow_policies: tuple[str, ...] = (),
-              allow_devices: str | None = None) -> Issued:
+              allow_devices: str | None = None, role: str | None = None) -> Issued:
         """Check the CSR against the policy and issue; ``links`` are settled in the recording transaction.
         A station certificate (its policy authorises the batch API) is issued with its scope:
-        ``allow_policies`` and optionally ``allow_devices``, recorded with it (stations.scope_for)."""
+        ``allow_policies`` and optionally ``allow_devices``, recorded with it (stations.scope_for); an
+        operator certificate (its policy authorises the admin API) with its ``role`` (operators.role_for)."""
         try:
             policy = self.policies.get(policy_name)
         except DeviceCAError as exc:
@@ -59,6 +61,9 @@ class RegistrationAuthority:
                 scope = scope_for(policy, allow_policies, allow_devices, self.policies)
                 if scope is not None:
                     links = dataclasses.replace(links or IssuanceLinks(), scope=scope)
+                role = role_for(policy, role)
+                if role is not None:
+                    links = dataclasses.replace(links or IssuanceLinks(), role=role)
             except DeviceCAError as exc:
                 log.warning("issuance refused: policy=%s device=%s actor=%s: %s", policy_name, device_id, actor, exc)
                 raise

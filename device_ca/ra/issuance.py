@@ -280,6 +280,8 @@ class Pipeline:
                     details["replacement"] = True
             if order.links is not None and order.links.scope is not None:
                 details["scope"] = order.links.scope.as_dict()
+            if order.links is not None and order.links.role is not None:
+                details["role"] = order.links.role
             recorded.append(Recorded(
                 certificate=record, links=order.links, batch_id=order.batch_id,
                 messages=tuple(order.messages(record)) if order.messages else (),

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
-from device_ca.store.db import Database
+from device_ca.store.db import Database, after_key
 from device_ca.store.records import AuditEvent, CertificateRecord, utc
 from device_ca.store.issuance_sql import ABANDON, CERTIFICATES
 from device_ca.store.tables import BatchItemRow, BatchRow
@@ -127,9 +127,11 @@ class BatchRepo:
             return None
         return Batch(**{**row, "created_at": utc(row["created_at"]), "finished_at": utc(row["finished_at"])})
 
-    def batches(self) -> list[Batch]:
+    def batches(self, *, limit: int | None = None, after: tuple[dt.datetime, str] | None = None) -> list[Batch]:
+        """Oldest first; ``after``: only those after (created_at, id), a page's last."""
         with self.db.reading() as c:
-            ids = c.execute(sa.select(_BATCHES.c.id).order_by(_BATCHES.c.created_at)).scalars().all()
+            ids = c.execute(sa.select(_BATCHES.c.id).where(after_key(_BATCHES.c.created_at, _BATCHES.c.id, after))
+                            .order_by(_BATCHES.c.created_at, _BATCHES.c.id).limit(limit)).scalars().all()
         return [self.get(i) for i in ids]
 
     def recent(self, limit: int = 50) -> list[tuple[Batch, Counter]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime as dt
 import fcntl
 import mmap
 import operator
@@ -68,6 +69,15 @@ def migrate(engine: sa.Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def after_key(time_column, id_column, after: tuple[dt.datetime, str] | None):
+    """The condition of keyset paging on (time, id): rows strictly after ``after`` in that order
+    (True when there is no ``after``)."""
+    if after is None:
+        return sa.true()
+    at, key = after
+    return sa.or_(time_column > at, sa.and_(time_column == at, id_column > key))
 
 
 def unavailable(exc: Exception) -> DeviceCAError:

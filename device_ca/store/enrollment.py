@@ -8,7 +8,7 @@ from sqlmodel import select
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
-from device_ca.store.db import Database
+from device_ca.store.db import Database, after_key
 from device_ca.store.records import AuditEvent, BootstrapToken, PendingRequest, utc
 from device_ca.store.tables import BootstrapTokenRow, CertificateRow, PendingRequestRow
 
@@ -41,9 +41,12 @@ class EnrollmentRepo:
             c.execute(sa.update(table).where(table.c.id == token_id, table.c.used_at.is_(None))
                       .values(claimed_until=None))
 
-    def tokens(self, device_id: str | None = None, policy: str | None = None) -> list[BootstrapToken]:
+    def tokens(self, device_id: str | None = None, policy: str | None = None, *, limit: int | None = None,
+               after: tuple[dt.datetime, str] | None = None) -> list[BootstrapToken]:
+        """Oldest first; ``after``: only those after (created_at, id), a page's last."""
         with self.db.read() as s:
-            query = select(BootstrapTokenRow).order_by(BootstrapTokenRow.created_at, BootstrapTokenRow.id)
+            query = (select(BootstrapTokenRow).order_by(BootstrapTokenRow.created_at, BootstrapTokenRow.id)
+                     .where(after_key(BootstrapTokenRow.created_at, BootstrapTokenRow.id, after)).limit(limit))
             if device_id:
                 query = query.where(BootstrapTokenRow.device_id == device_id)
             if policy:
@@ -94,9 +97,12 @@ class EnrollmentRepo:
                 raise
             return existing
 
-    def pending(self, state: str | None = "pending") -> list[PendingRequest]:
+    def pending(self, state: str | None = "pending", *, limit: int | None = None,
+                after: tuple[dt.datetime, str] | None = None) -> list[PendingRequest]:
+        """Oldest first; ``after``: only those after (created_at, id), a page's last."""
         with self.db.read() as s:
-            query = select(PendingRequestRow).order_by(PendingRequestRow.created_at)
+            query = (select(PendingRequestRow).order_by(PendingRequestRow.created_at, PendingRequestRow.id)
+                     .where(after_key(PendingRequestRow.created_at, PendingRequestRow.id, after)).limit(limit))
             if state:
                 query = query.where(PendingRequestRow.state == state)
             return [_pending(r) for r in s.exec(query)]

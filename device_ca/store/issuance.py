@@ -18,7 +18,7 @@ from device_ca.store import audit
 from device_ca.store.db import Database
 from device_ca.store.enrollment import claim, claimed
 from device_ca.store.issuance_sql import (ABANDON, BLOCKED, CA_STATUS, CERTIFICATES, INSERT_CERTIFICATE, INSERT_OUTBOX,
-                                          INSERT_RESERVATION, INSERT_SCOPE, ISSUE_PENDING, ITEM_ISSUED, MARK_ISSUED, RESERVE_ITEM,
+                                          INSERT_RESERVATION, INSERT_ROLE, INSERT_SCOPE, ISSUE_PENDING, ITEM_ISSUED, MARK_ISSUED, RESERVE_ITEM,
                                           SUPERSEDE, UPSERT_DEVICE, USE_TOKEN, certificate_row, device_row,
                                           outbox_row)
 from device_ca.store.records import AuditEvent, CertificateRecord, IssuanceLinks, OutboxMessage, Reservation
@@ -174,3 +174,5 @@ def _settle_links(c, links: IssuanceLinks, certificate: CertificateRecord) -> No
     if links.scope is not None:
         c.execute(INSERT_SCOPE, {"serial": serial, "policies": json.dumps(list(links.scope.policies)),
                                  "devices": links.scope.devices})
+    if links.role is not None:
+        c.execute(INSERT_ROLE, {"serial": serial, "role": links.role})

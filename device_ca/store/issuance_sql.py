@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from device_ca.store.tables import (BatchItemRow, BlockedKeyRow, BootstrapTokenRow, CaCertificateRow, CertificateRow, DeviceRow,
-                                    OutboxRow, PendingRequestRow, SerialReservationRow, StationScopeRow)
+                                    OperatorRoleRow, OutboxRow, PendingRequestRow, SerialReservationRow,
+                                    StationScopeRow)
 
 RESERVATIONS = SerialReservationRow.__table__
 DEVICES = DeviceRow.__table__
@@ -32,6 +33,8 @@ INSERT_CERTIFICATE = sa.insert(CERTIFICATES)
 INSERT_OUTBOX = sa.insert(OutboxRow.__table__)
 SCOPES = StationScopeRow.__table__
 INSERT_SCOPE = sa.insert(SCOPES)
+ROLES = OperatorRoleRow.__table__
+INSERT_ROLE = sa.insert(ROLES)
 ITEMS = BatchItemRow.__table__
 _TOKENS = BootstrapTokenRow.__table__
 _PENDING = PendingRequestRow.__table__

@@ -176,13 +176,14 @@ class StationScope:
 @dataclass(frozen=True)
 class IssuanceLinks:
     """What else the issuing transaction settles: a consumed token, a pending request, a superseded
-    certificate, the scope recorded with a station certificate."""
+    certificate, the scope recorded with a station certificate, the role recorded with an operator's."""
 
     token_id: str | None = None
     pending_id: str | None = None
     supersedes: str | None = None
     supersede_revoke_after: dt.datetime | None = None
     scope: StationScope | None = None
+    role: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from sqlmodel import select
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.store import audit
-from device_ca.store.db import Database, migrate, translate_errors
+from device_ca.store.db import Database, after_key, migrate, translate_errors
 from device_ca.store.audit_feed import AuditFeed
 from device_ca.store.batches import BatchRepo
 from device_ca.store.enrollment import EnrollmentRepo
@@ -20,7 +20,7 @@ from device_ca.store.fleet import FleetRepo
 from device_ca.store.issuance import IssuanceRepo
 from device_ca.store.leases import LeaseRepo
 from device_ca.store.rates import RateRepo
-from device_ca.store.issuance_sql import CERTIFICATES, DEVICES, INSERT_OUTBOX, SCOPES, outbox_row
+from device_ca.store.issuance_sql import CERTIFICATES, DEVICES, INSERT_OUTBOX, ROLES, SCOPES, outbox_row
 from device_ca.store.outbox import OutboxRepo
 from device_ca.store.state import StateRepo
 from device_ca.store.status import StatusRepo, mark_crl_dirty
@@ -160,10 +160,13 @@ class Store:
             return _certificate(row, s.get(RevocationRow, serial)) if row else None
 
     def certificates(self, *, status: str | None = None, policy: str | None = None,
-                     device_id: str | None = None, limit: int | None = None) -> list[CertificateRecord]:
+                     device_id: str | None = None, limit: int | None = None,
+                     after: tuple[dt.datetime, str] | None = None) -> list[CertificateRecord]:
+        """In order of issue; ``after``: only those after (issued_at, serial), a page's last."""
         with self.db.read() as s:
             query = select(CertificateRow, RevocationRow).join(
-                RevocationRow, RevocationRow.serial == CertificateRow.serial, isouter=True)
+                RevocationRow, RevocationRow.serial == CertificateRow.serial, isouter=True).where(
+                after_key(CertificateRow.issued_at, CertificateRow.serial, after))
             if status:
                 query = query.where(CertificateRow.status == status)
             if policy:
@@ -178,6 +181,11 @@ class Store:
         with self.db.reading() as c:
             row = c.execute(sa.select(SCOPES.c.policies, SCOPES.c.devices).where(SCOPES.c.serial == serial)).first()
         return None if row is None else StationScope(tuple(json.loads(row.policies)), row.devices)
+
+    def operator_role(self, serial: str) -> str | None:
+        """The role recorded with an operator's certificate (None: it is not an operator's)."""
+        with self.db.reading() as c:
+            return c.execute(sa.select(ROLES.c.role).where(ROLES.c.serial == serial)).scalar()
 
     def current_certificates(self, policy: str, device_ids: list[str]) -> dict[str, str]:
         """device id -> serial of its current certificate of ``policy`` (good and not renewed), for

@@ -93,6 +93,13 @@ class StationScopeRow(SQLModel, table=True):
     devices: Optional[str] = Field(default=None, max_length=256)             # regular expression, whole id
 
 
+class OperatorRoleRow(SQLModel, table=True):
+    """The role an operator's certificate (policy admin) was issued with (recorded with the certificate)."""
+    __tablename__ = "operator_roles"
+    serial: str = Field(primary_key=True, max_length=40)
+    role: str = Field(max_length=32)
+
+
 class RevocationRow(SQLModel, table=True):
     __tablename__ = "revocations"
     serial: str = Field(primary_key=True, max_length=40, foreign_key="certificates.serial")

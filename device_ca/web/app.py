@@ -11,9 +11,10 @@ from typing import Callable
 from flask import Flask, Response, g, jsonify, request
 
 from device_ca.errors import DeviceCAError
-from device_ca.web import batches, ops
+from device_ca.ra.operators import Operators
+from device_ca.web import api, batches, ops
 from device_ca.web import est as est_blueprint
-from device_ca.web.errors import error_response, text
+from device_ca.web.errors import error_response, problem, text
 from device_ca.web.est_codec import MAX_BODY
 from device_ca.web.ratelimit import RateLimiter
 from device_ca.web.tls import ProxySettings
@@ -29,37 +30,43 @@ def _base(name: str, ca_certificates: Callable[[], dict], health: dict[str, Call
     app.config["DEVICE_CA_HEALTH"] = health
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
+    def _api() -> bool:
+        return request.path.startswith("/api/")
+
+    def _error(status: int, message: str) -> Response:
+        return problem(status, message) if _api() else text(status, message)
+
     @app.errorhandler(DeviceCAError)
     def _domain_error(exc: DeviceCAError) -> Response:
         if exc.cause is not None:
             log.error("%s %s: %s (%r)", request.method, request.path, exc.detail, exc.cause)
-        return error_response(exc)
+        return error_response(exc, _api())
 
     @app.errorhandler(404)
     def _not_found(exc) -> Response:
-        return text(404, "not found")
+        return _error(404, "not found")
 
     @app.errorhandler(405)
     def _method(exc) -> Response:
-        response = text(405, "method not allowed")
+        response = _error(405, "method not allowed")
         if getattr(exc, "valid_methods", None):
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
     @app.errorhandler(415)
     def _media_type(exc) -> Response:
-        return text(415, exc.description or "unsupported media type")
+        return _error(415, exc.description or "unsupported media type")
 
     @app.errorhandler(413)
     def _too_large(exc) -> Response:
-        return text(413, f"request body larger than {request.max_content_length or MAX_BODY} bytes")
+        return _error(413, f"request body larger than {request.max_content_length or MAX_BODY} bytes")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         if hasattr(exc, "code") and hasattr(exc, "get_response"):      # other HTTP errors from werkzeug
-            return text(exc.code, exc.name.lower())
+            return _error(exc.code, exc.name.lower())
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return text(500, "internal error")
+        return _error(500, "internal error")
 
     @app.before_request
     def _start() -> None:
@@ -85,8 +92,11 @@ def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: di
                store, clock, bulk: Callable, batch_dir: Path, batch_queue, proxies: ProxySettings = ProxySettings(),
                rate_limit: float = 20.0, default_policy: str | None = None,
                limiter: RateLimiter | None = None, scrape=None,
-               cacerts: Callable[[], list] | None = None) -> Flask:
-    """The HTTPS application: EST under /.well-known/est, the batch API under /api/v1/batches.
+               cacerts: Callable[[], list] | None = None, ra=None, checkpoints=None,
+               keycloak: Callable | None = None, keycloak_url: str | None = None) -> Flask:
+    """The HTTPS application: EST under /.well-known/est, the batch API under /api/v1/batches, the
+    operators' API beside it under /api/v1 (``ra``: the RegistrationAuthority its changes go through,
+    ``checkpoints``: AuditCheckpoints for audit verify, ``keycloak()``: the Keycloak reconciler).
     ``bulk(policy, inputs, out_dir, **options)`` makes a batch run, ``batch_queue`` (BatchQueue)
     runs stored batches a bounded number at a time; ``limiter``: one shared with
     other workers (see ``RateLimiter``); otherwise this app gets its own at ``rate_limit``; ``scrape``
@@ -101,8 +111,12 @@ def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: di
     # what cacerts serves (issuing CAs still valid, newest first, then the root); by default the
     # issuing CA and the root of ca_certificates
     app.config["DEVICE_CA_CACERTS_LIST"] = cacerts or (lambda: [ca_certificates()[n] for n in ("issuing", "root")])
+    app.config.update(DEVICE_CA_RA=ra, DEVICE_CA_CHECKPOINTS=checkpoints, DEVICE_CA_KEYCLOAK=keycloak,
+                      DEVICE_CA_KEYCLOAK_URL=keycloak_url,
+                      DEVICE_CA_OPERATORS=Operators(store, policies, clock, est.is_ours))
     app.register_blueprint(est_blueprint.bp)
     app.register_blueprint(batches.bp)
+    app.register_blueprint(api.bp)
     return app
 
 

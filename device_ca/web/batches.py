@@ -1,8 +1,9 @@
 """The bulk API for remote manufacturing stations (HTTPS, under /api/v1/batches).
 
 A station authenticates with its TLS client certificate: one this CA issued under the
-``manufacturing-station`` policy, still good. Anyone else gets 401 (no or unknown certificate) or
-403 (a certificate of another role). A batch is submitted as JSON lines
+``manufacturing-station`` policy, still good. An operator (ra/operators.py) reads every batch and,
+with a role that allows it, submits batches of policies issued in bulk. Anyone else gets 401 (no
+or unknown certificate) or 403 (a certificate of another role). A batch is submitted as JSON lines
 (``application/x-ndjson``, read line by line as it streams in) or as one JSON document
 (``application/json``: ``{"items": [...]}``), and is idempotent on the station's batch id: the same
 id with the same input gives the same batch, with other input 409. The batch is issued in the
@@ -16,6 +17,7 @@ import json
 import logging
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -23,8 +25,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.bulk import BulkInput, batch_id_for, certificate_pem, input_digest, read_jsonl
+from device_ca.ra.issuance import check_method
+from device_ca.ra.operators import BATCH_SUBMIT, READ, Operator
+from device_ca.ra.operators import GRANT as OPERATOR_GRANT
 from device_ca.ra.stations import GRANT, Callers, authorize_batch, authorize_devices
 from device_ca.store.batches import Batch
+from device_ca.ra.reports import iso
+from device_ca.web import paging
 from device_ca.web.bodies import body_stream, read_body
 from device_ca.web.ratelimit import limit_client
 from device_ca.web.tls import client_certificate
@@ -49,26 +56,43 @@ def _store():
     return current_app.config["DEVICE_CA_STORE"]
 
 
-def _station() -> tuple[str, tuple[str, ...], str]:
-    """The calling station: its device id, what its policy authorises and its certificate's serial."""
+@dataclass(frozen=True)
+class _Caller:
+    """A station (its device id, what its policy authorises, its certificate's serial) or an operator."""
+    station: str | None = None
+    granted: tuple[str, ...] = ()
+    serial: str | None = None
+    operator: Operator | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.operator.actor if self.operator else f"station:{self.station}"
+
+
+def _caller() -> _Caller:
     certificate = client_certificate(request.environ, current_app.config["DEVICE_CA_PROXIES"])
     if certificate is None:
-        raise DeviceCAError(Kind.UNAUTHORIZED, "a manufacturing station's client certificate is required")
+        raise DeviceCAError(Kind.UNAUTHORIZED, "a manufacturing station's or an operator's client certificate "
+                            "is required")
     config = current_app.config
     record, granted = Callers(_store(), config["DEVICE_CA_POLICIES"], config["DEVICE_CA_CLOCK"],
                               config["DEVICE_CA_EST"].is_ours).holder(certificate)
+    if OPERATOR_GRANT in granted:
+        return _Caller(operator=config["DEVICE_CA_OPERATORS"].authenticate(certificate))
     if GRANT not in granted:
         raise DeviceCAError(Kind.FORBIDDEN, f"certificates of policy {record.policy} do not authorise the batch API")
-    return record.device_id, granted, record.serial
+    return _Caller(record.device_id, granted, record.serial)
 
 
-def _own(batch_id: str, station: str) -> Batch:
-    """The batch, if this station submitted it: 404 if there is none, 403 if another station's
-    (operators see every batch from the command line)."""
+def _own(batch_id: str, caller: _Caller) -> Batch:
+    """The batch, if this station submitted it or an operator asks: 404 if there is none, 403 if
+    another station's."""
     batch = _store().batches.get(batch_id)
     if batch is None:
         raise DeviceCAError(Kind.NOT_FOUND, f"no batch {batch_id}")
-    if batch.created_by != f"station:{station}":
+    if caller.operator is not None:
+        caller.operator.authorize(READ)
+    elif batch.created_by != caller.actor:
         raise DeviceCAError(Kind.FORBIDDEN, f"batch {batch_id} belongs to another station")
     return batch
 
@@ -109,24 +133,45 @@ def _read_items() -> list[BulkInput]:
     raise DeviceCAError(Kind.MALFORMED, "Content-Type must be application/x-ndjson or application/json")
 
 
+@bp.get("")
+def batches() -> Response:
+    """Every batch, oldest first, a page at a time: for operators."""
+    caller = _caller()
+    if caller.operator is None:
+        raise DeviceCAError(Kind.FORBIDDEN, "only operators list batches")
+    caller.operator.authorize(READ)
+    limit = paging.limit()
+    rows = _store().batches.batches(limit=limit + 1, after=paging.cursor())
+    return paging.page(rows, limit, lambda b: paging.time_key(b.created_at, b.id), lambda b: {
+        "batch": b.id, "policy": b.policy, "state": b.state, "items": b.items, "created_at": iso(b.created_at),
+        "created_by": b.created_by, "finished_at": iso(b.finished_at)})
+
+
 @bp.post("")
 def submit() -> Response:
-    station, granted, serial = _station()
+    caller = _caller()
     policy = request.args.get("policy", "")
     asked = request.args.get("replace", "false").lower()
     if asked not in ("true", "false"):
         raise DeviceCAError(Kind.MALFORMED, "replace is true or false")
     replace = asked == "true"
-    scope = _store().station_scope(serial)
-    authorize_batch(serial, granted, scope, current_app.config["DEVICE_CA_POLICIES"].get(policy), replace)
+    if caller.operator is not None:              # as `device-ca bulk issue [--replace]` on the CA host
+        caller.operator.authorize(BATCH_SUBMIT)
+        check_method(current_app.config["DEVICE_CA_POLICIES"].get(policy), "bulk")
+        scope = None
+    else:
+        scope = _store().station_scope(caller.serial)
+        authorize_batch(caller.serial, caller.granted, scope, current_app.config["DEVICE_CA_POLICIES"].get(policy),
+                        replace)
     items = _read_items()
-    authorize_devices(scope, (i.device_id for i in items if i.error is None))
+    if scope is not None:
+        authorize_devices(scope, (i.device_id for i in items if i.error is None))
     batch_id = request.args.get("batch_id") or batch_id_for(policy, items, False, replace)
-    run = current_app.config["DEVICE_CA_BULK"](policy, items, _out_dir(batch_id), actor=f"station:{station}",
+    run = current_app.config["DEVICE_CA_BULK"](policy, items, _out_dir(batch_id), actor=caller.actor,
                                                batch_id=batch_id, workers=1, replace=replace)
     existing = _store().batches.get(batch_id)
     if existing is not None:
-        _own(batch_id, station)
+        _own(batch_id, caller)
         if existing.policy != policy or existing.input_sha256 != input_digest(policy, items, False, replace):
             raise DeviceCAError(Kind.CONFLICT, f"batch {batch_id} exists with another policy or other input")
     batch, created = run.open(state="queued")         # stored before the answer; a runner issues it
@@ -151,13 +196,13 @@ def _status(batch_id: str) -> dict:
 
 @bp.get("/<batch_id>")
 def status(batch_id: str) -> Response:
-    _own(batch_id, _station()[0])
+    _own(batch_id, _caller())
     return jsonify(_status(batch_id))
 
 
 @bp.get("/<batch_id>/items/<device_id>.pem")
 def item(batch_id: str, device_id: str) -> Response:
-    _own(batch_id, _station()[0])
+    _own(batch_id, _caller())
     store = _store()
     found = store.batches.item(batch_id, device_id)
     if found is None or found.state != "issued":
@@ -172,7 +217,7 @@ def archive(batch_id: str) -> Response:
     items in input order), as tar.gz streamed a page of items at a time. The manifest collects in a
     temporary file and is added last; its compressed form (~60 bytes an item) is all that is held
     in memory at once at the end."""
-    _own(batch_id, _station()[0])
+    _own(batch_id, _caller())
     store = _store()
 
     def generate():

@@ -24,7 +24,7 @@ import time
 from flask import Response, current_app, g, request
 
 from device_ca.errors import DeviceCAError
-from device_ca.web.errors import text
+from device_ca.web.errors import problem, text
 from device_ca.web.tls import from_proxy
 
 
@@ -100,13 +100,14 @@ def client_address() -> str:
 
 
 def limit_client() -> Response | None:
-    """``before_request`` of every HTTPS blueprint (EST, the batch API): one limit per client for
-    the whole listener; 429 with Retry-After beyond it."""
+    """``before_request`` of every HTTPS blueprint (EST, the batch and operators' API): one limit per client for
+    the whole listener; 429 with Retry-After beyond it (problem details under /api/)."""
     g.client = client_address()
     wait = current_app.config["DEVICE_CA_RATE_LIMITER"].check(g.client)
     if wait:
         from device_ca.web.metrics import RATE_LIMITED
 
         RATE_LIMITED.labels("est").inc()
-        return text(429, "too many requests", {"Retry-After": str(max(1, math.ceil(wait)))})
+        answer = problem if request.path.startswith("/api/") else text
+        return answer(429, "too many requests", headers={"Retry-After": str(max(1, math.ceil(wait)))})
     return None

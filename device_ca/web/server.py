@@ -139,7 +139,9 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
                                                Callers(services.store, services.policies, services.clock,
                                                        services.est.is_ours).proves_proxy),
                          default_policy=options.default_policy, limiter=limits,
-                         scrape=Scrape(collectors=(_state(services),)))
+                         scrape=Scrape(collectors=(_state(services),)), ra=services.ra,
+                         checkpoints=services.checkpoints, keycloak=lambda: services.keycloak,
+                         keycloak_url=services.settings.keycloak.url if services.settings.keycloak else None)
         quiet_gc()
         return Site(app, threads=options.threads,
                     limits=Limits(deadline=options.request_timeout, idle=options.idle_timeout,

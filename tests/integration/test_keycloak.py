@@ -662,6 +662,37 @@ def test_keycloak_itself_refuses_a_revoked_device_by_ocsp(ca, keycloak, server, 
 # -- issue 18 item 2: issuing-CA rollover --------------------------------------------------------
 
 
+def test_operators_see_keycloak_status_and_the_dry_run_diff_over_the_api(ca, keycloak, server, store):
+    """The operators' API answers what `keycloak status --json` and `keycloak sync --dry-run --json
+    --all` print (the same ra/reports functions), against this real Keycloak; the diff changes
+    nothing."""
+    _, _, serial = issue(ca, "door-lock", "lock-720")
+    settled(store, "lock-720")
+    directory = ca.home / "operators"
+    directory.mkdir(exist_ok=True)
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(directory / "kc-viewer.key"), "-subj", "/O=BuildingCo/OU=admin/CN=kc-viewer",
+                    "-out", str(directory / "kc-viewer.csr")], check=True, capture_output=True)
+    ca.run("issue", "--policy", "admin", "--csr", str(directory / "kc-viewer.csr"), "--role", "viewer",
+           "--out", str(directory / "kc-viewer.pem"))
+
+    def api(path: str) -> tuple[int, dict]:
+        proc = subprocess.run(["curl", "-s", "-w", "\\n%{http_code}", "--cacert", str(server.chain), "--cert",
+                               str(directory / "kc-viewer.pem"), "--key", str(directory / "kc-viewer.key"),
+                               f"https://127.0.0.1:{server.port}/api/v1{path}"], capture_output=True, timeout=120)
+        body, _, status = proc.stdout.rpartition(b"\n")
+        return int(status), json.loads(body)
+
+    status, diff = api("/keycloak/diff?all=true")
+    assert status == 200, diff
+    assert diff == json.loads(ca.run("keycloak", "sync", "--dry-run", "--json", "--all").stdout)
+    assert diff["dry_run"] is True and diff["summary"]["failed"] == 0
+    assert [c["action"] for c in diff["changes"] if c["serial"] == serial] == ["unchanged"]
+    status, shown = api("/keycloak/status")
+    assert status == 200 and shown["configured"] is True and shown["pending"] == 0
+    assert shown == json.loads(ca.run("keycloak", "status", "--json").stdout)
+
+
 def test_after_an_issuing_ca_rollover_devices_of_both_generations_get_tokens(ca, keycloak, server, store, serve):
     """A device of the first issuing CA gets a token; `ca rollover`, serve restarted as the docs
     say; a device issued by generation 2 gets one too, the first still does, and every client's

@@ -12,7 +12,7 @@ def test_policy_list_json(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert {p["name"]: p["keycloak"] and p["keycloak"]["access_token_lifespan_s"] for p in data} == \
-        {"badge-reader": 300, "door-lock": 300, "env-sensor": 600, "front-proxy": None,
+        {"admin": None, "badge-reader": 300, "door-lock": 300, "env-sensor": 600, "front-proxy": None,
          "manufacturing-station": None}
 
 

@@ -22,7 +22,8 @@ BASE = 'subject = "CN={device_id},O=Acme"\n'
 
 def test_shipped_policies_load(policies):
     names = [p.name for p in policies]
-    assert names == ["badge-reader", "door-lock", "env-sensor", "front-proxy", "manufacturing-station"]
+    assert names == ["admin", "badge-reader", "door-lock", "env-sensor", "front-proxy", "manufacturing-station"]
+    assert policies.get("admin").authorizes == ("admin-api",) and policies.get("admin").enrollment == ("admin",)
     assert policies.get("front-proxy").authorizes == ("proxy",) and policies.get("front-proxy").keycloak is None
     assert policies.get("manufacturing-station").keycloak is None          # stations get no Keycloak client
     assert policies.get("manufacturing-station").enrollment == ("admin",)  # issued by an operator only
