@@ -29,7 +29,7 @@ PYTHON=${PYTHON:-python3}
 here=$(pwd -P)
 if ! (cd / && "$PYTHON" - "$here" <<'PY' 2>/dev/null
 import sys, pathlib
-import device_ca, hsm, pkcs11, pkilint, sqlmodel, psycopg, pytest, alembic, atheris, selenium
+import device_ca, hsm, pkcs11, pkilint, sqlmodel, psycopg, pytest, alembic, atheris, selenium, openapi_core, openapi_spec_validator
 assert pathlib.Path(device_ca.__file__).resolve().is_relative_to(sys.argv[1])
 PY
 ); then

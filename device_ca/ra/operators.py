@@ -10,6 +10,7 @@ the one table of what each role may do.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -69,6 +70,7 @@ class Operator:
     serial: str
     subject: str
     role: str
+    fingerprint: str = ""       # SHA-256 of the certificate (hex): what the console binds its CSRF tokens to
 
     @property
     def actor(self) -> str:
@@ -114,4 +116,5 @@ class Operators:
         role = self.store.operator_role(record.serial) if GRANT in granted else None
         if role not in PERMISSIONS:
             raise refused
-        return Operator(serial=record.serial, subject=record.subject, role=role)
+        return Operator(serial=record.serial, subject=record.subject, role=role,
+                        fingerprint=hashlib.sha256(record.der).hexdigest())

@@ -17,7 +17,7 @@ from device_ca.web import est as est_blueprint
 from device_ca.web.errors import error_response, problem, text
 from device_ca.web.est_codec import MAX_BODY
 from device_ca.web.ratelimit import RateLimiter
-from device_ca.web.tls import ProxySettings
+from device_ca.web.tls import ProxySettings, client_certificate
 
 log = logging.getLogger("device_ca.web")
 
@@ -93,14 +93,17 @@ def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: di
                rate_limit: float = 20.0, default_policy: str | None = None,
                limiter: RateLimiter | None = None, scrape=None,
                cacerts: Callable[[], list] | None = None, ra=None, checkpoints=None,
-               keycloak: Callable | None = None, keycloak_url: str | None = None) -> Flask:
+               keycloak: Callable | None = None, keycloak_url: str | None = None,
+               console_secret: bytes | None = None) -> Flask:
     """The HTTPS application: EST under /.well-known/est, the batch API under /api/v1/batches, the
     operators' API beside it under /api/v1 (``ra``: the RegistrationAuthority its changes go through,
     ``checkpoints``: AuditCheckpoints for audit verify, ``keycloak()``: the Keycloak reconciler).
     ``bulk(policy, inputs, out_dir, **options)`` makes a batch run, ``batch_queue`` (BatchQueue)
     runs stored batches a bounded number at a time; ``limiter``: one shared with
     other workers (see ``RateLimiter``); otherwise this app gets its own at ``rate_limit``; ``scrape``
-    (web/metrics.Scrape): what GET /metrics reports besides the counters."""
+    (web/metrics.Scrape): what GET /metrics reports besides the counters. ``console_secret``: the
+    key of the console's CSRF tokens (web/console/csrf.py); with it, the operators' web console is
+    mounted under /console/, behind the same authentication as the API."""
     app = _base("device_ca.https", ca_certificates, health, scrape)
     app.config.update(DEVICE_CA_EST=est, DEVICE_CA_POLICIES=policies, DEVICE_CA_STORE=store, DEVICE_CA_CLOCK=clock,
                       DEVICE_CA_BULK=bulk, DEVICE_CA_BATCH_DIR=Path(batch_dir),
@@ -117,6 +120,15 @@ def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: di
     app.register_blueprint(est_blueprint.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(api.bp)
+    if console_secret is not None:
+        from device_ca.ra.overview import read_overview
+        from device_ca.web.console import Console, register_console
+        from device_ca.web.console.csrf import Csrf
+
+        operators = app.config["DEVICE_CA_OPERATORS"]
+        register_console(app, Console(
+            operator_of=lambda request: operators.authenticate(client_certificate(request.environ, proxies)),
+            csrf=Csrf(console_secret, clock), overview=lambda: read_overview(store, clock)))
     return app
 
 

@@ -101,6 +101,7 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
         from device_ca.ra.stations import Callers
         from device_ca.services import Services
         from device_ca.web.app import create_app
+        from device_ca.web.console.csrf import load_secret
         from device_ca.web.front import Limits, Site
         from device_ca.web.metrics import Scrape
         from device_ca.web.tls import ProxySettings
@@ -141,7 +142,8 @@ def _https_factory(options: ServeOptions, linter, limiter, tls: TlsFiles):
                          default_policy=options.default_policy, limiter=limits,
                          scrape=Scrape(collectors=(_state(services),)), ra=services.ra,
                          checkpoints=services.checkpoints, keycloak=lambda: services.keycloak,
-                         keycloak_url=services.settings.keycloak.url if services.settings.keycloak else None)
+                         keycloak_url=services.settings.keycloak.url if services.settings.keycloak else None,
+                         console_secret=load_secret(services.settings.home))
         quiet_gc()
         return Site(app, threads=options.threads,
                     limits=Limits(deadline=options.request_timeout, idle=options.idle_timeout,

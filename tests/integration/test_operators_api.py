@@ -378,3 +378,28 @@ def test_the_cli_requires_a_role_for_operator_certificates_and_refuses_it_for_ot
     device = env.run("issue", "--policy", "door-lock", "--csr", str(lock), "--role", "viewer", check=False)
     assert device.returncode == 3 and b"do not authorise the admin API" in device.stderr
     assert state(env) == before
+
+
+def _console(api, who: str | None, path: str = "/console/") -> tuple[int, dict, bytes]:
+    env, server, tmp = api
+    out, heads = env.home / f"console-{time.monotonic_ns()}", env.home / f"console-h-{time.monotonic_ns()}"
+    cmd = ["curl", "-s", "-o", str(out), "-D", str(heads), "-w", "%{http_code}", "--cacert", str(server.chain),
+           "--max-time", "60"]
+    if who is not None:
+        cmd += ["--cert", str(tmp / f"{who}.pem"), "--key", str(tmp / f"{who}.key")]
+    proc = subprocess.run(cmd + [f"https://127.0.0.1:{server.port}{path}"], capture_output=True, timeout=90)
+    headers = {}
+    for line in heads.read_text(errors="replace").splitlines()[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(proc.stdout), headers, out.read_bytes()
+
+
+def test_the_console_is_served_to_operators_only_with_its_security_headers(api):
+    status, headers, body = _console(api, "vera")
+    assert status == 200 and b"vera" in body and b"viewer" in body, body[:500]
+    assert "default-src 'none'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
+    for who, expected in ((None, 401), ("station-line-3", 403), ("lock-5", 403)):
+        status, headers, body = _console(api, who)
+        assert status == expected and "default-src 'none'" in headers["content-security-policy"], (who, status)
+        assert b"vera" not in body
