@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cryptography import x509
 from flask import Flask, Response, g, jsonify, request
 
 from device_ca.errors import DeviceCAError
@@ -128,7 +129,8 @@ def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: di
         operators = app.config["DEVICE_CA_OPERATORS"]
         register_console(app, Console(
             operator_of=lambda request: operators.authenticate(client_certificate(request.environ, proxies)),
-            csrf=Csrf(console_secret, clock), overview=lambda: read_overview(store, clock)))
+            csrf=Csrf(console_secret, clock), overview=lambda: read_overview(store, clock), store=store, ra=ra,
+            cas=lambda: [x509.load_der_x509_certificate(r.der) for r in store.ca_certificates().values()]))
     return app
 
 

@@ -3,23 +3,28 @@ templates, one stylesheet, no script), every response with the headers of consol
 POST checked for its CSRF token (console/csrf.py).
 
 Who is calling is not decided here: ``operator_of(request)`` is given by the composition root (the
-client-certificate authentication of the REST API's operators) and either returns the caller, an
-object with at least ``fingerprint`` (SHA-256 of the certificate, hex), ``subject`` and ``role``, or
-raises DeviceCAError UNAUTHORIZED / FORBIDDEN. Nothing calls ``register_console`` yet; the
-composition root will, on the HTTPS app:
+client-certificate authentication of the REST API's operators, ra/operators.py) and either returns
+the caller, an ``Operator`` (fingerprint, subject, role, actor; ``may``/``authorize`` an action), or
+raises DeviceCAError UNAUTHORIZED / FORBIDDEN. The composition root (web/app.py) mounts it on the
+HTTPS app:
 
     register_console(app, Console(operator_of=..., csrf=Csrf(load_secret(state_dir), clock),
-                                  overview=lambda: read_overview(store, clock)))
+                                  overview=lambda: read_overview(store, clock), store=store, ra=ra,
+                                  cas=lambda: [every CA certificate this CA knows]))
+
+The certificate and device pages are console/certificates.py.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Protocol
 
+from cryptography import x509
 from flask import Blueprint, Flask, Request, Response, current_app, g, render_template, request
 from markupsafe import Markup
 
 from device_ca.errors import DeviceCAError
+from device_ca.web.console.certificates import add_certificate_pages
 from device_ca.web.console.charts import expiry_histogram, revocations_chart
 from device_ca.web.console.csrf import Csrf
 from device_ca.web.console.headers import secure
@@ -29,22 +34,32 @@ HERE = Path(__file__).resolve().parent
 CONFIG = "DEVICE_CA_CONSOLE"
 STATE_LABELS = {"good": "good", "renewed": "renewed", "revoked": "revoked", "expired": "expired",
                 "not-yet-valid": "not yet valid"}
-NAV = (("console.overview", "Overview"),)          # pages join as they are built
+NAV = (("console.overview", "Overview"), ("console.certificates", "Certificates"),
+       ("console.devices", "Devices"))
 
 
 class Operator(Protocol):
     fingerprint: str
     subject: str
     role: str
+    actor: str
+
+    def may(self, action: str) -> bool: ...
+
+    def authorize(self, action: str) -> None: ...
 
 
 class Console:
     """What the console's views use, given by the composition root."""
 
-    def __init__(self, *, operator_of: Callable[[Request], Operator], csrf: Csrf, overview: Callable[[], object]):
+    def __init__(self, *, operator_of: Callable[[Request], Operator], csrf: Csrf, overview: Callable[[], object],
+                 store=None, ra=None, cas: Callable[[], list[x509.Certificate]] = list):
         self.operator_of = operator_of
         self.csrf = csrf
         self.overview = overview            # () -> ra.overview.Overview
+        self.store = store                  # store.Store: certificates, their status and history
+        self.ra = ra                        # ra.authority.RegistrationAuthority: revoke, decommission
+        self.cas = cas                      # the CA certificates a chain is built from
 
 
 def create_blueprint() -> Blueprint:
@@ -84,6 +99,7 @@ def create_blueprint() -> Blueprint:
             expiry_chart=Markup(expiry_histogram(found.expiring.counts, found.expiring.edges)),
             revocations_chart=Markup(revocations_chart(found.revocations.counts, first_day)))
 
+    add_certificate_pages(bp, _console)
     return bp
 
 
