@@ -124,7 +124,8 @@ def test_every_response_carries_the_security_headers(console):
     serial = console.devices["lock-100"]
     for response in (console.get("/console/", "vera"), console.get("/console/"),                     # refused
                      console.get("/console/static/console.css", "vera"),
-                     console.get("/console/certificates", "vera"), console.get(f"/console/certificates/{serial}", "otto"),
+                     console.get("/console/certificates", "vera"),
+                     console.get(f"/console/certificates/{serial}", "otto"),
                      console.get("/console/devices/lock-100", "otto"),
                      console.post(f"/console/certificates/{serial}/revoke", "vera", {"reason": "superseded"})):
         assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY

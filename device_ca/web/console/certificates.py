@@ -10,9 +10,8 @@ to the page it changed (POST/redirect/GET: a reload does not post again).
 """
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, redirect, render_template, request, url_for
-
 from cryptography import x509
+from flask import Blueprint, Response, g, redirect, render_template, request, url_for
 
 from device_ca.ca.serial import from_hex, to_hex
 from device_ca.errors import DeviceCAError, Kind, malformed
