@@ -266,7 +266,11 @@ def keycloak_diff() -> Response:
     try:
         report = _config("KEYCLOAK")().sync(dry_run=True)
     except KeycloakError as exc:
-        raise reports.keycloak_error(exc) from None
+        error = reports.keycloak_error(exc)
+        if error.kind in (Kind.UNAUTHORIZED, Kind.FORBIDDEN):   # device-ca's Keycloak credentials, not the caller's
+            raise DeviceCAError(Kind.KEYCLOAK_UNAVAILABLE, f"Keycloak refused device-ca's admin credentials: "
+                                f"{exc}") from None
+        raise error from None
     return jsonify({"dry_run": True, **reports.keycloak_changes(report, request.args.get("all") == "true")})
 
 
