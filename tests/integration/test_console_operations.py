@@ -8,6 +8,7 @@ CSP violation, screenshots under tmp_path/screenshots)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import subprocess
@@ -153,6 +154,32 @@ def test_keycloak_not_configured_with_its_waiting_outbox_rows(ca):
     rows = re.findall(rb'<tr data-row="(\d+)">', shown.body)
     assert [int(r) for r in rows] == [e["id"] for e in status["entries"]]
     assert b"keycloak.upsert" in shown.body and b"lock-5" in shown.body
+
+
+def test_keycloak_configured_but_unreachable_shows_the_failing_rows_and_the_error(ca, serve):
+    """A second node of the same CA, configured with a Keycloak that does not answer: its drainer
+    fails, and its console says so (failing rows, the error) while the rows stay pending."""
+    env, _, tmp = ca
+    node = serve(dataclasses.replace(env, extra={**env.extra, "DEVICE_CA_KEYCLOAK_URL": "http://127.0.0.1:9",
+                                                 "DEVICE_CA_KEYCLOAK_TIMEOUT": "2",
+                                                 "DEVICE_CA_KEYCLOAK_CLIENT_SECRET": "unused"}), "--rate-limit", "0")
+    on_node = (env, node, tmp)
+    deadline = time.monotonic() + 60
+    while True:
+        shown = page(on_node, "vera", "/console/keycloak")
+        assert shown.status == 200 and secured(shown)
+        failing = int(re.search(rb'id="outbox-failing">(\d+)<', shown.body).group(1))
+        if failing or b"Last drain error</dt><dd>none" not in shown.body:
+            break
+        assert time.monotonic() < deadline, shown.body.decode()
+        time.sleep(0.5)
+    assert b"Keycloak is configured at <code>http://127.0.0.1:9</code>" in shown.body
+    assert b"Keycloak is not configured" not in shown.body
+    status = call(on_node, "vera", "GET", "/keycloak/status").json()
+    assert status["configured"] is True and status["pending"] >= 1
+    assert status["last_error"] or status["last_drain_error"]
+    for error in filter(None, (status["last_error"], status["last_drain_error"])):
+        assert error.encode() in shown.body or error.replace("'", "&#39;").encode() in shown.body
 
 
 def test_audit_tail_newest_first_paged_and_verified(ca):
