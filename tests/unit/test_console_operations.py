@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 
-from device_ca.web.console.operations import BAR_WIDTH, age, progress
+from device_ca.web.console.operations import BAR_WIDTH, age, progress, tail_page
 
 T = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -32,3 +32,20 @@ def test_age_is_short_and_never_negative():
     assert age(T, T + dt.timedelta(minutes=12, seconds=3)) == "12m"
     assert age(T, T + dt.timedelta(hours=3, minutes=5)) == "3h 5m"
     assert age(T, T + dt.timedelta(days=2, hours=4, minutes=1)) == "2d 4h"
+
+
+def test_the_audit_tail_pages_back_from_the_head_without_gaps_or_overlaps():
+    assert tail_page(0, None) == (0, 0, None, None)
+    assert tail_page(7, None, 3) == (4, 7, 4, None)
+    assert tail_page(7, 4, 3) == (1, 4, 1, 7)
+    assert tail_page(7, 1, 3) == (0, 1, None, 4)
+    assert tail_page(7, 99, 3) == (4, 7, 4, None)          # past the head: the newest page
+    assert tail_page(7, 0, 3) == (0, 0, None, 3)
+    covered, before = [], None
+    while True:
+        low, top, older, _ = tail_page(120, before, 50)
+        covered += range(top, low, -1)
+        if older is None:
+            break
+        before = older
+    assert covered == list(range(120, 0, -1))

@@ -137,15 +137,15 @@ def keycloak() -> str:
 
 # -- audit -------------------------------------------------------------------------------------
 
-def _tail(before: int | None) -> tuple[list, int, int | None]:
-    """A page of the audit chain, newest first: the PAGE events up to seq ``before`` (the newest
-    if None), the head's seq and the ``before`` of the next older page (None at the first event).
-    Sequence numbers have no gaps (store/audit_feed.py), so a page is a range of them."""
-    head = _config("STORE").audit_feed.head_seq()
+def tail_page(head: int, before: int | None, size: int = PAGE) -> tuple[int, int, int | None, int | None]:
+    """The sequence numbers of one page of the audit tail, newest first: (low, top) such that the
+    page holds the events low < seq <= top, then the ``before`` of the next older page and of the
+    next newer page (None at either end). ``before`` None: the newest page. Sequence numbers have
+    no gaps (store/audit_feed.py), so a page is a range of them."""
     top = head if before is None else min(before, head)
-    low = max(0, top - PAGE)
-    events = _config("STORE").audit_feed.events(low, top - low) if top > 0 else []
-    return events[::-1], head, low if low > 0 else None
+    low = max(0, top - size)
+    newer = min(head, top + size) if top < head else None
+    return low, top, low if low > 0 else None, newer
 
 
 def _before() -> int | None:
@@ -159,16 +159,12 @@ def _before() -> int | None:
 
 def audit(verified: dict | None = None) -> str:
     _authorize(roles.READ)
-    events, head, older = _tail(_before())
-    return render_template("console/audit.html", events=events, head=head, older=older,
-                           newer=_newer(events, head), verified=verified)
-
-
-def _newer(events: list, head: int) -> int | None:
-    """The ``before`` of the next newer page (None when this page starts at the head)."""
-    if not events or events[0].seq >= head:
-        return None
-    return min(head, events[0].seq + PAGE)
+    feed = _config("STORE").audit_feed
+    head = feed.head_seq()
+    low, top, older, newer = tail_page(head, _before())
+    events = feed.events(low, top - low)[::-1] if top > low else []
+    return render_template("console/audit.html", events=events, head=head, older=older, newer=newer,
+                           verified=verified)
 
 
 def audit_verify() -> str:
