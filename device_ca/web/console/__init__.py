@@ -23,13 +23,14 @@ from device_ca.errors import DeviceCAError
 from device_ca.web.console.charts import expiry_histogram, revocations_chart
 from device_ca.web.console.csrf import Csrf
 from device_ca.web.console.headers import secure
+from device_ca.web.console.operations import NAV as OPERATIONS_NAV, add_operations
 from device_ca.web.errors import PUBLIC_DETAIL, RETRY_AFTER, STATUS
 
 HERE = Path(__file__).resolve().parent
 CONFIG = "DEVICE_CA_CONSOLE"
 STATE_LABELS = {"good": "good", "renewed": "renewed", "revoked": "revoked", "expired": "expired",
                 "not-yet-valid": "not yet valid"}
-NAV = (("console.overview", "Overview"),)          # pages join as they are built
+NAV = (("console.overview", "Overview"),) + OPERATIONS_NAV          # pages join as they are built
 
 
 class Operator(Protocol):
@@ -84,6 +85,7 @@ def create_blueprint() -> Blueprint:
             expiry_chart=Markup(expiry_histogram(found.expiring.counts, found.expiring.edges)),
             revocations_chart=Markup(revocations_chart(found.revocations.counts, first_day)))
 
+    add_operations(bp)
     return bp
 
 
