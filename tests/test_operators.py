@@ -53,6 +53,8 @@ def test_the_permission_table():
     assert "batch.submit" in PERMISSIONS["operator"] and "batch.submit" not in PERMISSIONS["viewer"]
     assert revoke_action("keyCompromise") == "certificate.revoke-key-compromise"
     assert revoke_action("cessationOfOperation") == "certificate.revoke"
+    assert operators.revoke_actions("superseded", True) == ("certificate.revoke", "operator.revoke")
+    assert [r for r, allowed in PERMISSIONS.items() if "operator.revoke" in allowed] == ["security-officer"]
     assert set(PERMISSIONS) == set(operators.ROLES)
 
 

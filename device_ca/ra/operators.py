@@ -33,13 +33,14 @@ REVOKE, REVOKE_KEY_COMPROMISE = "certificate.revoke", "certificate.revoke-key-co
 DECOMMISSION = "device.decommission"
 BATCH_SUBMIT = "batch.submit"
 KEY_BLOCK, CA_ROLLOVER = "key.block", "ca.rollover"      # not offered by the API yet; the CLI does them
+OPERATOR_REVOKE = "operator.revoke"       # revoking (or decommissioning) an operator's own certificate
 
 _VIEWER = frozenset({READ})
 _OPERATOR = _VIEWER | {TOKEN_CREATE, TOKEN_WITHDRAW, PENDING_DECIDE, REVOKE, DECOMMISSION, BATCH_SUBMIT}
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": _VIEWER,
     "operator": _OPERATOR,
-    "security-officer": _OPERATOR | {REVOKE_KEY_COMPROMISE, KEY_BLOCK, CA_ROLLOVER},
+    "security-officer": _OPERATOR | {REVOKE_KEY_COMPROMISE, KEY_BLOCK, CA_ROLLOVER, OPERATOR_REVOKE},
 }
 
 
@@ -63,6 +64,15 @@ def role_for(policy: Policy, role: str | None) -> str | None:
 def revoke_action(reason: str) -> str:
     """What revoking for ``reason`` asks of the operator's role."""
     return REVOKE_KEY_COMPROMISE if reason == "keyCompromise" else REVOKE
+
+
+def revoke_actions(reason: str, operator_certificates: bool) -> tuple[str, ...]:
+    """Everything revoking for ``reason`` asks of the role; ``operator_certificates``: whether an
+    operator's certificate is among those revoked. Only a security officer revokes an operator's
+    certificate through the API or console, so that an operator cannot lock a security officer
+    (or another operator) out; on the CA host, ``device-ca revoke`` still does."""
+    return (REVOKE_KEY_COMPROMISE if reason == "keyCompromise" else REVOKE,) + \
+        ((OPERATOR_REVOKE,) if operator_certificates else ())
 
 
 @dataclass(frozen=True)

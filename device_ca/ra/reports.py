@@ -54,6 +54,20 @@ def verify_audit(store, checkpoints, expect_head: tuple[int, str] | None = None)
             "problems": list(report.problems)}
 
 
+def _without_userinfo(url: str | None) -> str | None:
+    """``url`` as shown to an operator: credentials written into it (user:password@) left out."""
+    if url is None:
+        return None
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def keycloak_status(store, keycloak_url: str | None) -> dict:
     """Pending Keycloak changes in the outbox, the last errors of the drainer and of the last sync."""
     from device_ca.keycloak.sync import TOPIC_PREFIX
@@ -66,7 +80,7 @@ def keycloak_status(store, keycloak_url: str | None) -> dict:
     drain_note = store.state.get("keycloak.drain")
     sync_note = store.state.get("keycloak.sync")
     return {
-        "configured": keycloak_url is not None, "url": keycloak_url,
+        "configured": keycloak_url is not None, "url": _without_userinfo(keycloak_url),
         "pending": len(waiting), "oldest_pending": iso(waiting[0].created_at) if waiting else None,
         "last_applied": iso(max(e.applied_at for e in applied)) if applied else None,
         "last_error": last_error.last_error if last_error else None,

@@ -132,8 +132,10 @@ def certificate_der(serial: str) -> Response:
 def revoke(serial: str) -> Response:
     who = operator(roles.REVOKE)
     reason = check_reason(_string(_body(), "reason", "unspecified"))
-    who.authorize(roles.revoke_action(reason))
-    return jsonify(reports.certificate(_config("RA").revoke(serial, reason, actor=who.actor)))
+    record = _certificate(serial)
+    for action in roles.revoke_actions(reason, _config("STORE").operator_role(record.serial) is not None):
+        who.authorize(action)
+    return jsonify(reports.certificate(_config("RA").revoke(record.serial, reason, actor=who.actor)))
 
 
 # -- devices -----------------------------------------------------------------------------------
@@ -154,6 +156,9 @@ def device(device_id: str) -> Response:
 def decommission(device_id: str) -> Response:
     who = operator(roles.DECOMMISSION)
     _body()
+    store = _config("STORE")
+    if any(store.operator_role(r.serial) is not None for r in store.certificates(device_id=device_id)):
+        who.authorize(roles.OPERATOR_REVOKE)             # an operator's certificate would be revoked
     revoked = _config("RA").decommission(device_id, actor=who.actor)
     return jsonify({"device_id": device_id, "status": "decommissioned", "revoked": [r.serial for r in revoked]})
 
@@ -266,7 +271,11 @@ def keycloak_diff() -> Response:
     try:
         report = _config("KEYCLOAK")().sync(dry_run=True)
     except KeycloakError as exc:
-        raise reports.keycloak_error(exc) from None
+        error = reports.keycloak_error(exc)
+        if error.kind in (Kind.UNAUTHORIZED, Kind.FORBIDDEN):   # device-ca's Keycloak credentials, not the caller's
+            raise DeviceCAError(Kind.KEYCLOAK_UNAVAILABLE, f"Keycloak refused device-ca's admin credentials: "
+                                f"{exc}") from None
+        raise error from None
     return jsonify({"dry_run": True, **reports.keycloak_changes(report, request.args.get("all") == "true")})
 
 

@@ -403,3 +403,19 @@ def test_the_console_is_served_to_operators_only_with_its_security_headers(api):
         status, headers, body = _console(api, who)
         assert status == expected and "default-src 'none'" in headers["content-security-policy"], (who, status)
         assert b"vera" not in body
+
+
+def test_an_operator_cannot_lock_out_another_operator_a_security_officer_can(api):
+    env, server, tmp = api
+    csr = openssl_csr(tmp, "oscar", "/O=BuildingCo/OU=admin/CN=oscar")
+    env.run("issue", "--policy", "admin", "--csr", str(csr), "--out", str(tmp / "oscar.pem"), "--role", "operator")
+    before = state(env)
+    for target in ("sofia", "oscar"):
+        assert is_problem(call(api, "otto", "POST", f"/certificates/{serial_of(tmp, target)}/revoke",
+                               {"reason": "affiliationChanged"}), 403)
+        assert is_problem(call(api, "otto", "POST", f"/devices/{target}/decommission"), 403)
+    assert state(env) == before
+    assert call(api, "oscar", "GET", "/certificates").status == 200
+    done = call(api, "sofia", "POST", f"/certificates/{serial_of(tmp, 'oscar')}/revoke", {"reason": "affiliationChanged"})
+    assert done.status == 200 and done.json()["status"] == "revoked"
+    assert is_problem(call(api, "oscar", "GET", "/certificates"), 403)

@@ -28,6 +28,7 @@ from device_ca.web.console.certificates import add_certificate_pages
 from device_ca.web.console.charts import expiry_histogram, revocations_chart
 from device_ca.web.console.csrf import Csrf
 from device_ca.web.console.headers import secure
+from device_ca.web.console.operations import NAV as OPERATIONS_NAV, add_operations
 from device_ca.web.errors import PUBLIC_DETAIL, RETRY_AFTER, STATUS
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +36,7 @@ CONFIG = "DEVICE_CA_CONSOLE"
 STATE_LABELS = {"good": "good", "renewed": "renewed", "revoked": "revoked", "expired": "expired",
                 "not-yet-valid": "not yet valid"}
 NAV = (("console.overview", "Overview"), ("console.certificates", "Certificates"),
-       ("console.devices", "Devices"))
+       ("console.devices", "Devices")) + OPERATIONS_NAV
 
 
 class Operator(Protocol):
@@ -100,6 +101,7 @@ def create_blueprint() -> Blueprint:
             revocations_chart=Markup(revocations_chart(found.revocations.counts, first_day)))
 
     add_certificate_pages(bp, _console)
+    add_operations(bp)
     return bp
 
 
