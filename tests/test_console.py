@@ -207,11 +207,37 @@ def test_the_reasons_offered_are_those_the_role_may_give(console, store):
     assert done.status_code == 303
     page = console.get(done.headers["Location"], "otto").get_data(as_text=True)
     assert 'data-status="revoked"' in page and "reason keyCompromise" in page and not _form(page)
-    sofia = store.certificate(x509.load_der_x509_certificate(console.peers["sofia"]).serial_number.__format__("036x"))
+    sofia = store.certificate(_serial(console, "sofia"))
     assert _history(store, serial)[0] == ("certificate.revoked", f"operator:{sofia.subject} serial {sofia.serial}")
     again = console.post(f"/console/certificates/{serial}/revoke", "sofia",
                          {"reason": "superseded", "csrf_token": console.token("sofia")})
     assert again.status_code == 409
+
+
+def _serial(console, who: str) -> str:
+    return format(x509.load_der_x509_certificate(console.peers[who]).serial_number, "036x")
+
+
+def test_only_a_security_officer_revokes_an_operators_certificate(console, store):
+    """The API's rule (ra.operators.revoke_actions): an operator could otherwise lock others out."""
+    vera = _serial(console, "vera")
+    page = console.get(f"/console/certificates/{vera}", "otto").get_data(as_text=True)
+    assert "operator role viewer" in page and not _form(page)
+    page = console.get("/console/devices/vera", "otto").get_data(as_text=True)
+    assert not _form(page)
+    before = _history(store, vera)
+    refused = console.post(f"/console/certificates/{vera}/revoke", "otto",
+                           {"reason": "affiliationChanged", "csrf_token": console.token("otto")})
+    assert refused.status_code == 403 and "may not operator.revoke" in refused.get_data(as_text=True)
+    refused = console.post("/console/devices/vera/decommission", "otto", {"csrf_token": console.token("otto")})
+    assert refused.status_code == 403 and not store.retired_devices("vera")
+    assert store.certificate(vera).status == "good" and _history(store, vera) == before
+    offered = _reasons(console.get(f"/console/certificates/{vera}", "sofia").get_data(as_text=True))
+    assert "affiliationChanged" in offered
+    done = console.post(f"/console/certificates/{vera}/revoke", "sofia",
+                        {"reason": "affiliationChanged", "csrf_token": console.token("sofia")})
+    assert done.status_code == 303 and store.certificate(vera).status == "revoked"
+    assert console.get("/console/", "vera").status_code == 403                  # locked out at once
 
 
 def test_the_certificate_page_shows_chain_extensions_status_and_history(console, store):

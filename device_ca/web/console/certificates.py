@@ -4,9 +4,11 @@ responder reads it, its audit history), revoking it (RFC 5280 §5.3.1 reasons) a
 a device.
 
 A change goes through the same ``ra`` function as the REST API, audited as ``operator.actor``, and
-the role is checked here on the server whatever the page offered: a page leaves out what the role
-may not do, a POST that asks anyway is refused (403) before anything changes. A change answers 303
-to the page it changed (POST/redirect/GET: a reload does not post again).
+the role is checked here on the server whatever the page offered, by the API's rules
+(``ra.operators.revoke_actions``: only a security officer revokes an operator's certificate): a
+page leaves out what the role may not do, a POST that asks anyway is refused (403) before anything
+changes. A change answers 303 to the page it changed (POST/redirect/GET: a reload does not post
+again).
 """
 from __future__ import annotations
 
@@ -31,11 +33,15 @@ def _serial(serial: str) -> str:
         raise malformed(str(exc)) from None
 
 
-def reasons_for(operator) -> list[str]:
-    """The revocation reasons the operator's role may give (none without the right to revoke)."""
-    if not operator.may(roles.REVOKE):
-        return []
-    return [reason for reason in REASONS if operator.may(roles.revoke_action(reason))]
+def reasons_for(operator, operator_certificate: bool) -> list[str]:
+    """The revocation reasons the operator's role may give for a certificate (an operator's own
+    certificate when ``operator_certificate``): none without the right to revoke it."""
+    return [reason for reason in REASONS
+            if all(operator.may(action) for action in roles.revoke_actions(reason, operator_certificate))]
+
+
+def _operators_among(store, records) -> bool:
+    return any(store.operator_role(r.serial) is not None for r in records)
 
 
 def add_certificate_pages(bp: Blueprint, console) -> None:
@@ -75,19 +81,21 @@ def add_certificate_pages(bp: Blueprint, console) -> None:
         parsed = x509.load_der_x509_certificate(record.der)
         path = describe.chain(parsed, found.cas())
         store = found.store
+        role = store.operator_role(record.serial)
         return render_template(
             "console/certificate.html", record=record, certificate=parsed, chain=path[1:],
             complete=path[-1].issuer == path[-1].subject, extensions=describe.extensions(parsed),
             ocsp=store.status.status(record.serial), history=store.audit_feed.about(record.serial, HISTORY),
-            role=store.operator_role(record.serial),
-            reasons=reasons_for(g.operator) if record.status == "good" else [])
+            role=role, reasons=reasons_for(g.operator, role is not None) if record.status == "good" else [])
 
     @bp.post("/certificates/<serial>/revoke")
     def revoke(serial: str) -> Response:
         g.operator.authorize(roles.REVOKE)
         reason = check_reason(request.form.get("reason", ""))
-        g.operator.authorize(roles.revoke_action(reason))
-        record = console().ra.revoke(serial, reason, actor=g.operator.actor)
+        record = _record(serial)
+        for action in roles.revoke_actions(reason, console().store.operator_role(record.serial) is not None):
+            g.operator.authorize(action)
+        record = console().ra.revoke(record.serial, reason, actor=g.operator.actor)
         return redirect(url_for("console.certificate", serial=record.serial), 303)
 
     @bp.get("/devices")
@@ -106,12 +114,16 @@ def add_certificate_pages(bp: Blueprint, console) -> None:
         if not history:
             raise DeviceCAError(Kind.NOT_FOUND, f"no device {device_id!r}")
         retired = bool(store.retired_devices(device_id))
+        needs = (roles.DECOMMISSION,) + ((roles.OPERATOR_REVOKE,) if _operators_among(store, history) else ())
         return render_template("console/device.html", device_id=device_id, certificates=history[::-1],
                                decommissioned=retired,
-                               may_decommission=not retired and g.operator.may(roles.DECOMMISSION))
+                               may_decommission=not retired and all(g.operator.may(a) for a in needs))
 
     @bp.post("/devices/<device_id>/decommission")
     def decommission(device_id: str) -> Response:
         g.operator.authorize(roles.DECOMMISSION)
+        store = console().store
+        if _operators_among(store, store.certificates(device_id=device_id)):
+            g.operator.authorize(roles.OPERATOR_REVOKE)          # an operator's certificate would be revoked
         console().ra.decommission(device_id, actor=g.operator.actor)
         return redirect(url_for("console.device", device_id=device_id), 303)
