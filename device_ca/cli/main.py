@@ -328,20 +328,15 @@ def show(ctx, serial, as_json, pem) -> None:
     record = store.certificate(_serial_arg(serial))
     if record is None:
         raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
-    shown = {**reports.certificate(record), "expiry": _expiry_marks(svc)(record)}
-    scope = store.station_scope(record.serial)
-    if scope is not None:
-        shown["scope"] = scope.as_dict()
-    role = store.operator_role(record.serial)
-    if role is not None:
-        shown["role"] = role
+    shown = {**reports.certificate_detail(store, record), "expiry": _expiry_marks(svc)(record)}
     if pem:
         click.echo(x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM).decode(), nl=False)
     elif as_json:
         _emit_json(shown)
     else:
+        scope = shown.get("scope")
         if scope is not None:
-            shown["scope"] = f"policies {', '.join(scope.policies)}; devices {scope.devices or 'any'}"
+            shown["scope"] = f"policies {', '.join(scope['policies'])}; devices {scope['devices'] or 'any'}"
         for key, value in shown.items():
             if value is not None:
                 click.echo(f"{key:<18} {value}")

@@ -21,6 +21,18 @@ def certificate(r: CertificateRecord) -> dict:
             "revocation_reason": r.revocation_reason, "superseded_by": r.superseded_by}
 
 
+def certificate_detail(store, r: CertificateRecord) -> dict:
+    """``certificate`` with what was recorded beside it: a station's scope, an operator's role."""
+    shown = certificate(r)
+    scope = store.station_scope(r.serial)
+    if scope is not None:
+        shown["scope"] = scope.as_dict()
+    role = store.operator_role(r.serial)
+    if role is not None:
+        shown["role"] = role
+    return shown
+
+
 def policy(p) -> dict:
     return {"name": p.name, "description": p.description, "subject": p.subject, "key_types": list(p.key_types),
             "san": list(p.san), "eku": list(p.eku), "validity_days": p.validity.days,

@@ -103,16 +103,7 @@ def certificates() -> Response:
 @bp.get("/certificates/<serial>")
 def certificate(serial: str) -> Response:
     operator(roles.READ)
-    store = _config("STORE")
-    record = _certificate(serial)
-    shown = reports.certificate(record)
-    scope = store.station_scope(record.serial)
-    if scope is not None:
-        shown["scope"] = scope.as_dict()
-    role = store.operator_role(record.serial)
-    if role is not None:
-        shown["role"] = role
-    return jsonify(shown)
+    return jsonify(reports.certificate_detail(_config("STORE"), _certificate(serial)))
 
 
 @bp.get("/certificates/<serial>/pem")

@@ -130,7 +130,8 @@ def create_app(*, est, policies, ca_certificates: Callable[[], dict], health: di
         register_console(app, Console(
             operator_of=lambda request: operators.authenticate(client_certificate(request.environ, proxies)),
             csrf=Csrf(console_secret, clock), overview=lambda: read_overview(store, clock), store=store, ra=ra,
-            cas=lambda: [x509.load_der_x509_certificate(r.der) for r in store.ca_certificates().values()]))
+            cas=lambda: [x509.load_der_x509_certificate(r.der) for r in store.ca_certificates().values()],
+            clock=clock, checkpoints=checkpoints, keycloak_url=keycloak_url))
     return app
 
 

@@ -70,6 +70,14 @@ def openssl_csr(directory: Path, name: str, subject: str, curve: str = "P-256") 
     return csr
 
 
+def issue_operators(env: CaEnv, directory: Path, roles: dict[str, str]) -> None:
+    """An operator certificate per name with its role (``device-ca issue --policy admin --role``):
+    ``directory/NAME.pem`` and ``NAME.key``."""
+    for name, role in roles.items():
+        csr = openssl_csr(directory, name, f"/O=BuildingCo/OU=admin/CN={name}")
+        env.run("issue", "--policy", "admin", "--csr", str(csr), "--out", str(directory / f"{name}.pem"), "--role", role)
+
+
 def make_tokens(env: CaEnv, policy: str, devices: list[str]) -> dict[str, str]:
     """Bootstrap secrets for many devices at once (in-process; `device-ca token create` does the same)."""
     import datetime as dt

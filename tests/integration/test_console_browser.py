@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from device_ca.ca.clock import SystemClock
 from device_ca.web.console.csrf import Csrf, load_secret
 from integration.browser import browsers  # noqa: F401 - the fixture
-from integration.cli_harness import new_ca_env, openssl, openssl_csr
+from integration.cli_harness import issue_operators, new_ca_env, openssl, openssl_csr
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,9 +35,7 @@ def console(tmp_path_factory, module_database_url, module_serve):
     tmp = tmp_path_factory.mktemp("console-browser")
     env = new_ca_env(tmp, module_database_url)
     env.run("init", "--organization", "BuildingCo")
-    for name, role in ROLES.items():
-        csr = openssl_csr(tmp, name, f"/O=BuildingCo/OU=admin/CN={name}")
-        env.run("issue", "--policy", "admin", "--csr", str(csr), "--out", str(tmp / f"{name}.pem"), "--role", role)
+    issue_operators(env, tmp, ROLES)
     for device in DEVICES:
         csr = openssl_csr(tmp, device, f"/O=BuildingCo/OU=door-lock/CN={device}")
         env.run("issue", "--policy", "door-lock", "--csr", str(csr), "--out", str(tmp / f"{device}.pem"))

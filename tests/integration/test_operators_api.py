@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from helpers import make_csr
-from integration.cli_harness import new_ca_env, openssl_csr
+from integration.cli_harness import issue_operators, new_ca_env, openssl_csr
 from integration.est_pki import device_csr
 from integration.server_harness import policy_dir_with
 
@@ -42,9 +42,7 @@ def api(tmp_path_factory, module_database_url, module_serve):
     tmp = tmp_path_factory.mktemp("operators-api")
     env = new_ca_env(tmp, module_database_url)
     env.run("init", "--organization", "BuildingCo")
-    for name, role in ROLES.items():
-        csr = openssl_csr(tmp, name, f"/O=BuildingCo/OU=admin/CN={name}")
-        env.run("issue", "--policy", "admin", "--csr", str(csr), "--out", str(tmp / f"{name}.pem"), "--role", role)
+    issue_operators(env, tmp, ROLES)
     station = openssl_csr(tmp, "station-line-3", "/O=BuildingCo/OU=manufacturing-station/CN=station-line-3")
     env.run("issue", "--policy", "manufacturing-station", "--csr", str(station), "--out",
             str(tmp / "station-line-3.pem"), "--allow-policy", "env-sensor")

@@ -54,13 +54,17 @@ class Console:
     """What the console's views use, given by the composition root."""
 
     def __init__(self, *, operator_of: Callable[[Request], Operator], csrf: Csrf, overview: Callable[[], object],
-                 store=None, ra=None, cas: Callable[[], list[x509.Certificate]] = list):
+                 store=None, ra=None, cas: Callable[[], list[x509.Certificate]] = list, clock=None,
+                 checkpoints=None, keycloak_url: str | None = None):
         self.operator_of = operator_of
         self.csrf = csrf
         self.overview = overview            # () -> ra.overview.Overview
         self.store = store                  # store.Store: certificates, their status and history
-        self.ra = ra                        # ra.authority.RegistrationAuthority: revoke, decommission
+        self.ra = ra                        # ra.authority.RegistrationAuthority: revoke, decommission, decide
         self.cas = cas                      # the CA certificates a chain is built from
+        self.clock = clock
+        self.checkpoints = checkpoints      # ra.checkpoints.AuditCheckpoints: audit verify
+        self.keycloak_url = keycloak_url    # None: Keycloak not configured
 
 
 def create_blueprint() -> Blueprint:

@@ -43,8 +43,10 @@ def add_operations(bp: Blueprint) -> None:
     bp.add_url_rule("/audit/verify", "audit_verify", audit_verify, methods=["POST"])
 
 
-def _config(name: str):
-    return current_app.config[f"DEVICE_CA_{name}"]
+def _console():
+    from device_ca.web.console import CONFIG
+
+    return current_app.config[CONFIG]
 
 
 def _may(action: str) -> bool:
@@ -64,7 +66,7 @@ def pending() -> str:
     state = request.args.get("state", "pending")
     if state not in PENDING_STATES + ("all",):
         raise DeviceCAError(Kind.MALFORMED, f"state is one of {', '.join(PENDING_STATES)} or all")
-    rows = _config("STORE").enrollment.pending(None if state == "all" else state, limit=PAGE + 1, after=cursor())
+    rows = _console().store.enrollment.pending(None if state == "all" else state, limit=PAGE + 1, after=cursor())
     following = encode(time_key(rows[PAGE - 1].created_at, rows[PAGE - 1].id)) if len(rows) > PAGE else None
     return render_template("console/pending.html", requests=rows[:PAGE], state=state, states=PENDING_STATES,
                            following=following, may_decide=_may(roles.PENDING_DECIDE))
@@ -72,7 +74,7 @@ def pending() -> str:
 
 def _decide(request_id: str, approve: bool) -> Response:
     _authorize(roles.PENDING_DECIDE)
-    _config("RA").decide_pending(request_id, approve, actor=g.operator.actor)
+    _console().ra.decide_pending(request_id, approve, actor=g.operator.actor)
     return redirect(url_for("console.pending"), 303)
 
 
@@ -103,7 +105,7 @@ def progress(items: int, counts: Counter) -> list[tuple[str, int, int, int]]:
 
 def batches() -> str:
     _authorize(roles.READ)
-    recent = _config("STORE").batches.recent(BATCHES_SHOWN)
+    recent = _console().store.batches.recent(BATCHES_SHOWN)
     rows = [(batch, counts, progress(batch.items, counts)) for batch, counts in recent]
     return render_template("console/batches.html", batches=rows, states=BATCH_STATES, bar_width=BAR_WIDTH,
                            shown=BATCHES_SHOWN)
@@ -128,8 +130,8 @@ def age(since: dt.datetime | None, now: dt.datetime) -> str | None:
 
 def keycloak() -> str:
     _authorize(roles.READ)
-    store, now = _config("STORE"), _config("CLOCK").now()
-    status = reports.keycloak_status(store, _config("KEYCLOAK_URL"))
+    store, now = _console().store, _console().clock.now()
+    status = reports.keycloak_status(store, _console().keycloak_url)
     backlog = store.queue.backlog()
     return render_template("console/keycloak.html", status=status, backlog=backlog,
                            oldest_age=age(backlog.oldest, now), now=now)
@@ -159,7 +161,7 @@ def _before() -> int | None:
 
 def audit(verified: dict | None = None) -> str:
     _authorize(roles.READ)
-    feed = _config("STORE").audit_feed
+    feed = _console().store.audit_feed
     head = feed.head_seq()
     low, top, older, newer = tail_page(head, _before())
     events = feed.events(low, top - low)[::-1] if top > low else []
@@ -172,4 +174,4 @@ def audit_verify() -> str:
     ``audit verify`` does; a POST so that no prefetch or crawler starts the full read, allowed to
     every role since it changes nothing."""
     _authorize(roles.READ)
-    return audit(verified=reports.verify_audit(_config("STORE"), _config("CHECKPOINTS")))
+    return audit(verified=reports.verify_audit(_console().store, _console().checkpoints))
