@@ -11,7 +11,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from device_ca.errors import DeviceCAError
+from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra.expiry import EXPIRED, RENEWAL_WINDOW, ExpiryJob, expiry_mark
 from device_ca.ra.janitor import LEASE_TTL, Janitor
 from device_ca.ra.publication import StatusPublisher
@@ -136,7 +136,12 @@ def test_expiry_is_handled_while_the_token_fails(setup, store, job, clock, tmp_p
     ra, service, _, record, *_ = setup
     a = _janitor(service, ra, store, tmp_path, "node-a", job)
     clock.advance(YEAR + SECOND)                                    # the OCSP responder expired too
-    with pytest.raises(DeviceCAError, match="OCSP responder"):      # pre-signing fails after the expiry job ran
+
+    def unavailable(*_):
+        raise DeviceCAError(Kind.HSM_UNAVAILABLE, "the token is unavailable")
+
+    service.token.generate = service.token.find = unavailable      # a new responder cannot be made
+    with pytest.raises(DeviceCAError, match="token is unavailable"):   # the token work fails after the expiry job ran
         a.run_once()
     assert [e["serial"] for e in _events(store)] == [record.serial]
 
