@@ -4,8 +4,8 @@ audit chain's tail with its verification.
 
 Each view reads or changes through the same functions as the REST API (web/api.py) and the command
 line: ``RegistrationAuthority.decide_pending``, ``reports.verify_audit``, ``reports.keycloak_status``,
-``BatchRepo.recent``, ``OutboxRepo.backlog``; the collaborators are the HTTPS app's (``DEVICE_CA_*``
-in its config, given by create_app). The blueprint has already authenticated the caller
+``BatchRepo.recent``, ``OutboxRepo.backlog``; the collaborators are the ``Console``'s (given by
+create_app). The blueprint has already authenticated the caller
 (``g.operator``) and checked every POST's CSRF token; a change is checked against the role here,
 on the server, whatever the page offered. A form's POST answers 303 to the page it came from
 (Post/Redirect/Get), except the audit verification, which changes nothing and shows its result.
@@ -51,12 +51,11 @@ def _console():
 
 def _may(action: str) -> bool:
     """Whether the caller's role allows ``action`` (PERMISSIONS, the API's one table)."""
-    return action in roles.PERMISSIONS.get(g.operator.role, frozenset())
+    return g.operator.may(action)
 
 
 def _authorize(action: str) -> None:
-    if not _may(action):
-        raise DeviceCAError(Kind.FORBIDDEN, f"role {g.operator.role} may not {action}")
+    g.operator.authorize(action)
 
 
 # -- pending enrollments -----------------------------------------------------------------------
