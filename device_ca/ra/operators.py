@@ -75,6 +75,13 @@ def revoke_actions(reason: str, operator_certificates: bool) -> tuple[str, ...]:
         ((OPERATOR_REVOKE,) if operator_certificates else ())
 
 
+def decommission_actions(store, records) -> tuple[str, ...]:
+    """Everything decommissioning a device whose certificates are ``records`` asks of the role:
+    a security officer's too if one of them is an operator's (see ``revoke_actions``)."""
+    return (DECOMMISSION,) + ((OPERATOR_REVOKE,) if any(store.operator_role(r.serial) is not None
+                                                          for r in records) else ())
+
+
 @dataclass(frozen=True)
 class Operator:
     serial: str

@@ -148,8 +148,8 @@ def decommission(device_id: str) -> Response:
     who = operator(roles.DECOMMISSION)
     _body()
     store = _config("STORE")
-    if any(store.operator_role(r.serial) is not None for r in store.certificates(device_id=device_id)):
-        who.authorize(roles.OPERATOR_REVOKE)             # an operator's certificate would be revoked
+    for action in roles.decommission_actions(store, store.certificates(device_id=device_id)):
+        who.authorize(action)
     revoked = _config("RA").decommission(device_id, actor=who.actor)
     return jsonify({"device_id": device_id, "status": "decommissioned", "revoked": [r.serial for r in revoked]})
 

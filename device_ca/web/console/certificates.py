@@ -40,10 +40,6 @@ def reasons_for(operator, operator_certificate: bool) -> list[str]:
             if all(operator.may(action) for action in roles.revoke_actions(reason, operator_certificate))]
 
 
-def _operators_among(store, records) -> bool:
-    return any(store.operator_role(r.serial) is not None for r in records)
-
-
 def add_certificate_pages(bp: Blueprint, console) -> None:
     """The pages on ``bp``; ``console()`` is the Console of the running app."""
 
@@ -114,7 +110,7 @@ def add_certificate_pages(bp: Blueprint, console) -> None:
         if not history:
             raise DeviceCAError(Kind.NOT_FOUND, f"no device {device_id!r}")
         retired = bool(store.retired_devices(device_id))
-        needs = (roles.DECOMMISSION,) + ((roles.OPERATOR_REVOKE,) if _operators_among(store, history) else ())
+        needs = roles.decommission_actions(store, history)
         return render_template("console/device.html", device_id=device_id, certificates=history[::-1],
                                decommissioned=retired,
                                may_decommission=not retired and all(g.operator.may(a) for a in needs))
@@ -123,7 +119,7 @@ def add_certificate_pages(bp: Blueprint, console) -> None:
     def decommission(device_id: str) -> Response:
         g.operator.authorize(roles.DECOMMISSION)
         store = console().store
-        if _operators_among(store, store.certificates(device_id=device_id)):
-            g.operator.authorize(roles.OPERATOR_REVOKE)          # an operator's certificate would be revoked
+        for action in roles.decommission_actions(store, store.certificates(device_id=device_id)):
+            g.operator.authorize(action)
         console().ra.decommission(device_id, actor=g.operator.actor)
         return redirect(url_for("console.device", device_id=device_id), 303)
