@@ -20,13 +20,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from device_ca import files
 from device_ca.ca.authority import CaProfile
-from device_ca.ca.serial import from_hex, to_hex
+from device_ca.ca.serial import to_hex
 from device_ca.config import Settings
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import load_policy
 from device_ca.ra.administration import CA_KEY_TYPES, ISSUING, ROOT
 from device_ca.ra import reports
-from device_ca.ra.authority import REASONS
+from device_ca.ra.authority import REASONS, find_certificate
 from device_ca.ra.operators import ROLES
 from device_ca.ra.rollover import current, generations
 from device_ca.ra.rootca import CA_REVOCATION_REASONS, revoke_certificates_of
@@ -309,13 +309,6 @@ def list_(ctx, status, policy_name, device_id, as_json) -> None:
                    f"{mark(r) or ''}".rstrip())
 
 
-def _serial_arg(serial: str) -> str:
-    try:
-        return to_hex(from_hex(serial))
-    except ValueError as exc:
-        raise DeviceCAError(Kind.MALFORMED, str(exc)) from None
-
-
 @cli.command()
 @click.argument("serial")
 @click.option("--json", "as_json", is_flag=True)
@@ -325,9 +318,7 @@ def show(ctx, serial, as_json, pem) -> None:
     """Show one certificate by its hex serial."""
     svc = services(ctx)
     store = svc.store
-    record = store.certificate(_serial_arg(serial))
-    if record is None:
-        raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
+    record = find_certificate(store, serial)
     shown = {**reports.certificate_detail(store, record), "expiry": _expiry_marks(svc)(record)}
     if pem:
         click.echo(x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM).decode(), nl=False)

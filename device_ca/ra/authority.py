@@ -32,6 +32,23 @@ def check_reason(reason: str) -> str:
     return reason
 
 
+def check_serial(serial: str) -> str:
+    """An operator's serial (hex, optional 0x, colons or spaces) as the database keeps it; MALFORMED
+    if it is not one."""
+    try:
+        return to_hex(from_hex(serial))
+    except ValueError as exc:
+        raise DeviceCAError(Kind.MALFORMED, str(exc)) from None
+
+
+def find_certificate(store: Store, serial: str) -> CertificateRecord:
+    """The certificate an operator names by ``serial`` (see ``check_serial``); NOT_FOUND if none."""
+    record = store.certificate(check_serial(serial))
+    if record is None:
+        raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
+    return record
+
+
 class RegistrationAuthority:
     def __init__(self, store: Store, policies: Policies, issuer: Callable[[], Issuer], clock: Clock,
                  serials: Callable[[], int] = new_serial, failpoints: Failpoints = NONE):
@@ -84,11 +101,7 @@ class RegistrationAuthority:
 
     def revoke(self, serial: str, reason: str, *, actor: str) -> CertificateRecord:
         check_reason(reason)
-        try:
-            serial_hex = to_hex(from_hex(serial))
-        except ValueError as exc:
-            raise DeviceCAError(Kind.MALFORMED, str(exc)) from None
-        return self.store.revoke(serial_hex, reason, self.clock.now(), actor,
+        return self.store.revoke(check_serial(serial), reason, self.clock.now(), actor,
                                  lambda record: _revoked_messages(self._policy_or_none(record.policy), record))
 
     def decommission(self, device_id: str, *, actor: str) -> list[CertificateRecord]:

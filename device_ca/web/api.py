@@ -16,13 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from device_ca.ca.serial import from_hex, to_hex
 from device_ca.errors import DeviceCAError, Kind, malformed
 from device_ca.keycloak import KeycloakError
 from device_ca.policy import parse_duration
 from device_ca.ra import operators as roles
 from device_ca.ra import reports
-from device_ca.ra.authority import check_reason
+from device_ca.ra.authority import check_reason, find_certificate
 from device_ca.ra.operators import Operator
 from device_ca.web.paging import cursor as _cursor, limit as _limit, page as _page, time_key as _time_key
 from device_ca.web.ratelimit import limit_client
@@ -74,18 +73,8 @@ def _string(body: dict, name: str, default: str | None = None) -> str:
 
 # -- certificates ------------------------------------------------------------------------------
 
-def _serial(serial: str) -> str:
-    try:
-        return to_hex(from_hex(serial))
-    except ValueError as exc:
-        raise malformed(str(exc)) from None
-
-
 def _certificate(serial: str):
-    record = _config("STORE").certificate(_serial(serial))
-    if record is None:
-        raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
-    return record
+    return find_certificate(_config("STORE"), serial)
 
 
 @bp.get("/certificates")

@@ -47,11 +47,18 @@ def encode(value) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
 
-def page(rows: list, limit: int, key, render) -> Response:
-    """One page of ``rows`` (``limit`` + 1 were asked for, to know whether more follow)."""
-    more = len(rows) > limit
+def split(rows: list, limit: int, key) -> tuple[list, str | None]:
+    """The page in ``rows`` (``limit`` + 1 were asked for, to know whether more follow) and the
+    cursor of the following page (None on the last); ``key(row)``: a row's paging key."""
+    if len(rows) <= limit:
+        return rows, None
     rows = rows[:limit]
-    following = encode(key(rows[-1])) if more else None
+    return rows, encode(key(rows[-1]))
+
+
+def page(rows: list, limit: int, key, render) -> Response:
+    """One page of ``rows`` as JSON (see ``split``)."""
+    rows, following = split(rows, limit, key)
     return jsonify({"items": [render(r) for r in rows], "next": following})
 
 

@@ -15,22 +15,14 @@ from __future__ import annotations
 from cryptography import x509
 from flask import Blueprint, Response, g, redirect, render_template, request, url_for
 
-from device_ca.ca.serial import from_hex, to_hex
 from device_ca.errors import DeviceCAError, Kind, malformed
 from device_ca.ra import operators as roles
-from device_ca.ra.authority import REASONS, check_reason
+from device_ca.ra.authority import REASONS, check_reason, find_certificate
 from device_ca.web.console import describe
-from device_ca.web.paging import cursor, encode, limit, time_key
+from device_ca.web.paging import cursor, limit, split, time_key
 
 STATUSES = ("good", "revoked")
 HISTORY = 100
-
-
-def _serial(serial: str) -> str:
-    try:
-        return to_hex(from_hex(serial))
-    except ValueError as exc:
-        raise malformed(str(exc)) from None
 
 
 def reasons_for(operator, operator_certificate: bool) -> list[str]:
@@ -44,10 +36,7 @@ def add_certificate_pages(bp: Blueprint, console) -> None:
     """The pages on ``bp``; ``console()`` is the Console of the running app."""
 
     def _record(serial: str):
-        record = console().store.certificate(_serial(serial))
-        if record is None:
-            raise DeviceCAError(Kind.NOT_FOUND, f"no certificate with serial {serial}")
-        return record
+        return find_certificate(console().store, serial)
 
     @bp.get("/certificates")
     def certificates() -> str:
@@ -58,10 +47,10 @@ def add_certificate_pages(bp: Blueprint, console) -> None:
         filters = {"policy": request.args.get("policy", "").strip() or None, "status": status,
                    "device_id": request.args.get("device_id", "").strip() or None}
         size = limit()
-        rows = console().store.certificates(**filters, limit=size + 1, after=cursor())
-        following = encode(time_key(rows[size - 1].issued_at, rows[size - 1].serial)) if len(rows) > size else None
+        rows, following = split(console().store.certificates(**filters, limit=size + 1, after=cursor()), size,
+                                lambda r: time_key(r.issued_at, r.serial))
         shown = {k: v for k, v in filters.items() if v}
-        return render_template("console/certificates.html", rows=rows[:size], filters=filters, statuses=STATUSES,
+        return render_template("console/certificates.html", rows=rows, filters=filters, statuses=STATUSES,
                                next_url=url_for("console.certificates", **shown, limit=size, cursor=following)
                                if following else None,
                                first_url=url_for("console.certificates", **shown, limit=size)

@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response
 from device_ca.errors import DeviceCAError, Kind
 from device_ca.ra import operators as roles
 from device_ca.ra import reports
-from device_ca.web.paging import cursor, encode, time_key
+from device_ca.web.paging import cursor, split, time_key
 
 NAV = (("console.pending", "Pending"), ("console.batches", "Batches"), ("console.keycloak", "Keycloak"),
        ("console.audit", "Audit"))
@@ -65,9 +65,10 @@ def pending() -> str:
     state = request.args.get("state", "pending")
     if state not in PENDING_STATES + ("all",):
         raise DeviceCAError(Kind.MALFORMED, f"state is one of {', '.join(PENDING_STATES)} or all")
-    rows = _console().store.enrollment.pending(None if state == "all" else state, limit=PAGE + 1, after=cursor())
-    following = encode(time_key(rows[PAGE - 1].created_at, rows[PAGE - 1].id)) if len(rows) > PAGE else None
-    return render_template("console/pending.html", requests=rows[:PAGE], state=state, states=PENDING_STATES,
+    rows, following = split(_console().store.enrollment.pending(None if state == "all" else state, limit=PAGE + 1,
+                                                                after=cursor()),
+                            PAGE, lambda r: time_key(r.created_at, r.id))
+    return render_template("console/pending.html", requests=rows, state=state, states=PENDING_STATES,
                            following=following, may_decide=_may(roles.PENDING_DECIDE))
 
 
