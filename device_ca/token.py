@@ -87,6 +87,25 @@ class CaToken:
             raise DeviceCAError(Kind.HSM_UNAVAILABLE, f"key {label!r} not found on token {self.label!r}")
         return key
 
+    def describe(self) -> dict:
+        """``device-ca hsm info``: module, token, the mechanisms device-ca will use, the key objects and
+        their attributes. Nothing secret: no PIN, no key value."""
+        with translated("info"):
+            token = self._open()
+            return {"token": token.info(), "plans": token.plans(), "mechanisms": token.mechanisms(),
+                    "objects": token.objects()}
+
+    def can_generate(self, key_type: str) -> bool:
+        """Whether the token offers the mechanism and key size to make ``key_type`` keys."""
+        with translated("mechanisms"):
+            return self._open().can_generate(key_type)
+
+    def require(self, *key_types: str) -> None:
+        """HSM_UNAVAILABLE naming the first of ``key_types`` the token cannot make (before any key is made)."""
+        for key_type in key_types:
+            with translated("mechanisms"):
+                self._open().check_keygen(key_type)
+
     def generate(self, label: str, key_type: str):
         """A new non-extractable key pair on the token; its signer."""
         with translated("generate"):

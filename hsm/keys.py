@@ -7,10 +7,15 @@ sign with a key that never leaves the token.
 
 Mechanisms (PKCS#11 v2.40 Current Mechanisms Specification):
 * §2.3 elliptic curve: CKM_EC_KEY_PAIR_GEN; CKM_ECDSA signs a digest made here
-  (SoftHSM 2.6.1 has no CKM_ECDSA_SHA256) and returns r||s, DER-encoded below.
+  (SoftHSM 2.6.1 has no CKM_ECDSA_SHA256) and returns r||s, DER-encoded below. A token
+  without CKM_ECDSA but with CKM_ECDSA_SHAx is given the data to hash itself.
 * §2.1 RSA: CKM_RSA_PKCS_KEY_PAIR_GEN; CKM_SHAx_RSA_PKCS and CKM_SHAx_RSA_PKCS_PSS
-  hash on the token; a Prehashed digest goes through CKM_RSA_PKCS (with the DigestInfo
-  prefix of RFC 8017 §9.2) or CKM_RSA_PKCS_PSS.
+  hash on the token; a Prehashed digest, or a token without the combined mechanism
+  (openCryptoki 3.8's soft token has no CKM_SHA256_RSA_PKCS), goes through CKM_RSA_PKCS
+  (with the DigestInfo prefix of RFC 8017 §9.2) or CKM_RSA_PKCS_PSS.
+Which of them a token offers is read once per session (C_GetMechanismList, Base §5.5) and
+the choice is made per signature from that list (``ec_plan``, ``rsa_plan``); an empty list
+(a module that reports none) means "try the preferred mechanism".
 Key attributes (PKCS#11 v2.40 Base §4.8 public keys, §4.9 private keys): the public
 point or modulus is read once from the public key object (CKA_EC_POINT, CKA_MODULUS,
 CKA_PUBLIC_EXPONENT) and kept as a ``cryptography`` public key.
@@ -62,6 +67,45 @@ _RSA_HASHES: dict[str, tuple[Mechanism, Mechanism, Mechanism, MGF, bytes]] = {
 }
 
 
+# hash name -> CKM_ECDSA_SHAx (PKCS#11 v2.40 Current Mechanisms §2.3.7)
+_ECDSA_HASHES: dict[str, Mechanism] = {
+    "sha224": Mechanism.ECDSA_SHA224, "sha256": Mechanism.ECDSA_SHA256,
+    "sha384": Mechanism.ECDSA_SHA384, "sha512": Mechanism.ECDSA_SHA512,
+}
+
+# CK_INFO.manufacturerID of tpm2-pkcs11 (https://github.com/tpm2-software/tpm2-pkcs11)
+TPM2_PKCS11_MANUFACTURER = "tpm2-software"
+
+# key spec family -> the key pair generation mechanism
+KEYGEN_MECHANISMS: dict[str, Mechanism] = {"ec": Mechanism.EC_KEY_PAIR_GEN, "rsa": Mechanism.RSA_PKCS_KEY_PAIR_GEN}
+
+
+def mechanism_name(mechanism: int) -> str:
+    """CKM_* name of a mechanism number (hex when python-pkcs11 does not know it)."""
+    try:
+        return "CKM_" + Mechanism(mechanism).name
+    except ValueError:
+        return f"CKM 0x{int(mechanism):08X}"
+
+
+def offered(mechanisms: frozenset[int], mechanism: Mechanism) -> bool:
+    return not mechanisms or int(mechanism) in mechanisms
+
+
+def ec_plan(mechanisms: frozenset[int], data: bytes,
+            algorithm: hashes.HashAlgorithm | Prehashed) -> tuple[Mechanism, None, bytes]:
+    """(mechanism, parameter, what to give C_Sign) for an ECDSA signature over ``data``."""
+    prehashed = isinstance(algorithm, Prehashed)
+    name = algorithm._algorithm.name if prehashed else algorithm.name
+    if offered(mechanisms, Mechanism.ECDSA):
+        return Mechanism.ECDSA, None, _digest(data, algorithm)
+    combined = _ECDSA_HASHES.get(name)
+    if combined is not None and int(combined) in mechanisms and not prehashed:
+        return combined, None, bytes(data)
+    wanted = "CKM_ECDSA" + (f" or {mechanism_name(combined)}" if combined is not None else "")
+    raise HsmError("key", f"the token offers no mechanism for ECDSA with {name.upper()} (needs {wanted})")
+
+
 def ec_params_for(curve: ec.EllipticCurve) -> bytes:
     """CKA_EC_PARAMS (DER namedCurve OID) for ``curve``."""
     for params, known in _CURVE_PARAMS.items():
@@ -106,6 +150,41 @@ def _digest(data: bytes, algorithm: hashes.HashAlgorithm | Prehashed) -> bytes:
     hasher = hashes.Hash(algorithm)
     hasher.update(data)
     return hasher.finalize()
+
+
+def rsa_plan(mechanisms: frozenset[int], combined: Mechanism, raw: Mechanism, param: Any, data: bytes,
+             algorithm: hashes.HashAlgorithm | Prehashed, prefix: bytes,
+             prehashed: bool) -> tuple[Mechanism, Any, bytes]:
+    """The combined hash-and-sign mechanism when the token offers it, else the digest made here and
+    signed with the raw mechanism (PKCS #1 v1.5 with its DigestInfo prefix, or PSS)."""
+    if not prehashed and offered(mechanisms, combined):
+        return combined, param, bytes(data)
+    if offered(mechanisms, raw):
+        return raw, param, prefix + _digest(data, algorithm)
+    raise HsmError("key", f"the token offers neither {mechanism_name(combined)} nor {mechanism_name(raw)}")
+
+
+def describe_plans(mechanisms: frozenset[int]) -> dict[str, str]:
+    """For the signatures device-ca makes (SHA-256; SHA-384 with P-384): the mechanism each goes through."""
+    plans: dict[str, str] = {}
+
+    def explain(name: str, choose) -> None:
+        try:
+            mechanism, _, payload = choose()
+        except HsmError as exc:
+            plans[name] = f"unavailable ({exc.message})"
+            return
+        made_here = "digest made here" if payload != b"x" else "hashed on the token"
+        plans[name] = f"{mechanism_name(mechanism)} ({made_here})"
+
+    for label, algorithm in (("ECDSA SHA-256", hashes.SHA256()), ("ECDSA SHA-384", hashes.SHA384())):
+        explain(label, lambda algorithm=algorithm: ec_plan(mechanisms, b"x", algorithm))
+    sha = _RSA_HASHES["sha256"]
+    explain("RSA PKCS#1 v1.5 SHA-256", lambda: rsa_plan(mechanisms, sha[0], Mechanism.RSA_PKCS, None, b"x",
+                                                           hashes.SHA256(), sha[4], False))
+    explain("RSA-PSS SHA-256", lambda: rsa_plan(mechanisms, sha[1], Mechanism.RSA_PKCS_PSS, None, b"x",
+                                                   hashes.SHA256(), b"", False))
+    return plans
 
 
 class Pkcs11PrivateKey:
@@ -166,8 +245,8 @@ class Pkcs11EcPrivateKey(Pkcs11PrivateKey, ec.EllipticCurvePrivateKey):
             raise UnsupportedAlgorithm("only ECDSA signatures are supported")
         if getattr(signature_algorithm, "deterministic_signing", False):
             raise UnsupportedAlgorithm("deterministic ECDSA (RFC 6979) is not available through PKCS#11")
-        digest = _digest(data, signature_algorithm.algorithm)
-        raw = self._token._sign(self.label, digest, Mechanism.ECDSA, None)
+        algorithm = signature_algorithm.algorithm
+        raw = self._token._sign(self.label, lambda mechanisms: ec_plan(mechanisms, data, algorithm))
         half = len(raw) // 2
         if half == 0 or len(raw) != 2 * half:
             raise HsmError("device", f"token returned a malformed ECDSA signature ({len(raw)} bytes)")
@@ -191,28 +270,27 @@ class Pkcs11RsaPrivateKey(Pkcs11PrivateKey, rsa.RSAPrivateKey):
 
     def sign(self, data: bytes, padding: rsa_padding.AsymmetricPadding,
              algorithm: hashes.HashAlgorithm | Prehashed) -> bytes:
-        mechanism, param, payload = self._mechanism(data, padding, algorithm)
-        return self._token._sign(self.label, payload, mechanism, param)
+        plan = self._plan(padding, algorithm)
+        return self._token._sign(self.label, lambda mechanisms: plan(mechanisms, data))
 
-    def _mechanism(self, data: bytes, padding: rsa_padding.AsymmetricPadding,
-                   algorithm: hashes.HashAlgorithm | Prehashed) -> tuple[Mechanism, Any, bytes]:
+    def _plan(self, padding: rsa_padding.AsymmetricPadding, algorithm: hashes.HashAlgorithm | Prehashed):
+        """A function (mechanisms, data) -> (mechanism, parameter, what to give C_Sign); refuses
+        unsupported paddings and hashes before anything reaches the token."""
         prehashed = isinstance(algorithm, Prehashed)
         name = algorithm._algorithm.name if prehashed else algorithm.name
         if name not in _RSA_HASHES:
             raise UnsupportedAlgorithm(f"hash {name} is not supported for RSA signatures here")
         with_hash, pss_with_hash, hash_mech, _, prefix = _RSA_HASHES[name]
         if isinstance(padding, rsa_padding.PKCS1v15):
-            if prehashed:
-                return Mechanism.RSA_PKCS, None, prefix + _digest(data, algorithm)
-            return with_hash, None, bytes(data)
+            return lambda mechanisms, data: rsa_plan(mechanisms, with_hash, Mechanism.RSA_PKCS, None, data,
+                                                     algorithm, prefix, prehashed)
         if isinstance(padding, rsa_padding.PSS):
             mgf = padding.mgf
             if not isinstance(mgf, rsa_padding.MGF1) or mgf._algorithm.name not in _RSA_HASHES:
                 raise UnsupportedAlgorithm("PSS needs MGF1 with SHA-224/256/384/512")
             param = (hash_mech, _RSA_HASHES[mgf._algorithm.name][3], self._salt_length(padding, algorithm))
-            if prehashed:
-                return Mechanism.RSA_PKCS_PSS, param, _digest(data, algorithm)
-            return pss_with_hash, param, bytes(data)
+            return lambda mechanisms, data: rsa_plan(mechanisms, pss_with_hash, Mechanism.RSA_PKCS_PSS, param, data,
+                                                     algorithm, b"", prehashed)
         raise UnsupportedAlgorithm(f"RSA padding {padding.name} is not supported")
 
     def _salt_length(self, padding: rsa_padding.PSS, algorithm: hashes.HashAlgorithm | Prehashed) -> int:

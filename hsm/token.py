@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass, TokenFlag
@@ -52,6 +53,8 @@ class Token:
         self._generation = -1
         self._owner_pid: int | None = None  # PID that opened the token; None while closed
         self._handles: dict[str, Any] = {}  # label -> pkcs11 PrivateKey of the current session
+        self._mechanisms: frozenset[int] = frozenset()  # C_GetMechanismList of the token's slot
+        self._slot: Any = None
         self._broken: str | None = None
         self._last_attempt = float("-inf")
 
@@ -83,6 +86,7 @@ class Token:
         kind, param = keys.KEY_SPECS[spec]
         with self._locked():
             self._ensure()
+            self._check_keygen(spec)
             try:
                 taken = bool(self._find(None, label))
             except PKCS11Error as exc:
@@ -91,10 +95,14 @@ class Token:
                 raise HsmError("exists", f"token {self.token_label!r} already holds an object labelled {label!r}")
             key_id = os.urandom(16)
             common = {Attribute.TOKEN: True, Attribute.LABEL: label, Attribute.ID: key_id}
+            # Sign-only where the module allows it. tpm2-pkcs11 makes every key a TPM object with both
+            # the sign and decrypt attributes and refuses (CKR_GENERAL_ERROR) a template that says
+            # CKA_ENCRYPT/CKA_DECRYPT false; the key is still sensitive and never extractable.
+            dual = self._lib.pkcs11.manufacturer_id.startswith(keys.TPM2_PKCS11_MANUFACTURER)
             public = {**common, Attribute.PRIVATE: False, Attribute.VERIFY: True,
-                      Attribute.ENCRYPT: False, Attribute.WRAP: False}
+                      Attribute.ENCRYPT: dual, Attribute.WRAP: False}
             private = {**common, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
-                       Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.DECRYPT: False,
+                       Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.DECRYPT: dual,
                        Attribute.UNWRAP: False, Attribute.DERIVE: False}
             if kind == "ec":
                 public[Attribute.EC_PARAMS] = keys.ec_params_for(param)
@@ -104,7 +112,8 @@ class Token:
             try:
                 pub, priv = self._session.generate_keypair(
                     key_type, length, store=True, label=label, id=key_id,
-                    capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                    capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY
+                    | ((MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT) if dual else 0),
                     public_template=public, private_template=private)
             except PKCS11Error as exc:
                 raise self._fail("C_GenerateKeyPair", exc) from exc
@@ -121,6 +130,75 @@ class Token:
                 raise self._fail("C_GetAttributeValue", exc) from exc
             self._handles[label] = priv
             return result
+
+    def check_keygen(self, spec: str) -> None:
+        """HsmError("key") naming what is missing unless the token can make ``spec`` keys."""
+        if spec not in keys.KEY_SPECS:
+            raise HsmError("key", f"unsupported key spec {spec!r}; use one of {', '.join(keys.KEY_SPECS)}")
+        with self._locked():
+            self._ensure()
+            self._check_keygen(spec)
+
+    def can_generate(self, spec: str) -> bool:
+        """Whether the token offers the key pair generation mechanism and size for ``spec``."""
+        try:
+            self.check_keygen(spec)
+        except HsmError as exc:
+            if exc.reason == "key":
+                return False
+            raise
+        return True
+
+    def mechanisms(self) -> list[str]:
+        """CKM_* names of the mechanisms the token's slot offers, sorted."""
+        with self._locked():
+            self._ensure()
+            return sorted(keys.mechanism_name(m) for m in self._mechanisms)
+
+    def plans(self) -> dict[str, str]:
+        """What each signature device-ca makes goes through on this token, and which key types it can make."""
+        with self._locked():
+            self._ensure()
+            mechanisms = self._mechanisms
+        return keys.describe_plans(mechanisms) | {
+            f"generate {spec}": ("yes" if self.can_generate(spec) else "no") for spec in keys.KEY_SPECS}
+
+    def info(self) -> dict[str, Any]:
+        """Module, slot and token description (C_GetInfo-like, C_GetTokenInfo): nothing secret."""
+        with self._locked():
+            self._ensure()
+            rv, token = self._lib.raw.token_info(self._slot_id)
+            if rv != CKR_OK or token is None:
+                raise self._lost("C_GetTokenInfo", ckr_name(rv))
+            lib = self._lib.pkcs11
+            return {"module": self.module, "library": f"{lib.manufacturer_id} {lib.library_description} "
+                                                      f"{'.'.join(map(str, lib.library_version))}".strip(),
+                    "cryptoki": ".".join(map(str, lib.cryptoki_version)),
+                    "slot": self._slot_id, "label": token.label,
+                    "manufacturer": token.manufacturer, "model": token.model,
+                    "slot_description": str(self._slot.slot_description).strip(),
+                    "max_sessions": token.max_session_count, "sessions": token.session_count,
+                    "pin_length": [token.min_pin_length, token.max_pin_length]}
+
+    def objects(self) -> list[dict[str, Any]]:
+        """Every key object the session can see (label, id, class, type, protection flags; never a value)."""
+        with self._locked():
+            self._ensure()
+            try:
+                found = []
+                for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                    for obj in self._find(object_class, None):
+                        entry = {"class": object_class.name.lower(), "label": obj[Attribute.LABEL],
+                                 "id": bytes(obj[Attribute.ID]).hex(),
+                                 "key_type": KeyType(obj[Attribute.KEY_TYPE]).name}
+                        if object_class == ObjectClass.PRIVATE_KEY:
+                            for name in ("SENSITIVE", "ALWAYS_SENSITIVE", "EXTRACTABLE", "NEVER_EXTRACTABLE",
+                                         "LOCAL", "SIGN", "DECRYPT"):
+                                entry[name.lower()] = bool(obj[getattr(Attribute, name)])
+                        found.append(entry)
+                return sorted(found, key=lambda e: (e["label"], e["class"]))
+            except PKCS11Error as exc:
+                raise self._fail("C_GetAttributeValue", exc) from exc
 
     def find_key(self, label: str) -> Pkcs11PrivateKey | None:
         """The private key labelled ``label``, or None when the token has none."""
@@ -196,9 +274,11 @@ class Token:
 
     # -- used by the key objects --------------------------------------------------------
 
-    def _sign(self, label: str, data: bytes, mechanism: Any, param: Any) -> bytes:
+    def _sign(self, label: str, plan: Callable[[frozenset[int]], tuple[Any, Any, bytes]]) -> bytes:
+        """Sign with the mechanism ``plan`` picks from the token's mechanism list: (mechanism, parameter, data)."""
         with self._locked():
             self._ensure()
+            mechanism, param, data = plan(self._mechanisms)
             handle = self._handles.get(label)
             try:
                 if handle is None:
@@ -262,7 +342,17 @@ class Token:
                 raise HsmError("pin", f"login to token {self.token_label!r} refused: {ckr_name(rv)} "
                                       "(wrong, locked or uninitialised user PIN)")
             raise HsmError("device", f"login to token {self.token_label!r} failed: {ckr_name(rv)}")
+        try:
+            mechanisms = frozenset(int(m) for m in token.slot.get_mechanisms())
+        except PKCS11Error as exc:
+            try:
+                session.close()
+            except PKCS11Error:
+                pass
+            raise HsmError("device", f"C_GetMechanismList of token {self.token_label!r} failed "
+                                     f"({pkcs11_error_name(exc)})") from exc
         self._lib, self._session, self._slot_id = lib, session, token.slot.slot_id
+        self._slot, self._mechanisms = token.slot, mechanisms
         self._generation, self._handles = lib.generation, {}
         self._owner_pid = os.getpid()
 
@@ -307,6 +397,25 @@ class Token:
         except PKCS11Error as exc:
             return labels, [], pkcs11_error_name(exc)
         return labels, matches, None
+
+    def _check_keygen(self, spec: str) -> None:
+        """HsmError("key") unless the token offers the generation mechanism and key size of ``spec``."""
+        kind, param = keys.KEY_SPECS[spec]
+        mechanism = keys.KEYGEN_MECHANISMS[kind]
+        if not keys.offered(self._mechanisms, mechanism):
+            raise HsmError("key", f"token {self.token_label!r} cannot make {spec} keys: it offers no "
+                                  f"{keys.mechanism_name(mechanism)}")
+        bits = param if kind == "rsa" else param.key_size
+        try:
+            info = self._slot.get_mechanism_info(mechanism)
+        except PKCS11Error:
+            return  # no size range reported; C_GenerateKeyPair decides
+        low, high = int(info.min_key_length), int(info.max_key_length)
+        if kind == "ec" and high < 160:
+            return  # some modules give EC sizes in bytes (the v2.40 spec is ambiguous): not a bit range
+        if high and not low <= bits <= high:
+            raise HsmError("key", f"token {self.token_label!r} cannot make {spec} keys: "
+                                  f"{keys.mechanism_name(mechanism)} supports {low} to {high} bits")
 
     def _find(self, object_class: ObjectClass | None, label: str | None) -> list[Any]:
         template: dict[Attribute, Any] = {}

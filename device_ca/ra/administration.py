@@ -26,7 +26,7 @@ from device_ca.errors import DeviceCAError, Kind
 from device_ca.policy import Policies
 from device_ca.policy.checks import certificate_request
 from device_ca.ra.authority import RegistrationAuthority
-from device_ca.ra.checkpoints import AUDIT_KEY, AUDIT_KEY_TYPE
+from device_ca.ra.checkpoints import AUDIT_KEY, audit_key_type
 from device_ca.ra.issuance import Order
 from device_ca.store import AuditEvent, CaRecord, Store
 from device_ca.token import CaToken
@@ -74,10 +74,12 @@ class CaAdministration:
         if present:
             raise DeviceCAError(Kind.CONFLICT, f"token {self.token.label!r} already holds "
                                 f"{', '.join(sorted(present))}; refusing to overwrite")
+        audit_type = None if self.token.find(AUDIT_KEY) is not None else audit_key_type(self.token)
+        self.token.require(key_type, *filter(None, [audit_type]))  # nothing is made unless all can be
         root_key = self.token.generate(KEY_LABELS[ROOT], key_type)
         issuing_key = self.token.generate(KEY_LABELS[ISSUING], key_type)
-        if self.token.find(AUDIT_KEY) is None:                 # signs the audit checkpoints
-            self.token.generate(AUDIT_KEY, AUDIT_KEY_TYPE)
+        if audit_type is not None:                             # signs the audit checkpoints
+            self.token.generate(AUDIT_KEY, audit_type)
         root = build_root(root_key, profile, self.clock, self.linter)
         issuing = build_issuing(root, root_key, issuing_key.public_key(), profile, self.clock, self.linter,
                                 root_urls=PublicUrls(self.public_url, ROOT))

@@ -1,6 +1,7 @@
 """Audit checkpoints: the head of the audit chain (event ``seq`` and its hash) signed with a
-dedicated, non-extractable key on the token (label ``device-ca-audit``, EC P-256, ECDSA with
-SHA-256). Someone who can write the database but not use the token can rewrite the chain
+dedicated, non-extractable key on the token (label ``device-ca-audit``, EC P-256 and ECDSA with
+SHA-256; RSA 3072 and PKCS #1 v1.5 with SHA-256 on a token that cannot make EC keys, such as
+openCryptoki 3.8's soft token). Someone who can write the database but not use the token can rewrite the chain
 consistently, but not the checkpoints: ``verify`` finds each stored checkpoint's event in the chain
 with the same hash and checks its signature against the token's key.
 
@@ -22,7 +23,7 @@ import logging
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from device_ca.ca.clock import Clock
@@ -33,7 +34,32 @@ from device_ca.token import CaToken
 log = logging.getLogger("device_ca.ra.checkpoints")
 
 AUDIT_KEY = "device-ca-audit"
-AUDIT_KEY_TYPE = "ec:P-256"
+AUDIT_KEY_TYPES = ("ec:P-256", "rsa:3072")  # the first one the token can make
+
+
+def audit_key_type(token: CaToken) -> str:
+    """The audit key type for ``token``: EC P-256 where it can make EC keys, else RSA 3072."""
+    for key_type in AUDIT_KEY_TYPES[:-1]:
+        if token.can_generate(key_type):
+            return key_type
+    return AUDIT_KEY_TYPES[-1]
+
+
+def _is_ec(public) -> bool:
+    return isinstance(public, ec.EllipticCurvePublicKey)
+
+
+def _sign(key, data: bytes) -> bytes:
+    if _is_ec(key.public_key()):
+        return key.sign(data, ec.ECDSA(hashes.SHA256()))
+    return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+
+def _verify(public, signature: bytes, data: bytes) -> None:
+    if _is_ec(public):
+        public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    else:
+        public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
 
 
 def message(seq: int, head_hash: str, at) -> bytes:
@@ -52,7 +78,7 @@ class AuditCheckpoints:
         initialised before checkpoints existed gets it on the first checkpoint)."""
         key = self.token.find(AUDIT_KEY)
         if key is None:
-            key = self.token.generate(AUDIT_KEY, AUDIT_KEY_TYPE)
+            key = self.token.generate(AUDIT_KEY, audit_key_type(self.token))
             log.info("made the audit checkpoint key %s on the token", AUDIT_KEY)
         return key
 
@@ -64,7 +90,7 @@ class AuditCheckpoints:
         if seq == 0 or (not force and newest is not None and newest.seq == seq):
             return None
         at = self.clock.now()
-        signature = self.ensure_key().sign(message(seq, head_hash, at), ec.ECDSA(hashes.SHA256()))
+        signature = _sign(self.ensure_key(), message(seq, head_hash, at))
         checkpoint = AuditCheckpoint(seq, head_hash, at, signature)
         self.store.add_audit_checkpoint(checkpoint)
         return checkpoint
@@ -84,7 +110,7 @@ class AuditCheckpoints:
         problems = []
         for c in stored:
             try:
-                public.verify(c.signature, message(c.seq, c.head_hash, c.at), ec.ECDSA(hashes.SHA256()))
+                _verify(public, c.signature, message(c.seq, c.head_hash, c.at))
             except InvalidSignature:
                 problems.append(f"checkpoint of event {c.seq} at {c.at:%Y-%m-%dT%H:%M:%SZ}: bad signature "
                                 "(not made by the token's audit key)")
@@ -105,5 +131,6 @@ class AuditCheckpoints:
         spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         return {"seq": c.seq, "head": c.head_hash, "at": c.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "message": base64.b64encode(message(c.seq, c.head_hash, c.at)).decode(),
-                "algorithm": "ecdsa-with-SHA256", "signature": base64.b64encode(c.signature).decode(),
+                "algorithm": "ecdsa-with-SHA256" if _is_ec(key.public_key()) else "sha256WithRSAEncryption",
+                "signature": base64.b64encode(c.signature).decode(),
                 "public_key": base64.b64encode(spki).decode()}
