@@ -510,7 +510,9 @@ def audit_checkpoint(ctx) -> None:
     _emit_json(checkpoints.as_json(signed))
 
 
-from device_ca.cli import backup_cmds, bulk_cmds, enroll_cmds, expiry_cmds, keycloak_cmds, status_cmds  # noqa: E402  (register on the group defined above)
+# noqa below: these register on the group defined above, so they come after it.
+from device_ca.cli import (backup_cmds, bulk_cmds, enroll_cmds, expiry_cmds, hsm_cmds,  # noqa: E402
+                           keycloak_cmds, status_cmds)
 
 enroll_cmds.register(cli, services, _actor, _iso)
 status_cmds.register(cli, services, _actor, _iso)
@@ -518,6 +520,7 @@ keycloak_cmds.register(cli, services, _actor, _iso)
 bulk_cmds.register(cli, services, _actor, _iso)
 backup_cmds.register(cli, services, _actor, _iso)
 expiry_cmds.register(cli, services, _actor, _iso)
+hsm_cmds.register(cli, services, _actor, _iso)
 
 
 def main() -> None:
