@@ -23,6 +23,8 @@ long as the token accepts (openCryptoki: 4 to 8 characters).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -33,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from hsm._cryptoki import CKU_SO, Cryptoki
@@ -50,6 +53,8 @@ PACKAGES = {
 }
 OPENCRYPTOKI_DEFAULT_SO_PIN = "87654321"  # what a fresh swtok expects (the openCryptoki documentation)
 OPENCRYPTOKI_SOFT_MODEL = "IBM SoftTok"
+OPENCRYPTOKI_TOKEN_DIR = Path("/var/lib/opencryptoki/swtok")
+SCRATCH_LOCK = "/var/lock/device-ca-opencryptoki.lock"  # one scratch soft token per machine at a time
 CKF_TOKEN_INITIALIZED = 0x400
 CKF_SO_PIN_TO_BE_CHANGED = 0x800000
 
@@ -177,7 +182,7 @@ class Provisioner:
         """Wipe the machine's openCryptoki soft token (objects, PINs, master keys); pkcsslotd must be stopped."""
         if _pgrep("pkcsslotd") is not None:
             raise ProvisionError("stop pkcsslotd before resetting the soft token")
-        base = Path("/var/lib/opencryptoki/swtok")
+        base = OPENCRYPTOKI_TOKEN_DIR
         for name in ("NVTOK.DAT", "MK_USER", "MK_SO"):
             (base / name).unlink(missing_ok=True)
         for obj in (base / "TOK_OBJ").glob("*"):
@@ -301,6 +306,61 @@ class Provisioner:
                 raise ProvisionError(f"{name} on token {self.label!r} failed: {ckr_name(rv)}")
         raw.close_session(session)
         raw.finalize()
+
+
+@contextlib.contextmanager
+def scratch(kind: str, directory: Path, label: str = "device-ca", wait: float = 600) -> Iterator[Provisioner]:
+    """A fresh token of ``kind`` for tests and benchmarks, with its daemons; everything stopped after.
+
+    openCryptoki has one soft token per machine: it is taken under a machine-wide lock (``wait``
+    seconds at most), its files are set aside, the token is made afresh, and afterwards pkcsslotd is
+    stopped and the files are put back as they were. A pkcsslotd that is already running belongs to
+    someone else: refused rather than disturbed.
+    """
+    provisioner = Provisioner(kind, directory, label)
+    with contextlib.ExitStack() as stack:
+        if kind == "opencryptoki":
+            stack.enter_context(_machine_lock(wait))
+            if _pgrep("pkcsslotd") is not None:
+                raise ProvisionError("pkcsslotd is already running: openCryptoki's soft token is in use; "
+                                     "stop it (or `python3 -m hsm.provision stop`) first")
+            backup = Path(directory) / "swtok-before"
+            if OPENCRYPTOKI_TOKEN_DIR.exists() and not backup.exists():
+                shutil.copytree(OPENCRYPTOKI_TOKEN_DIR, backup, symlinks=True)
+            stack.callback(_restore_soft_token, backup)
+            provisioner.reset_opencryptoki()
+        stack.callback(provisioner.stop)
+        provisioner.start()
+        yield provisioner
+
+
+def _restore_soft_token(backup: Path) -> None:
+    if not backup.exists():
+        return
+    shutil.rmtree(OPENCRYPTOKI_TOKEN_DIR, ignore_errors=True)
+    shutil.copytree(backup, OPENCRYPTOKI_TOKEN_DIR, symlinks=True)
+    for path in [OPENCRYPTOKI_TOKEN_DIR, *OPENCRYPTOKI_TOKEN_DIR.rglob("*")]:
+        shutil.chown(path, group="pkcs11")  # copytree keeps the modes, not the group
+    for shm in Path("/dev/shm").glob("*opencryptoki*"):
+        shm.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _machine_lock(wait: float) -> Iterator[None]:
+    fd = os.open(SCRATCH_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ProvisionError(f"openCryptoki's soft token stayed in use (lock {SCRATCH_LOCK})") from None
+                time.sleep(0.5)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _pgrep(name: str) -> int | None:
