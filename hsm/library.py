@@ -9,7 +9,10 @@ per module per process (``call_lock``), held around every call into the module.
 Fork (PKCS#11 v2.40 Usage Guide, "Applications and processes"): a child is a separate
 application and must call C_Initialize itself. SoftHSM 2.6.1 does not notice the fork
 and answers CKR_CRYPTOKI_ALREADY_INITIALIZED, so a child first finalises the state it
-inherited (its own copy; the parent is not affected) and initialises again.
+inherited (its own copy; the parent is not affected) and initialises again; openCryptoki
+3.8 behaves the same way. tpm2-pkcs11 1.9 cannot: its inherited TPM connection is the
+parent's, so a child of a process that loaded it is refused (HsmError "fork") before any
+call reaches the module. device-ca loads modules only after forking.
 
 Outage: SoftHSM reads its token directory at C_Initialize only. When the token comes
 back after it vanished, only C_Finalize + C_Initialize makes it visible again; every
@@ -26,6 +29,9 @@ from pkcs11.exceptions import PKCS11Error
 
 from hsm._cryptoki import Cryptoki
 from hsm.errors import CKR_CRYPTOKI_ALREADY_INITIALIZED, CKR_OK, HsmError, ckr_name, pkcs11_error_name
+
+# Modules whose C_Initialize state must not be touched in a forked child (CK_INFO.manufacturerID prefix).
+FORK_UNSAFE = ("tpm2-software",)
 
 _registry_lock = threading.Lock()
 _call_locks: dict[str, threading.Lock] = {}
@@ -66,6 +72,7 @@ class Library:
         self.raw = raw
         self.pid = os.getpid()
         self.generation = 0
+        self.manufacturer = str(lib.manufacturer_id)  # CK_INFO.manufacturerID, read once in the loading process
 
     def __repr__(self) -> str:
         return f"Library({self.path!r}, pid={self.pid}, generation={self.generation})"
@@ -84,6 +91,12 @@ class Library:
             self.generation += 1
 
     def _initialize_in_child(self) -> None:
+        if self.manufacturer.startswith(FORK_UNSAFE):
+            # tpm2-pkcs11 keeps its TPM connection (tabrmd over D-Bus) across fork: a C_Finalize here
+            # flushes the parent's TPM objects and its C_Initialize hangs on the inherited D-Bus state.
+            raise HsmError("fork", f"{self.path} was initialised before this process was forked and cannot be "
+                                   "initialised again in it (tpm2-pkcs11 shares the parent's TPM connection); "
+                                   "load the module only after forking")
         rv = self.raw.initialize()
         if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED:
             self.reinitialize()
@@ -92,6 +105,14 @@ class Library:
         else:
             self.generation += 1
         self.pid = os.getpid()
+
+
+# What to check when a module's C_Initialize fails, by a part of its file name.
+_HINTS = {
+    "softhsm": "; check SOFTHSM2_CONF",
+    "pkcs11_api": "; is openCryptoki's pkcsslotd running?",
+    "tpm2_pkcs11": "; check TPM2_PKCS11_STORE and TPM2_PKCS11_TCTI (is tpm2-abrmd or the TPM reachable?)",
+}
 
 
 def load(path: str) -> Library:
@@ -123,7 +144,7 @@ def load(path: str) -> Library:
     try:
         loaded = pkcs11.lib(key)  # dlopen + C_GetFunctionList + C_Initialize(NULL)
     except PKCS11Error as exc:
-        hint = "; check SOFTHSM2_CONF" if "softhsm" in os.path.basename(path).lower() else ""
+        hint = _HINTS.get(next((k for k in _HINTS if k in os.path.basename(path).lower()), ""), "")
         raise HsmError("module", f"PKCS#11 module {path} failed to initialise ({pkcs11_error_name(exc)}){hint}") from None
     lib = Library(path, loaded, raw)
     _libraries[key] = lib

@@ -15,7 +15,9 @@ PKCS#11 v2.40 Base Specification sections used here:
 Processes: the PID that opened the Token owns it; any use in another process (a
 forked child) raises HsmError("fork"). Open a Token in each worker after the fork.
 Outages: an error meaning "session or token gone" drops the session; the next call
-reopens it (at most one attempt per ``retry_interval`` seconds while it keeps failing).
+reopens it (at most one attempt per ``retry_interval`` seconds while it keeps failing), and
+when reopening fails too, re-initialises the module first (a daemon such as pkcsslotd or
+tpm2-abrmd that was restarted is only reached again through a new C_Initialize).
 """
 from __future__ import annotations
 
@@ -317,7 +319,16 @@ class Token:
         if self._broken and time.monotonic() < self._last_attempt + self.retry_interval:
             raise HsmError("device", f"token {self.token_label!r} unavailable ({self._broken}); retrying shortly")
         try:
-            self._connect(first=False)
+            try:
+                self._connect(first=False)
+            except HsmError as exc:
+                if exc.reason != "device":
+                    raise
+                # The module's own connection may be what broke (tpm2-pkcs11's TPM connection through
+                # tpm2-abrmd, openCryptoki's to pkcsslotd): only C_Finalize + C_Initialize renews it.
+                # Every session of this process on the module ends; other Tokens see the new generation.
+                load(self.module).reinitialize()
+                self._connect(first=False)
         except HsmError as exc:
             self._broken = exc.message
             self._last_attempt = time.monotonic()
