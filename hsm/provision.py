@@ -176,7 +176,15 @@ class Provisioner:
             subprocess.run(["/usr/sbin/pkcsslotd"], check=True, timeout=30)  # forks into the background
             pid = _wait_for(lambda: _pgrep("pkcsslotd"), 10, "pkcsslotd did not start")
             self._started("pkcsslotd", pid)
-        self._init_by_pkcs11(soft_token_only=True)
+        # Until the new daemon has made its shared memory, C_Initialize answers CKR_HOST_MEMORY.
+        for attempt in range(20):
+            try:
+                self._init_by_pkcs11(soft_token_only=True, quiet=attempt < 19)
+                return
+            except ProvisionError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.25)
 
     def reset_opencryptoki(self) -> None:
         """Wipe the machine's openCryptoki soft token (objects, PINs, master keys); pkcsslotd must be stopped."""
@@ -244,7 +252,7 @@ class Provisioner:
 
     # -- token initialisation through PKCS#11 -----------------------------------------
 
-    def _init_by_pkcs11(self, soft_token_only: bool) -> None:
+    def _init_by_pkcs11(self, soft_token_only: bool, quiet: bool = False) -> None:
         """C_InitToken (SO PIN, label) on a free slot, C_Login as SO, C_InitPIN; in a child process,
         so that this process never holds the module initialised (a later fork stays clean)."""
         os.environ.update(self.module_env())
@@ -255,7 +263,8 @@ class Provisioner:
                 self._init_in_this_process(soft_token_only)
                 code = 0
             except ProvisionError as exc:
-                print(f"hsm.provision: {exc}", file=sys.stderr)
+                if not quiet:
+                    print(f"hsm.provision: {exc}", file=sys.stderr)
             except Exception as exc:  # noqa: BLE001 - reported, then the child exits
                 print(f"hsm.provision: {type(exc).__name__}: {exc}", file=sys.stderr)
             finally:
@@ -364,8 +373,16 @@ def _machine_lock(wait: float) -> Iterator[None]:
 
 
 def _pgrep(name: str) -> int | None:
+    """A live process called ``name`` (zombies - a stopped daemon not yet reaped - do not count)."""
     out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
-    return int(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.split() else None
+    for pid in out.stdout.split():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            return int(pid)
+    return None
 
 
 def _read_pid(path: Path) -> int | None:
