@@ -1,0 +1,357 @@
+"""A device whose private key never leaves its TPM (issue 20, part 4), against a running `device-ca serve`.
+
+The device has its own TPM 2.0 simulator (swtpm) behind a resource manager (tpm2-abrmd on a private
+D-Bus bus: on real hardware the kernel's /dev/tpmrm0). Its key is generated inside the TPM by the
+OpenSSL 3 provider `tpm2` (a TSS2 PRIVATE KEY file: the key wrapped by the TPM, useless without it);
+openssl makes the CSR with it; curl enrolls with the bootstrap token (a curl config file: the secret is
+never on a command line); `openssl s_client` re-enrolls with the TPM key as TLS client key (curl 7.88
+cannot use a provider key). docs/tpm-device.md gives the same commands for a user to paste.
+
+Two differences from a software key that these tests pin down:
+- tpm2-openssl before 1.3 (Debian 12: 1.1.1) writes the CSR's signatureAlgorithm with a NULL parameter
+  (RFC 5758 §3.2: MUST be omitted); device-ca refuses it. examples/tpm-device/csr-omit-null.sh rewrites
+  that unsigned field on the device, without the key.
+- Without a resource manager the TPM's 3 object slots run out in a TLS 1.3 handshake.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from asn1crypto import csr as asn1_csr
+from asn1crypto import keys as asn1_keys
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from integration.cli_harness import ROOT, new_ca_env, openssl
+from integration.est_pki import pkcs7_certificates
+from integration.swtpm import APT, Swtpm
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.hsm_matrix]
+
+OMIT_NULL = ROOT / "examples" / "tpm-device" / "csr-omit-null.sh"
+PROVIDERS = ("-provider", "tpm2", "-provider", "default")
+POLICY = "badge-reader"                     # shipped policy: ec:P-256, a SAN, bootstrap tokens
+
+
+def _require_tools() -> None:
+    missing = Swtpm.missing_tools() + [t for t in ("curl", "sh") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: {APT} curl")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory, module_database_url, module_serve):
+    _require_tools()
+    tmp = tmp_path_factory.mktemp("tpm-pki")
+    env = new_ca_env(tmp, module_database_url)
+    env.run("init", "--organization", "BuildingCo")
+    server = module_serve(env, "--rate-limit", "0")
+    return {"env": env, "server": server}
+
+
+@pytest.fixture(scope="module")
+def tpm(tmp_path_factory):
+    """The device's TPM, behind tpm2-abrmd: stopped (all three processes) after the module."""
+    _require_tools()
+    device_tpm = Swtpm()
+    try:
+        yield device_tpm.start(tmp_path_factory.mktemp("device-tpm") / "state", resource_manager=True)
+    finally:
+        device_tpm.stop()
+
+
+@pytest.fixture
+def fresh_tpm(tmp_path):
+    """Another machine's TPM (new seeds), direct swtpm TCTI; stopped after the test."""
+    other = Swtpm()
+    try:
+        yield other.start(tmp_path / "other-tpm")
+    finally:
+        other.stop()
+
+
+class Device:
+    """The device's side: openssl with the tpm2 provider on ``tpm``, curl, openssl s_client."""
+
+    def __init__(self, tpm: Swtpm, server, directory: Path, device_id: str):
+        self.tpm, self.server, self.dir, self.id = tpm, server, directory, device_id
+        self.env = {**os.environ, **tpm.env}
+        shutil.copy(server.chain, directory / "chain.pem")
+
+    def openssl(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["openssl", *args], env=self.env, cwd=self.dir, input=input, capture_output=True,
+                              timeout=60)
+
+    def genkey(self, name: str, *pkeyopts: str) -> Path:
+        path = self.dir / f"{name}.tss2.pem"
+        opts = pkeyopts or ("group:P-256",)
+        proc = self.openssl("genpkey", *PROVIDERS, "-algorithm", "RSA" if opts[0].startswith("bits") else "EC",
+                            *[a for o in opts for a in ("-pkeyopt", o)], "-out", str(path))
+        assert proc.returncode == 0, proc.stderr
+        return path
+
+    def public_key(self, key: Path) -> bytes:
+        """The TPM key's public key (SubjectPublicKeyInfo DER), read through the TPM."""
+        proc = self.openssl("pkey", *PROVIDERS, "-in", str(key), "-pubout", "-outform", "DER")
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def csr(self, key: Path, name: str, policy: str = POLICY) -> tuple[Path, Path]:
+        """(the CSR as tpm2-openssl wrote it, the one csr-omit-null.sh made of it), both DER."""
+        raw, fixed = self.dir / f"{name}.tpm.csr.der", self.dir / f"{name}.csr.der"
+        proc = self.openssl("req", "-new", *PROVIDERS, "-key", str(key),
+                            "-subj", f"/O=BuildingCo/OU={policy}/CN={self.id}",
+                            "-addext", f"subjectAltName=URI:urn:dev:org:32473-{self.id}", "-outform", "DER",
+                            "-out", str(raw))
+        assert proc.returncode == 0, proc.stderr
+        fix = subprocess.run(["sh", str(OMIT_NULL), str(raw), str(fixed)], cwd=self.dir, capture_output=True,
+                             timeout=30)
+        assert fix.returncode == 0, fix.stderr
+        return raw, fixed
+
+    def enroll(self, csr: Path, secret: str, policy: str = POLICY) -> tuple[int, bytes, dict]:
+        """curl POSTs the base64 CSR with the bootstrap token from a config file (mode 0600)."""
+        auth = self.dir / "auth.curlrc"
+        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, f'user = "{self.id}:{secret}"\n'.encode())
+        os.close(fd)
+        try:
+            return self.server.curl(f"/{policy}/simpleenroll", "-K", str(auth),
+                                    "-H", "Content-Type: application/pkcs10",
+                                    body=base64.encodebytes(csr.read_bytes()))
+        finally:
+            auth.unlink()
+
+    def reenroll(self, cert: Path, key: Path, csr: Path, policy: str = POLICY) -> tuple[int, bytes, dict, bytes]:
+        """openssl s_client with the TPM key as TLS client key, a raw HTTP/1.1 POST on its stdin:
+        (status, body, headers, s_client's stderr); status 0 if no HTTP answer came."""
+        body = base64.encodebytes(csr.read_bytes())
+        request = (f"POST /.well-known/est/{policy}/simplereenroll HTTP/1.1\r\n"
+                   f"Host: 127.0.0.1:{self.server.port}\r\nContent-Type: application/pkcs10\r\n"
+                   f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+        proc = self.openssl("s_client", *PROVIDERS, "-cert", str(cert), "-key", str(key),
+                            "-CAfile", "chain.pem", "-verify_return_error", "-verify_ip", "127.0.0.1",
+                            "-connect", f"127.0.0.1:{self.server.port}", "-quiet", input=request)
+        return (*_http_response(proc.stdout), proc.stderr)
+
+    def save(self, body: bytes, name: str) -> tuple[Path, x509.Certificate]:
+        (cert,) = pkcs7_certificates(body)
+        path = self.dir / f"{name}.pem"
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path, cert
+
+    def verify(self, cert: Path) -> None:
+        proc = openssl("verify", "-CAfile", str(self.dir / "chain.pem"), str(cert))
+        assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
+
+
+def _http_response(raw: bytes) -> tuple[int, bytes, dict]:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep or not head.startswith(b"HTTP/1.1 "):
+        return 0, raw, {}
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), body, headers
+
+
+def _token(env, device_id: str, policy: str = POLICY) -> str:
+    return env.run("token", "create", "--policy", policy, "--device-id", device_id).stdout.decode().strip()
+
+
+def _certificates(env, device_id: str) -> list[dict]:
+    return json.loads(env.run("list", "--device-id", device_id, "--json").stdout)
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _enrolled(pki, tpm, tmp_path, device_id: str) -> tuple[Device, Path, Path]:
+    """A device enrolled with a TPM key and the bootstrap token: (device, its key, its certificate)."""
+    device = Device(tpm, pki["server"], tmp_path, device_id)
+    key = device.genkey("device")
+    _, csr = device.csr(key, "enroll")
+    status, body, _ = device.enroll(csr, _token(pki["env"], device_id))
+    assert status == 200, body
+    cert, _ = device.save(body, "device")
+    return device, key, cert
+
+
+def test_tpm_key_enrolls_with_curl_then_renews_and_rekeys_with_s_client(pki, tpm, tmp_path):
+    env = pki["env"]
+    device = Device(tpm, pki["server"], tmp_path, "br-401")
+    started = time.monotonic()
+    key = device.genkey("device")
+    # the file is the TPM's wrapping of the key: no software key, no private key without the TPM
+    assert key.read_text().startswith("-----BEGIN TSS2 PRIVATE KEY-----")
+    software = openssl("pkey", "-in", str(key), "-noout")
+    assert software.returncode != 0 and "No supported data to decode" in software.stderr
+    tpm_public = device.public_key(key)
+
+    raw, csr = device.csr(key, "enroll")
+    # tpm2-openssl 1.1.1's CSR: ecdsa-with-SHA256 with NULL parameters, refused (nothing issued, token kept)
+    assert "NULL" in openssl("asn1parse", "-inform", "DER", "-in", str(raw)).stdout
+    secret = _token(env, "br-401")
+    status, body, _ = device.enroll(raw, secret)
+    assert status == 400 and b"not a PKCS#10 certificate request" in body, (status, body)
+    assert _certificates(env, "br-401") == []
+    # the rewritten CSR: same signed content, same signature, the algorithm identifier without NULL
+    assert "NULL" not in openssl("asn1parse", "-inform", "DER", "-in", str(csr)).stdout
+    assert _cri(raw) == _cri(csr) and _signature(raw) == _signature(csr)
+    assert "verify OK" in openssl("req", "-inform", "DER", "-in", str(csr), "-verify", "-noout").stderr
+
+    status, body, headers = device.enroll(csr, secret)
+    assert status == 200, body
+    assert headers["content-type"] == "application/pkcs7-mime; smime-type=certs-only"
+    first_path, first = device.save(body, "device")
+    assert _spki(first) == tpm_public                     # the certificate is for the key in the TPM
+    assert first.subject.rfc4514_string() == "CN=br-401,OU=badge-reader,O=BuildingCo"
+    device.verify(first_path)
+    enrolled = time.monotonic()
+
+    # renewal: TLS client authentication with the TPM key, a new CSR from the same TPM key
+    _, renew_csr = device.csr(key, "renew")
+    status, body, headers, stderr = device.reenroll(first_path, key, renew_csr)
+    assert status == 200, (status, body, stderr)
+    assert headers["content-transfer-encoding"] == "base64"
+    second_path, second = device.save(body, "renewed")
+    assert second.serial_number != first.serial_number and _spki(second) == tpm_public
+    device.verify(second_path)
+    listed = {c["serial"]: c for c in _certificates(env, "br-401")}
+    assert [c["status"] for c in listed.values()] == ["good", "good"]
+
+    # rekey: the current certificate and its TPM key authenticate, the CSR is signed by a new TPM key
+    new_key = device.genkey("device-2")
+    new_public = device.public_key(new_key)
+    assert new_public != tpm_public
+    _, rekey_csr = device.csr(new_key, "rekey")
+    status, body, _, stderr = device.reenroll(second_path, key, rekey_csr)
+    assert status == 200, (status, body, stderr)
+    third_path, third = device.save(body, "rekeyed")
+    assert _spki(third) == new_public
+    device.verify(third_path)
+    # and the new certificate works with the new TPM key: renewing once more succeeds
+    _, again = device.csr(new_key, "again")
+    status, body, _, stderr = device.reenroll(third_path, new_key, again)
+    assert status == 200, (status, body, stderr)
+    assert _spki(device.save(body, "again")[1]) == new_public
+    shown = json.loads(env.run("show", format(second.serial_number, "x"), "--json").stdout)
+    assert shown["superseded_by"] == format(third.serial_number, "036x")
+    assert len(_certificates(env, "br-401")) == 4
+    print(f"\nTPM device: key + CSR + enroll {enrolled - started:.2f}s, "
+          f"3 re-enrollments {time.monotonic() - enrolled:.2f}s")
+
+
+def test_a_csr_for_a_key_the_sender_does_not_hold_is_refused(pki, tpm, tmp_path):
+    """Proof of possession over the real transport: the device (its certificate and TPM key in TLS)
+    sends a CSR naming another TPM's public key, signed with its own TPM key: 400, nothing issued."""
+    env = pki["env"]
+    device, key, cert = _enrolled(pki, tpm, tmp_path, "br-402")
+    victim = device.genkey("victim")                     # any public key the attacker can read
+    victim_public = device.public_key(victim)
+    _, own_csr = device.csr(key, "own")
+    forged = tmp_path / "forged.csr.der"
+    forged.write_bytes(_with_public_key(own_csr.read_bytes(), victim_public))
+    # (openssl req -verify exits 0 either way: its message tells)
+    assert "verify failure" in openssl("req", "-inform", "DER", "-in", str(forged), "-verify", "-noout").stderr
+    before = _certificates(env, "br-402")
+    status, body, _, stderr = device.reenroll(cert, key, forged)
+    assert status == 400 and b"proof of possession failed" in body, (status, body, stderr)
+    assert _certificates(env, "br-402") == before and len(before) == 1
+
+    # someone with the device's certificate but another TPM key: the client cannot even present it
+    status, body, _, stderr = device.reenroll(cert, victim, own_csr)
+    assert status == 0 and b"key values mismatch" in stderr, (status, body, stderr)
+    assert _certificates(env, "br-402") == before
+
+
+def test_a_copied_key_file_is_useless_on_another_tpm(pki, tpm, fresh_tpm, tmp_path):
+    """The TSS2 key file copied to a machine with another TPM: it neither signs a CSR nor
+    authenticates TLS there; nothing reaches the CA, nothing is issued."""
+    env = pki["env"]
+    (tmp_path / "device").mkdir()
+    device, key, cert = _enrolled(pki, tpm, tmp_path / "device", "br-403")
+    stolen_dir = tmp_path / "elsewhere"
+    stolen_dir.mkdir()
+    thief = Device(fresh_tpm, pki["server"], stolen_dir, "br-403")
+    stolen_key, stolen_cert = stolen_dir / "device.tss2.pem", stolen_dir / "device.pem"
+    shutil.copy(key, stolen_key)
+    shutil.copy(cert, stolen_cert)
+    csr = thief.openssl("req", "-new", *PROVIDERS, "-key", str(stolen_key), "-subj",
+                        "/O=BuildingCo/OU=badge-reader/CN=br-403", "-outform", "DER", "-out", "stolen.csr.der")
+    assert csr.returncode != 0 and not (stolen_dir / "stolen.csr.der").exists()
+    # the other TPM refuses to load the blob: TPM_RC_INTEGRITY (0x1df, `tpm2_rc_decode 0x1df`), its
+    # parent, derived from that TPM's own seed, cannot unwrap it
+    assert b"Esys_Load" in csr.stderr and b"0x000001df" in csr.stderr, csr.stderr
+    # with a CSR made elsewhere (here: by the real device), TLS with the copied key still fails
+    _, good_csr = device.csr(key, "for-thief")
+    shutil.copy(good_csr, stolen_dir / "good.csr.der")
+    status, body, _, stderr = thief.reenroll(stolen_cert, stolen_key, stolen_dir / "good.csr.der")
+    assert status == 0 and body == b"" and b"0x000001df" in stderr, (status, body, stderr)
+    assert len(_certificates(env, "br-403")) == 1
+    # and the real device, with its TPM, still can
+    status, body, _, stderr = device.reenroll(cert, key, good_csr)
+    assert status == 200, (status, body, stderr)
+
+
+def test_without_a_resource_manager_tls_runs_out_of_tpm_object_slots(pki, fresh_tpm, tmp_path):
+    """Why the device's TPM is behind tpm2-abrmd (/dev/tpmrm0 on hardware): with the direct swtpm TCTI
+    the key and the CSR work, but the TLS 1.3 handshake needs more loaded objects than the TPM's 3
+    (the key, and the tpm2 provider's SHA-256 hash sequences, which TLS copies)."""
+    env = pki["env"]
+    assert fresh_tpm.tcti.startswith("swtpm:")
+    device = Device(fresh_tpm, pki["server"], tmp_path, "br-404")
+    key = device.genkey("device")
+    _, csr = device.csr(key, "enroll")
+    status, body, _ = device.enroll(csr, _token(env, "br-404"))
+    assert status == 200, body
+    cert, _ = device.save(body, "device")
+    status, body, _, stderr = device.reenroll(cert, key, csr)
+    assert status == 0 and b"out of memory for object contexts" in stderr, (status, body, stderr)
+    assert len(_certificates(env, "br-404")) == 1
+
+
+def test_p384_tpm_key_and_software_fallback_pitfall(pki, tpm, tmp_path):
+    """door-lock allows ec:P-384: a P-384 TPM key enrolls. An algorithm the TPM does not have
+    (Ed25519) is silently generated by the default provider as a software key: check the file."""
+    env = pki["env"]
+    device = Device(tpm, pki["server"], tmp_path, "lock-405")
+    key = device.genkey("device", "group:P-384")
+    assert key.read_text().startswith("-----BEGIN TSS2 PRIVATE KEY-----")
+    _, csr = device.csr(key, "enroll", policy="door-lock")
+    status, body, _ = device.enroll(csr, _token(env, "lock-405", "door-lock"), policy="door-lock")
+    assert status == 200, body
+    path, cert = device.save(body, "device")
+    assert _spki(cert) == device.public_key(key) and cert.public_key().curve.name == "secp384r1"
+    device.verify(path)
+    software = tmp_path / "ed25519.pem"
+    proc = device.openssl("genpkey", *PROVIDERS, "-algorithm", "ED25519", "-out", str(software))
+    assert proc.returncode == 0 and software.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+
+
+def _cri(der_path: Path) -> bytes:
+    return asn1_csr.CertificationRequest.load(der_path.read_bytes())["certification_request_info"].dump()
+
+
+def _signature(der_path: Path) -> bytes:
+    return asn1_csr.CertificationRequest.load(der_path.read_bytes())["signature"].native
+
+
+def _with_public_key(csr_der: bytes, spki_der: bytes) -> bytes:
+    """The CSR with its subjectPKInfo replaced and its signature (over the old content) kept."""
+    request = asn1_csr.CertificationRequest.load(csr_der)
+    info = asn1_csr.CertificationRequestInfo.load(request["certification_request_info"].dump())
+    info["subject_pk_info"] = asn1_keys.PublicKeyInfo.load(spki_der)
+    return asn1_csr.CertificationRequest({"certification_request_info": info,
+                                          "signature_algorithm": request["signature_algorithm"],
+                                          "signature": request["signature"]}).dump(force=True)
