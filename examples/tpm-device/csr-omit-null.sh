@@ -6,8 +6,8 @@
 # strict parsers (device-ca's, Python cryptography's) refuse the CSR. The outer signatureAlgorithm is
 # not covered by the signature, so rewriting it needs no key and leaves the proof of possession intact:
 # this copies the signed CertificationRequestInfo and the signature bit for bit and writes the
-# algorithm identifier without the NULL. A CSR that has no NULL there is copied unchanged.
-# POSIX sh + openssl + head/tail/wc only (what a device has).
+# ECDSA algorithm identifier without the NULL. Any other CSR (no NULL there, RSA) is copied unchanged.
+# POSIX sh, openssl and coreutils (sed, head, tail, od, tr, wc, mktemp): what a device has.
 set -eu
 in=$1 out=$2
 # offset, header length and length of the three elements of the CertificationRequest SEQUENCE
@@ -15,6 +15,9 @@ set -- $(openssl asn1parse -inform DER -in "$in" | sed -n 's/^ *\([0-9]*\):d=1 *
 [ $# -eq 9 ] || { echo "$in: not a CertificationRequest" >&2; exit 1; }
 cri_at=$1 alg_at=$4 alg_hl=$5 alg_len=$6 sig_at=$7
 oid_len=$(($(head -c $((alg_at + alg_hl + 2)) "$in" | tail -c 1 | od -An -tu1)))
+# ecdsa-with-SHA* is 1.2.840.10045.4.3.x: 2a 86 48 ce 3d 04 03 (RSA's NULL is right and stays)
+oid=$(head -c $((alg_at + alg_hl + 2 + oid_len)) "$in" | tail -c "$oid_len" | od -An -tx1 | tr -d ' \n')
+case $oid in 2a8648ce3d0403*) ;; *) cp "$in" "$out"; exit 0 ;; esac
 if [ "$alg_len" -ne $((oid_len + 4)) ]; then cp "$in" "$out"; exit 0; fi   # no NULL after the OID
 body=$(mktemp)
 trap 'rm -f "$body"' EXIT
