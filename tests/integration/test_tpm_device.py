@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -250,6 +251,40 @@ def test_tpm_key_enrolls_with_curl_then_renews_and_rekeys_with_s_client(pki, tpm
     assert len(_certificates(env, "br-401")) == 4
     print(f"\nTPM device: key + CSR + enroll {enrolled - started:.2f}s, "
           f"3 re-enrollments {time.monotonic() - enrolled:.2f}s")
+
+
+def _doc_commands() -> str:
+    """The ```sh blocks of docs/tpm-device.md, in order."""
+    text = (ROOT / "docs" / "tpm-device.md").read_text()
+    blocks = re.findall(r"^```sh\n(.*?)^```$", text, flags=re.M | re.S)
+    assert len(blocks) >= 5, "docs/tpm-device.md lost its sh blocks"
+    return "\n".join(blocks)
+
+
+def test_the_documented_commands_work(pki, tpm, tmp_path):
+    """docs/tpm-device.md's device-side commands, pasted as they are into a POSIX sh: key in the TPM,
+    CSR, enrollment with curl and the token, renewal and rekey with openssl s_client."""
+    env, server = pki["env"], pki["server"]
+    shutil.copy(server.chain, tmp_path / "chain.pem")
+    shutil.copy(OMIT_NULL, tmp_path / "csr-omit-null.sh")
+    fd = os.open(tmp_path / "bootstrap.token", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, _token(env, "br-406").encode() + b"\n")
+    os.close(fd)
+    script = tmp_path / "device.sh"
+    script.write_text(_doc_commands())
+    device_env = {**os.environ, **tpm.env, "DEVICE": "br-406", "POLICY": POLICY, "CA_HOST": "127.0.0.1",
+                  "CA_PORT": str(server.port), "CHECK_NAME": "-verify_ip 127.0.0.1",
+                  "EST": f"https://127.0.0.1:{server.port}/.well-known/est"}
+    proc = subprocess.run(["sh", "-eu", str(script)], cwd=tmp_path, env=device_env, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert not (tmp_path / "bootstrap.token").exists() and not (tmp_path / "auth.curlrc").exists()
+    listed = _certificates(env, "br-406")
+    assert [c["status"] for c in listed] == ["good", "good", "good"]
+    current = x509.load_pem_x509_certificate((tmp_path / "device.pem").read_bytes())
+    assert _spki(current) == Device(tpm, server, tmp_path, "br-406").public_key(tmp_path / "device.tss2.pem")
+    assert format(current.serial_number, "036x") in {c["serial"] for c in listed}
+    assert (tmp_path / "device.tss2.pem").read_text().startswith("-----BEGIN TSS2 PRIVATE KEY-----")
 
 
 def test_a_csr_for_a_key_the_sender_does_not_hold_is_refused(pki, tpm, tmp_path):
