@@ -5,6 +5,10 @@
 the variables that point tpm2-tools and the tpm2 OpenSSL provider at it. ``stop()`` kills the
 group and may be called any number of times.
 
+``Swtpm().start(state_dir, unix_socket=True)`` listens on a unix socket instead (``socket_path``, the
+control channel beside it as ``socket_path.ctrl``, which the ``swtpm:path=`` TCTI expects): for
+go-tpm (the Go estclient), which talks to a TPM device or a unix socket only.
+
 ``Swtpm().start(state_dir, resource_manager=True)`` puts tpm2-abrmd, on a private D-Bus bus of its
 own (a unix socket in the state directory), between the clients and the simulator: ``tcti`` is
 then the ``tabrmd:`` one. That is what a real device has in the kernel (/dev/tpmrm0): a TPM has
@@ -57,6 +61,7 @@ class Swtpm:
         self.bus: subprocess.Popen | None = None
         self.abrmd: subprocess.Popen | None = None
         self.bus_address: str | None = None
+        self.socket_path: Path | None = None
         self.port: int | None = None
         self.ctrl_port: int | None = None
         self.state_dir: Path | None = None
@@ -72,6 +77,8 @@ class Swtpm:
 
     @property
     def direct_tcti(self) -> str:
+        if self.socket_path is not None:
+            return f"swtpm:path={self.socket_path}"
         return f"swtpm:host=127.0.0.1,port={self.port}"
 
     @property
@@ -82,7 +89,7 @@ class Swtpm:
 
     @property
     def _bus_name(self) -> str:
-        return f"com.intel.tss2.Tabrmd.p{self.port}"
+        return f"com.intel.tss2.Tabrmd.p{self.port or os.getpid()}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -92,20 +99,27 @@ class Swtpm:
             env["DBUS_SESSION_BUS_ADDRESS"] = self.bus_address
         return env
 
-    def start(self, state_dir: Path, timeout: float = 20, resource_manager: bool = False) -> "Swtpm":
+    def start(self, state_dir: Path, timeout: float = 20, resource_manager: bool = False,
+              unix_socket: bool = False) -> "Swtpm":
         """A fresh TPM (new state: new seeds, so keys of any other TPM are useless here), started
-        and cleared; listens on 127.0.0.1 only. With ``resource_manager``, tpm2-abrmd in front."""
+        and cleared; listens on 127.0.0.1 (or a unix socket) only. With ``resource_manager``,
+        tpm2-abrmd in front."""
         if self.process is not None:
             raise RuntimeError("this swtpm is already started")
         state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir = state_dir
-        self.port = _free_port_pair()
-        self.ctrl_port = self.port + 1
+        if unix_socket:
+            self.socket_path = state_dir / "tpm.sock"
+            listen = ["--server", f"type=unixio,path={self.socket_path}",
+                      "--ctrl", f"type=unixio,path={self.socket_path}.ctrl"]
+        else:
+            self.port = _free_port_pair()
+            self.ctrl_port = self.port + 1
+            listen = ["--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                      "--ctrl", f"type=tcp,port={self.ctrl_port},bindaddr=127.0.0.1"]
         # not --daemon: the Popen is the swtpm process, in its own session, so stop() can kill it
         self.process = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state_dir}",
-             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={self.ctrl_port},bindaddr=127.0.0.1",
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state_dir}", *listen,
              "--flags", "not-need-init,startup-clear", "--pid", f"file={state_dir / 'swtpm.pid'}",
              "--log", f"file={state_dir / 'swtpm.log'}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -129,7 +143,7 @@ class Swtpm:
             if probe.returncode == 0 and b"TPM2_PT_FAMILY_INDICATOR" in probe.stdout:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"swtpm on {self.port} does not answer: {probe.stderr.decode()[-1000:]}")
+                raise RuntimeError(f"swtpm at {self.direct_tcti} does not answer: {probe.stderr.decode()[-1000:]}")
             time.sleep(0.2)
 
     def _start_abrmd(self, state_dir: Path, timeout: float) -> None:

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from integration.cli_harness import ROOT, new_ca_env, openssl
 from integration.est_pki import pkcs7_certificates
 from integration.swtpm import APT, Swtpm
+from integration.tls_tools import estclient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.hsm_matrix]
 
@@ -390,3 +391,70 @@ def _with_public_key(csr_der: bytes, spki_der: bytes) -> bytes:
     return asn1_csr.CertificationRequest({"certification_request_info": info,
                                           "signature_algorithm": request["signature_algorithm"],
                                           "signature": request["signature"]}).dump(force=True)
+
+
+@pytest.fixture
+def go_tpm(tmp_path):
+    """A TPM on a unix socket (go-tpm talks to a device file or a unix socket only); stopped after the test."""
+    tpm = Swtpm()
+    try:
+        yield tpm.start(tmp_path / "go-tpm", unix_socket=True)
+    finally:
+        tpm.stop()
+
+
+def test_go_estclient_enrolls_and_reenrolls_with_a_tpm_key(pki, go_tpm, tmp_path):
+    """globalsign/est's estclient with its own TPM key support ("private_key": {"tpm": ...}, go-tpm):
+    a key made by tpm2-tools under a persistent storage key, CSR and TLS signatures by the TPM.
+    Its Go CSR has no NULL in the algorithm identifier: no rewrite needed."""
+    env, server = pki["env"], pki["server"]
+    if shutil.which("estclient") is None and not os.access("/usr/local/bin/estclient", os.X_OK):
+        pytest.fail("estclient missing: scripts/install-tools.sh (go install github.com/globalsign/est/cmd/estclient)")
+    tools = {**os.environ, **go_tpm.env}
+
+    def tpm2(*args: str) -> None:
+        proc = subprocess.run(list(args), env=tools, cwd=tmp_path, capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+
+    # the storage key persistent at 0x81000001 (the direct TCTI keeps transient objects: flush them),
+    # the signing key as TPM2B public/private blobs wrapped by it
+    tpm2("tpm2_createprimary", "-Q", "-C", "o", "-G", "ecc", "-c", "primary.ctx")
+    tpm2("tpm2_evictcontrol", "-Q", "-C", "o", "-c", "primary.ctx", "0x81000001")
+    tpm2("tpm2_flushcontext", "-t")
+    tpm2("tpm2_create", "-Q", "-C", "0x81000001", "-G", "ecc256:ecdsa-sha256", "-u", "key.pub", "-r", "key.priv")
+    tpm2("tpm2_flushcontext", "-t")
+    tpm_public = serialization.load_pem_public_key(subprocess.run(
+        ["tpm2_print", "-t", "TPM2B_PUBLIC", "-f", "pem", "key.pub"], cwd=tmp_path, capture_output=True,
+        check=True).stdout)
+    # go-tpm's Load adds the 2-byte size itself: it takes the TPMT_PUBLIC / private area without it
+    (tmp_path / "key.tpmt.pub").write_bytes((tmp_path / "key.pub").read_bytes()[2:])
+    (tmp_path / "key.area.priv").write_bytes((tmp_path / "key.priv").read_bytes()[2:])
+    tpm_key = {"tpm": {"device": str(go_tpm.socket_path), "storage_handle": 0x81000001,
+                       "public_area": str(tmp_path / "key.tpmt.pub"),
+                       "private_area": str(tmp_path / "key.area.priv")}}
+
+    def config(name: str, **extra) -> Path:
+        path = tmp_path / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, json.dumps({"private_key": tpm_key, **extra}).encode())
+        os.close(fd)
+        return path
+
+    base = ["-server", f"127.0.0.1:{server.port}", "-explicit", str(server.chain), "-aps", POLICY]
+    device_id = "br-407"
+    enroll_config = config("enroll.json", username=device_id, password=_token(env, device_id))
+    first = tmp_path / "first.pem"
+    out = estclient("enroll", *base, "-config", enroll_config, "-cn", device_id, "-ou", POLICY, "-org", "BuildingCo",
+                    "-uris", f"urn:dev:org:32473-{device_id}", "-out", first)
+    assert out.returncode == 0, out.stderr
+    cert = x509.load_pem_x509_certificate(first.read_bytes())
+    assert cert.public_key() == tpm_public and cert.subject.rfc4514_string() == "CN=br-407,OU=badge-reader,O=BuildingCo"
+    assert openssl("verify", "-CAfile", str(server.chain), str(first)).returncode == 0
+    # re-enrollment: TLS client authentication signed by the TPM through go-tpm
+    renewed = tmp_path / "renewed.pem"
+    out = estclient("reenroll", *base, "-config", config("reenroll.json"), "-certs", first, "-out", renewed)
+    assert out.returncode == 0, out.stderr
+    second = x509.load_pem_x509_certificate(renewed.read_bytes())
+    assert second.public_key() == tpm_public and second.serial_number != cert.serial_number
+    assert openssl("verify", "-CAfile", str(server.chain), str(renewed)).returncode == 0
+    assert [c["status"] for c in _certificates(env, device_id)] == ["good", "good"]
