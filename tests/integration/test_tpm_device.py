@@ -423,12 +423,13 @@ def test_go_estclient_enrolls_and_reenrolls_with_a_tpm_key(pki, go_tpm, tmp_path
     tpm2("tpm2_flushcontext", "-t")
     tpm2("tpm2_create", "-Q", "-C", "0x81000001", "-G", "ecc256:ecdsa-sha256", "-u", "key.pub", "-r", "key.priv")
     tpm2("tpm2_flushcontext", "-t")
+    # the public key as the TPM made it (tpm2_print), to compare with the certificates
     tpm_public = serialization.load_pem_public_key(subprocess.run(
         ["tpm2_print", "-t", "TPM2B_PUBLIC", "-f", "pem", "key.pub"], cwd=tmp_path, capture_output=True,
         check=True).stdout)
     # go-tpm's Load adds the 2-byte size itself: it takes the TPMT_PUBLIC / private area without it
-    (tmp_path / "key.tpmt.pub").write_bytes((tmp_path / "key.pub").read_bytes()[2:])
-    (tmp_path / "key.area.priv").write_bytes((tmp_path / "key.priv").read_bytes()[2:])
+    tpm2("sh", "-c", "tail -c +3 key.pub > key.tpmt.pub; tail -c +3 key.priv > key.area.priv")
+    assert (tmp_path / "key.tpmt.pub").read_bytes() == (tmp_path / "key.pub").read_bytes()[2:]
     tpm_key = {"tpm": {"device": str(go_tpm.socket_path), "storage_handle": 0x81000001,
                        "public_area": str(tmp_path / "key.tpmt.pub"),
                        "private_area": str(tmp_path / "key.area.priv")}}
