@@ -134,13 +134,17 @@ class Device:
     def reenroll(self, cert: Path, key: Path, csr: Path, policy: str = POLICY) -> tuple[int, bytes, dict, bytes]:
         """openssl s_client with the TPM key as TLS client key, a raw HTTP/1.1 POST on its stdin:
         (status, body, headers, s_client's stderr); status 0 if no HTTP answer came."""
-        body = base64.encodebytes(csr.read_bytes())
-        request = (f"POST /.well-known/est/{policy}/simplereenroll HTTP/1.1\r\n"
-                   f"Host: 127.0.0.1:{self.server.port}\r\nContent-Type: application/pkcs10\r\n"
+        return self.post(self.server.port, self.dir / "chain.pem", f"/.well-known/est/{policy}/simplereenroll",
+                         "application/pkcs10", base64.encodebytes(csr.read_bytes()), cert, key)
+
+    def post(self, port: int, ca_file: Path, path: str, content_type: str, body: bytes, cert: Path,
+             key: Path) -> tuple[int, bytes, dict, bytes]:
+        """An HTTP/1.1 POST written to openssl s_client's stdin, the TPM key as TLS client key."""
+        request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
         proc = self.openssl("s_client", *PROVIDERS, "-cert", str(cert), "-key", str(key),
-                            "-CAfile", "chain.pem", "-verify_return_error", "-verify_ip", "127.0.0.1",
-                            "-connect", f"127.0.0.1:{self.server.port}", "-quiet", input=request)
+                            "-CAfile", str(ca_file), "-verify_return_error", "-verify_ip", "127.0.0.1",
+                            "-connect", f"127.0.0.1:{port}", "-quiet", input=request)
         return (*_http_response(proc.stdout), proc.stderr)
 
     def save(self, body: bytes, name: str) -> tuple[Path, x509.Certificate]:
@@ -459,3 +463,75 @@ def test_go_estclient_enrolls_and_reenrolls_with_a_tpm_key(pki, go_tpm, tmp_path
     assert second.public_key() == tpm_public and second.serial_number != cert.serial_number
     assert openssl("verify", "-CAfile", str(server.chain), str(renewed)).returncode == 0
     assert [c["status"] for c in _certificates(env, device_id)] == ["good", "good"]
+
+
+# -- Keycloak: a token for the TPM key ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def kc_ca(tmp_path_factory):
+    """A CA and database of its own for the Keycloak test (its serve runs the Keycloak outbox drainer)."""
+    from conftest import fresh_database
+
+    tmp = tmp_path_factory.mktemp("tpm-kc-ca")
+    with fresh_database(tmp) as url:
+        env = new_ca_env(tmp, url, home_name="kc-home")
+        env.run("init", "--organization", "BuildingCo")
+        yield env
+
+
+@pytest.fixture(scope="module")
+def kc(kc_ca, tmp_path_factory):
+    from integration.keycloak_harness import new_keycloak
+
+    keycloak = new_keycloak(tmp_path_factory.mktemp("tpm-kc-state"))
+    try:
+        keycloak.start(truststore=kc_ca.ca_dir / "trust.pem", fresh=True)
+        kc_ca.extra.update(keycloak.device_env(kc_ca.home))
+        kc_ca.run("keycloak", "init-realm")
+        yield keycloak
+    finally:
+        keycloak.stop()
+
+
+@pytest.mark.keycloak
+@pytest.mark.database           # kc_ca's database is the backend under test (fresh_database)
+def test_a_tpm_key_gets_a_certificate_bound_keycloak_token(kc_ca, kc, serve, tpm, tmp_path):
+    """The device enrolled with its TPM key asks Keycloak for a token with nothing but that
+    certificate and key (client_credentials over mutual TLS, s_client with the tpm2 provider): the
+    token is bound to the certificate (RFC 8705 cnf x5t#S256)."""
+    import hashlib
+
+    from integration.keycloak_harness import jwt_claims, wait_for
+
+    server = serve(kc_ca)
+    device = Device(tpm, server, tmp_path, "br-408")
+    key = device.genkey("device")
+    _, csr = device.csr(key, "enroll")
+    status, body, _ = device.enroll(csr, _token(kc_ca, "br-408"))
+    assert status == 200, body
+    cert_path, cert = device.save(body, "device")
+    admin = kc.admin()
+    wait_for(lambda: admin.find_client("smart-building", "br-408"), 60, what="the Keycloak client of br-408")
+
+    token_path = "/realms/smart-building/protocol/openid-connect/token"
+    form = b"grant_type=client_credentials&client_id=br-408"
+    status, body, _, stderr = device.post(kc.https_port, kc.server_cert, token_path,
+                                          "application/x-www-form-urlencoded", form, cert_path, key)
+    assert status == 200, (status, body, stderr)
+    answer = json.loads(body)
+    claims = jwt_claims(answer["access_token"])
+    thumbprint = base64.urlsafe_b64encode(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+    assert claims["cnf"]["x5t#S256"] == thumbprint.rstrip(b"=").decode()
+    assert claims["azp"] == "br-408" and claims["cert_serial"] == format(cert.serial_number, "036x")
+    # the same request without the TPM key (no client certificate): no token
+    request = (f"POST {token_path} HTTP/1.1\r\nHost: 127.0.0.1:{kc.https_port}\r\n"
+               "Content-Type: application/x-www-form-urlencoded\r\n"
+               f"Content-Length: {len(form)}\r\nConnection: close\r\n\r\n").encode() + form
+    bare = openssl_input("s_client", "-CAfile", str(kc.server_cert), "-verify_return_error",
+                         "-connect", f"127.0.0.1:{kc.https_port}", "-quiet", input=request)
+    status, body, _ = _http_response(bare.stdout)
+    assert status == 401 and b"access_token" not in body, (status, body)
+
+
+def openssl_input(*args: str, input: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run(["openssl", *args], input=input, capture_output=True, timeout=60)
