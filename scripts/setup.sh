@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what device-ca needs on Debian, skipping what is already there (idempotent).
 #   Debian: softhsm2 opensc postgresql openssl gnutls-bin curl, and for the browser tests
-#           chromium chromium-driver libnss3-tools (pk12util, certutil)
+#           chromium chromium-driver libnss3-tools (pk12util, certutil); for the HSM matrix
+#           opencryptoki and a TPM: swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0
+#           libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-openssl dbus
 #   Python: this package with its test extras (pip install -e '.[test]')
 #   Tools:  nginx-light, wrk, estclient (scripts/install-tools.sh)
 set -euo pipefail
@@ -10,7 +12,9 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-packages=(softhsm2 opensc postgresql openssl gnutls-bin curl chromium chromium-driver libnss3-tools)
+packages=(softhsm2 opensc postgresql openssl gnutls-bin curl chromium chromium-driver libnss3-tools
+          opencryptoki swtpm swtpm-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1
+          libtpm2-pkcs11-tools tpm2-openssl dbus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
