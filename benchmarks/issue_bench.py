@@ -96,8 +96,8 @@ with token.open(user_pin=pin_from_env(), rw=True) as session:
     signature = private.sign(payload, mechanism=mechanism, mechanism_param=param)  # warm-up, checked below
     if private.key_type == KeyType.EC:
         half = len(signature) // 2
-        key.public_key().verify(encode_dss_signature(int.from_bytes(signature[:half], "big"),
-                                                     int.from_bytes(signature[half:], "big")), data, ec.ECDSA(algorithm))
+        r, s = int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
+        key.public_key().verify(encode_dss_signature(r, s), data, ec.ECDSA(algorithm))
     else:
         key.public_key().verify(signature, data, padding.PKCS1v15(), algorithm)
     sign = private.sign
@@ -110,9 +110,10 @@ with token.open(user_pin=pin_from_env(), rw=True) as session:
         if time.perf_counter() > deadline:
             break
     elapsed = time.perf_counter() - start
+given = (f"the {len(data)}-byte TBS, hashed on the token" if payload == data
+         else f"a {len(payload)}-byte digest made here")
 print(json.dumps({"rate": done / elapsed, "count": done, "seconds": elapsed, "login_seconds": login,
-                  "mechanism": keys.mechanism_name(mechanism),
-                  "input": "data (hashed on the token)" if payload == data else f"{len(payload)}-byte digest made here"}))
+                  "mechanism": keys.mechanism_name(mechanism), "input": given}))
 """
 
 
@@ -172,6 +173,7 @@ def run_module(kind: str, args) -> dict:
     print(f"== {NAMES[kind]} ({MODULES[kind]})", flush=True)
     work = Path(tempfile.mkdtemp(prefix=f"device-ca-bench-{kind}-"))
     result: dict = {"kind": kind}
+    cleaned_up = False               # scratch() stopped the daemons and put openCryptoki's files back
     try:
         if kind == "opencryptoki" and lock_busy():
             print(f"waiting for openCryptoki's machine lock {SCRATCH_LOCK} (another run holds the soft token)",
@@ -179,34 +181,45 @@ def run_module(kind: str, args) -> dict:
         started = time.perf_counter()
         with scratch(kind, work / "token", label=TOKEN_LABEL) as provisioner:
             print(f"scratch token {TOKEN_LABEL!r} ready in {time.perf_counter() - started:.1f} s", flush=True)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("DEVICE_CA_") and k != "SOFTHSM2_CONF"}
-            env.update(provisioner.env())
-            env.update({"DEVICE_CA_HOME": str(work / "home"), "DEVICE_CA_POLICY_DIR": str(ROOT / "policies"),
-                        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
-            if args.database_url:
-                env["DEVICE_CA_DATABASE_URL"] = args.database_url
-            out = work / "result.json"
-            command = [sys.executable, str(Path(__file__).resolve()), "--measure", kind, "--result", str(out),
-                       "--budget", str(args.budget), "--lint", args.lint]
-            for option, value in (("-n", args.n), ("--raw-signatures", args.raw_signatures),
-                                  ("--key-type", args.key_type)):
-                if value is not None:
-                    command += [option, str(value)]
-            proc = subprocess.run(command, env=env, cwd=ROOT)
-            if proc.returncode != 0 or not out.exists():
-                result["error"] = f"measurement exited {proc.returncode} (see above)"
-            else:
-                result.update(json.loads(out.read_text()))
+            try:
+                result.update(measure_in_child(kind, provisioner, work, args))
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                result["error"] = f"{type(exc).__name__}: {exc}"
+        cleaned_up = True
     except ProvisionError as exc:
         result["error"] = f"cannot provision a scratch token: {exc}"
-    except (OSError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        backup = work / "token" / "swtok-before"    # where scratch() sets openCryptoki's soft token aside
+        if cleaned_up or not backup.exists():
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"{kind}: openCryptoki's soft token may not have been put back; its files from before the "
+                  f"run are kept in {backup}", flush=True)
     if "error" in result:
         print(f"{kind}: FAILED: {result['error']}", flush=True)
     print(flush=True)
     return result
+
+
+def measure_in_child(kind: str, provisioner, work: Path, args) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVICE_CA_") and k != "SOFTHSM2_CONF"}
+    env.update(provisioner.env())
+    env.update({"DEVICE_CA_HOME": str(work / "home"), "DEVICE_CA_POLICY_DIR": str(ROOT / "policies"),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    if args.database_url:
+        env["DEVICE_CA_DATABASE_URL"] = args.database_url
+    out = work / "result.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--measure", kind, "--result", str(out),
+               "--budget", str(args.budget), "--lint", args.lint]
+    for option, value in (("-n", args.n), ("--raw-signatures", args.raw_signatures), ("--key-type", args.key_type)):
+        if value is not None:
+            command += [option, str(value)]
+    proc = subprocess.run(command, env=env, cwd=ROOT)
+    if proc.returncode != 0 or not out.exists():
+        return {"error": f"measurement exited {proc.returncode} (see above)"}
+    return json.loads(out.read_text())
 
 
 def lock_busy() -> bool:
@@ -252,6 +265,7 @@ def measure(kind: str, args) -> int:
     from device_ca.ca.lint import pkilint_gate
     from device_ca.ca.template_lint import TemplateLinter
     from device_ca.config import Settings
+    from device_ca.errors import DeviceCAError
     from device_ca.services import Services
     from tests.helpers import make_csr
 
@@ -268,7 +282,11 @@ def measure(kind: str, args) -> int:
         print(f"  {name}: {plan}")
 
     started = time.perf_counter()
-    services.admin.init_ca(key_type, CaProfile(organization="BuildingCo"), actor="bench")
+    try:
+        services.admin.init_ca(key_type, CaProfile(organization="BuildingCo"), actor="bench")
+    except DeviceCAError as exc:
+        print(f"device-ca init --key-type {key_type} refused: {exc}", file=sys.stderr)
+        return 1
     print(f"CA key type {key_type}: device-ca init {time.perf_counter() - started:.1f} s", flush=True)
     # A key per device: the RA refuses a key already certified for another device.
     csrs = [make_csr(f"lock-{i}", key=ec.generate_private_key(ec.SECP256R1())) for i in range(n + 10)]
@@ -301,7 +319,7 @@ def measure(kind: str, args) -> int:
         return 1
     raw = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     print(f"{NAMES[kind]} raw {key_type} signatures via python-pkcs11 (peer, same run): {raw['rate']:,.1f} "
-          f"signatures/s ({raw['count']} in {raw['seconds']:.1f} s; {raw['mechanism']} on a {raw['input']}, "
+          f"signatures/s ({raw['count']} in {raw['seconds']:.1f} s; {raw['mechanism']} on {raw['input']}, "
           f"{hash_name.upper().replace('SHA', 'SHA-')}; C_Login {raw['login_seconds'] * 1000:.0f} ms)")
     print(f"ratio device-ca / raw signing: {issued_rate / raw['rate']:.3f}", flush=True)
     if args.result:
