@@ -179,12 +179,14 @@ def run_module(kind: str, args) -> dict:
     result: dict = {"kind": kind}
     cleaned_up = False               # scratch() stopped the daemons and put openCryptoki's files back
     try:
-        if kind == "opencryptoki" and lock_busy():
+        waited = kind == "opencryptoki" and lock_busy()
+        if waited:
             print(f"waiting for openCryptoki's machine lock {SCRATCH_LOCK} (another run holds the soft token)",
                   flush=True)
         started = time.perf_counter()
         with scratch(kind, work / "token", label=TOKEN_LABEL) as provisioner:
-            print(f"scratch token {TOKEN_LABEL!r} ready in {time.perf_counter() - started:.1f} s", flush=True)
+            print(f"scratch token {TOKEN_LABEL!r} ready in {time.perf_counter() - started:.1f} s"
+                  + (" (with the wait for the lock)" if waited else ""), flush=True)
             try:
                 result.update(measure_in_child(kind, provisioner, work, args))
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
