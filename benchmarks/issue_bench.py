@@ -122,12 +122,14 @@ print(json.dumps({"rate": done / elapsed, "count": done, "seconds": elapsed, "lo
 
 
 def kind_of(name: str) -> str:
-    """softhsm | opencryptoki | tpm for a kind name or a module path (any spelling of the same file)."""
+    """softhsm | opencryptoki | tpm for a kind name, a module path (any spelling of the same file) or
+    the module's file name."""
     if name in MODULES:
         return name
     real = os.path.realpath(name)
     for kind, path in MODULES.items():
-        if real == os.path.realpath(path) or os.path.basename(name) == os.path.basename(path):
+        # a bare file name is shorthand; a path must be that very file (scratch() provisions MODULES only)
+        if real == os.path.realpath(path) or name == os.path.basename(path):
             return kind
     raise SystemExit(f"issue_bench: unknown module {name!r}; give one of {', '.join(KINDS)}, 'all', "
                      f"or a path: {', '.join(MODULES.values())}")
