@@ -240,13 +240,20 @@ class Pkcs11EcPrivateKey(Pkcs11PrivateKey, ec.EllipticCurvePrivateKey):
     def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> NoReturn:
         raise HsmError("key", NEVER_LEAVES)
 
-    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+    def plan(self, signature_algorithm: ec.EllipticCurveSignatureAlgorithm):
+        """A function (mechanisms, data) -> (mechanism, parameter, what to give C_Sign): the choice
+        sign() makes. Refuses unsupported algorithms before anything reaches the token; it does not
+        use the token itself (benchmarks time C_Sign with exactly this choice)."""
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise UnsupportedAlgorithm("only ECDSA signatures are supported")
         if getattr(signature_algorithm, "deterministic_signing", False):
             raise UnsupportedAlgorithm("deterministic ECDSA (RFC 6979) is not available through PKCS#11")
         algorithm = signature_algorithm.algorithm
-        raw = self._token._sign(self.label, lambda mechanisms: ec_plan(mechanisms, data, algorithm))
+        return lambda mechanisms, data: ec_plan(mechanisms, data, algorithm)
+
+    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+        plan = self.plan(signature_algorithm)
+        raw = self._token._sign(self.label, lambda mechanisms: plan(mechanisms, data))
         half = len(raw) // 2
         if half == 0 or len(raw) != 2 * half:
             raise HsmError("device", f"token returned a malformed ECDSA signature ({len(raw)} bytes)")
@@ -270,12 +277,13 @@ class Pkcs11RsaPrivateKey(Pkcs11PrivateKey, rsa.RSAPrivateKey):
 
     def sign(self, data: bytes, padding: rsa_padding.AsymmetricPadding,
              algorithm: hashes.HashAlgorithm | Prehashed) -> bytes:
-        plan = self._plan(padding, algorithm)
+        plan = self.plan(padding, algorithm)
         return self._token._sign(self.label, lambda mechanisms: plan(mechanisms, data))
 
-    def _plan(self, padding: rsa_padding.AsymmetricPadding, algorithm: hashes.HashAlgorithm | Prehashed):
-        """A function (mechanisms, data) -> (mechanism, parameter, what to give C_Sign); refuses
-        unsupported paddings and hashes before anything reaches the token."""
+    def plan(self, padding: rsa_padding.AsymmetricPadding, algorithm: hashes.HashAlgorithm | Prehashed):
+        """A function (mechanisms, data) -> (mechanism, parameter, what to give C_Sign): the choice
+        sign() makes. Refuses unsupported paddings and hashes before anything reaches the token; it
+        does not use the token itself (benchmarks time C_Sign with exactly this choice)."""
         prehashed = isinstance(algorithm, Prehashed)
         name = algorithm._algorithm.name if prehashed else algorithm.name
         if name not in _RSA_HASHES:

@@ -373,16 +373,23 @@ def _machine_lock(wait: float) -> Iterator[None]:
 
 
 def _pgrep(name: str) -> int | None:
-    """A live process called ``name`` (zombies - a stopped daemon not yet reaped - do not count)."""
+    """A running process called ``name`` (not a zombie: see _zombie), or None."""
     out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
-    for pid in out.stdout.split():
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            return int(pid)
-    return None
+    running = [int(pid) for pid in out.stdout.split() if not _zombie(int(pid))] if out.returncode == 0 else []
+    return running[0] if running else None
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended and only waits to be reaped (state Z). A daemon that forked into the
+    background is reaped by PID 1; where PID 1 does not reap (a container without an init), a
+    stopped pkcsslotd stays a zombie for good and must not count as running: else every later
+    scratch("opencryptoki") would refuse, and each stop would wait out _terminate's 10 s."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].startswith(("Z", "X"))
 
 
 def _read_pid(path: Path) -> int | None:
@@ -401,7 +408,7 @@ def _alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
 
 
 def _wait_for(probe, seconds: float, message: str):
@@ -415,18 +422,20 @@ def _wait_for(probe, seconds: float, message: str):
 
 
 def _terminate(pid: int, name: str) -> None:
-    if not _alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(pid):
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
     if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child (tpm2-abrmd); zombies count as ended
+    except ChildProcessError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -341,8 +341,11 @@ class Token:
         try:
             session = token.open(rw=True)  # no PIN here: python-pkcs11 leaks the session on a failed login
         except PKCS11Error as exc:
-            raise HsmError("device", f"C_OpenSession on token {self.token_label!r} failed "
-                                     f"({pkcs11_error_name(exc)})") from exc
+            name = pkcs11_error_name(exc)
+            # CKR_SESSION_COUNT: every process of device-ca holds one session; the token allows no more.
+            hint = ("; the token's session limit is reached: fewer processes (workers) or a token allowing more"
+                    if name == "SessionCount" else "")
+            raise HsmError("device", f"C_OpenSession on token {self.token_label!r} failed ({name}){hint}") from exc
         rv = lib.raw.login_user(session.handle, self._config.pin)
         if rv not in (CKR_OK, CKR_USER_ALREADY_LOGGED_IN):
             try:

@@ -166,6 +166,38 @@ def probe_fork() -> dict:
             "parent_after": signatures(key)}
 
 
+def probe_session_limit() -> dict:
+    """Open sessions until the token refuses one (tpm2-pkcs11 allows 1024 per application), then open a
+    Token: its error names the limit."""
+    import pkcs11
+
+    from hsm.library import call_lock, load
+
+    module = os.environ["DEVICE_CA_HSM_MODULE"]
+    with call_lock(module):
+        lib = load(module).pkcs11          # the instance hsm uses: one C_Initialize per process
+    token = lib.get_token(token_label=os.environ["DEVICE_CA_HSM_TOKEN"])
+    sessions = []
+    limit = None
+    while len(sessions) < 2000:
+        try:
+            sessions.append(token.open())
+        except pkcs11.exceptions.SessionCount:
+            limit = len(sessions)
+            break
+    try:
+        Token(config()).open()
+        refused = None
+    except HsmError as exc:
+        refused = {"reason": exc.reason, "message": str(exc)}
+    for session in sessions[:10]:
+        session.close()
+    after = Token(config())
+    after.open()  # room again
+    after.ping()
+    return {"limit": limit, "refused": refused}
+
+
 def probe_wipe() -> dict:
     """Destroy device-ca's key objects (labels device-ca-*): a fresh CA on a token shared by several tests."""
     import pkcs11
@@ -185,5 +217,5 @@ def probe_wipe() -> dict:
 
 if __name__ == "__main__":
     probes = {"keys": probe_keys, "login": probe_login, "wrong-pin": probe_wrong_pin, "fork": probe_fork,
-              "wipe": probe_wipe}
+              "wipe": probe_wipe, "session-limit": probe_session_limit}
     print(json.dumps(probes[sys.argv[1]]()))

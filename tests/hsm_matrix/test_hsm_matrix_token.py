@@ -101,3 +101,14 @@ def test_fork_after_initialize(pkcs11_module):
     else:
         assert own and all(v is True for v in own.values()), own
     assert all(v is True for v in answer["parent_after"].values()), answer
+
+
+def test_session_limit(pkcs11_module):
+    """tpm2-pkcs11 allows 1024 sessions per application; SoftHSM and openCryptoki none we reach with 2000.
+    Every device-ca process holds one; at the limit the error says so, and a session closed makes room."""
+    answer = pkcs11_module.probe("session-limit")
+    if pkcs11_module.kind == "tpm":
+        assert answer["limit"] == 1024
+        assert answer["refused"]["reason"] == "device" and "session limit is reached" in answer["refused"]["message"]
+    else:
+        assert answer == {"limit": None, "refused": None}
