@@ -180,8 +180,10 @@ def test_module_outage_under_a_running_server(pkcs11_module, tmp_path, database_
         secret = env.run("token", "create", "--policy", "badge-reader", "--device-id", device).stdout.decode().strip()
         _, body = device_csr(tmp_path, f"{device}-{time.monotonic_ns()}", f"/O=BuildingCo/OU=badge-reader/CN={device}",
                              san=f"URI:urn:dev:org:32473-{device}")
-        status, _, headers = server.curl("/badge-reader/simpleenroll", "-H", "Content-Type: application/pkcs10",
-                                         "-u", f"{device}:{secret}", body=body)
+        status, answer, headers = server.curl("/badge-reader/simpleenroll", "-H", "Content-Type: application/pkcs10",
+                                              "-u", f"{device}:{secret}", body=body)
+        if status == 200:
+            (tmp_path / f"{device}.pem").write_bytes(pkcs7_certificates(answer)[0].public_bytes(Encoding.PEM))
         return status, headers
 
     assert enroll("br-10")[0] == 200
@@ -194,6 +196,11 @@ def test_module_outage_under_a_running_server(pkcs11_module, tmp_path, database_
         else:
             assert status == 503 and headers.get("retry-after"), (status, headers)
             assert listed == []                          # refused, nothing issued
+        # OCSP: a pre-signed answer, or tryLater when it would have to sign; never an error or silence
+        asked = openssl("ocsp", "-issuer", str(env.ca_dir / "issuing.pem"), "-cert", str(tmp_path / "br-10.pem"),
+                        "-url", f"{server.http}/ocsp", "-CAfile", str(env.ca_dir / "root.pem"), "-timeout", "20")
+        assert (asked.returncode == 0 and "Response verify OK" in asked.stderr and ": good" in asked.stdout) or \
+            "Responder Error: trylater (3)" in asked.stdout, asked.stdout + asked.stderr
         failed = env.run("hsm", "info", check=False)
         assert failed.returncode == 9, failed.stderr
         assert module.pin.encode() not in failed.stderr + failed.stdout
