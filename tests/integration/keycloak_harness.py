@@ -7,6 +7,7 @@ cannot be installed or started is a test failure, never a skip.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -189,6 +190,20 @@ def processes_using(path: Path) -> list[int]:
 
 def new_keycloak(state: Path) -> Keycloak:
     return Keycloak(state=state, http_port=free_port(), https_port=free_port(), management_port=free_port())
+
+
+@contextlib.contextmanager
+def keycloak_for(ca, state: Path):
+    """A fresh Keycloak (state in ``state``) trusting the devices of CA ``ca`` (a CaEnv), with ``ca``
+    pointed at it and its realms made by ``keycloak init-realm``; stopped afterwards, also on failure."""
+    kc = new_keycloak(state)
+    try:
+        kc.start(truststore=ca.ca_dir / "trust.pem", fresh=True)
+        ca.extra.update(kc.device_env(ca.home))
+        ca.run("keycloak", "init-realm")
+        yield kc
+    finally:
+        kc.stop()
 
 
 def jwt_claims(token: str) -> dict:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from integration.cli_harness import new_ca_env
-from integration.keycloak_harness import jwt_claims, new_keycloak, processes_using, wait_for
+from integration.keycloak_harness import jwt_claims, keycloak_for, new_keycloak, processes_using, wait_for
 from integration.server_harness import policy_dir_with
 
 pytestmark = [pytest.mark.keycloak, pytest.mark.integration, pytest.mark.slow, pytest.mark.database]
@@ -103,14 +103,8 @@ def ca(tmp_path_factory, module_database_url):
 
 @pytest.fixture(scope="module")
 def keycloak(ca, tmp_path_factory):
-    kc = new_keycloak(tmp_path_factory.mktemp("kc-state"))
-    try:
-        kc.start(truststore=ca.ca_dir / "trust.pem", fresh=True)
-        ca.extra.update(kc.device_env(ca.home))
-        ca.run("keycloak", "init-realm")
+    with keycloak_for(ca, tmp_path_factory.mktemp("kc-state")) as kc:
         yield kc
-    finally:
-        kc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -484,16 +484,10 @@ def kc_ca(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kc(kc_ca, tmp_path_factory):
-    from integration.keycloak_harness import new_keycloak
+    from integration.keycloak_harness import keycloak_for
 
-    keycloak = new_keycloak(tmp_path_factory.mktemp("tpm-kc-state"))
-    try:
-        keycloak.start(truststore=kc_ca.ca_dir / "trust.pem", fresh=True)
-        kc_ca.extra.update(keycloak.device_env(kc_ca.home))
-        kc_ca.run("keycloak", "init-realm")
+    with keycloak_for(kc_ca, tmp_path_factory.mktemp("tpm-kc-state")) as keycloak:
         yield keycloak
-    finally:
-        keycloak.stop()
 
 
 @pytest.mark.keycloak
