@@ -73,9 +73,6 @@ _ECDSA_HASHES: dict[str, Mechanism] = {
     "sha384": Mechanism.ECDSA_SHA384, "sha512": Mechanism.ECDSA_SHA512,
 }
 
-# CK_INFO.manufacturerID of tpm2-pkcs11 (https://github.com/tpm2-software/tpm2-pkcs11)
-TPM2_PKCS11_MANUFACTURER = "tpm2-software"
-
 # key spec family -> the key pair generation mechanism
 KEYGEN_MECHANISMS: dict[str, Mechanism] = {"ec": Mechanism.EC_KEY_PAIR_GEN, "rsa": Mechanism.RSA_PKCS_KEY_PAIR_GEN}
 

@@ -30,8 +30,10 @@ from pkcs11.exceptions import PKCS11Error
 from hsm._cryptoki import Cryptoki
 from hsm.errors import CKR_CRYPTOKI_ALREADY_INITIALIZED, CKR_OK, HsmError, ckr_name, pkcs11_error_name
 
-# Modules whose C_Initialize state must not be touched in a forked child (CK_INFO.manufacturerID prefix).
-FORK_UNSAFE = ("tpm2-software",)
+# CK_INFO.manufacturerID of tpm2-pkcs11 (https://github.com/tpm2-software/tpm2-pkcs11).
+TPM2_PKCS11 = "tpm2-software"
+# Modules whose C_Initialize state must not be touched in a forked child (manufacturerID prefixes).
+FORK_UNSAFE = (TPM2_PKCS11,)
 
 _registry_lock = threading.Lock()
 _call_locks: dict[str, threading.Lock] = {}
@@ -93,7 +95,7 @@ class Library:
     def _initialize_in_child(self) -> None:
         if self.manufacturer.startswith(FORK_UNSAFE):
             # tpm2-pkcs11 keeps its TPM connection (tabrmd over D-Bus) across fork: a C_Finalize here
-            # flushes the parent's TPM objects and its C_Initialize hangs on the inherited D-Bus state.
+            # flushes the parent's TPM objects and its C_Initialize times out on the inherited D-Bus connection.
             raise HsmError("fork", f"{self.path} was initialised before this process was forked and cannot be "
                                    "initialised again in it (tpm2-pkcs11 shares the parent's TPM connection); "
                                    "load the module only after forking")

@@ -35,7 +35,7 @@ from hsm.config import TokenConfig
 from hsm.errors import (CKR_OK, CKR_USER_ALREADY_LOGGED_IN, PIN_FAILURES, HsmError, ckr_name,
                         loses_session, pkcs11_error_name)
 from hsm.keys import Pkcs11EcPrivateKey, Pkcs11PrivateKey, Pkcs11RsaPrivateKey
-from hsm.library import Library, call_lock, load
+from hsm.library import TPM2_PKCS11, Library, call_lock, load
 
 FORK_MESSAGE = "PKCS#11 was opened before fork; open the token in each worker after forking"
 
@@ -100,7 +100,7 @@ class Token:
             # Sign-only where the module allows it. tpm2-pkcs11 makes every key a TPM object with both
             # the sign and decrypt attributes and refuses (CKR_GENERAL_ERROR) a template that says
             # CKA_ENCRYPT/CKA_DECRYPT false; the key is still sensitive and never extractable.
-            dual = self._lib.pkcs11.manufacturer_id.startswith(keys.TPM2_PKCS11_MANUFACTURER)
+            dual = self._lib.manufacturer.startswith(TPM2_PKCS11)
             public = {**common, Attribute.PRIVATE: False, Attribute.VERIFY: True,
                       Attribute.ENCRYPT: dual, Attribute.WRAP: False}
             private = {**common, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
