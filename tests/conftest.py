@@ -6,7 +6,6 @@ each test gets a fresh PostgreSQL database created on the server at DEVICE_CA_TE
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -16,9 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pg import postgres_database  # noqa: E402
-
-BACKEND = os.environ.get("DEVICE_CA_TEST_DATABASE", "sqlite")
+from pg import BACKEND, fresh_database  # noqa: E402
 
 
 def pytest_configure(config):
@@ -53,18 +50,6 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     return f"device-ca test database: {BACKEND}; SoftHSM: {os.environ.get('SOFTHSM2_CONF')}"
-
-
-@contextlib.contextmanager
-def fresh_database(directory: Path):
-    """A URL of an empty database of the backend under test, dropped afterwards."""
-    if BACKEND == "sqlite":
-        yield f"sqlite:///{directory / 'device-ca.db'}"
-        return
-    if BACKEND != "postgresql":
-        raise pytest.UsageError(f"DEVICE_CA_TEST_DATABASE must be sqlite or postgresql, not {BACKEND}")
-    with postgres_database() as url:
-        yield url
 
 
 @pytest.fixture

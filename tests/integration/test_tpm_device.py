@@ -473,7 +473,7 @@ def test_go_estclient_enrolls_and_reenrolls_with_a_tpm_key(pki, go_tpm, tmp_path
 @pytest.fixture(scope="module")
 def kc_ca(tmp_path_factory):
     """A CA and database of its own for the Keycloak test (its serve runs the Keycloak outbox drainer)."""
-    from conftest import fresh_database
+    from pg import fresh_database
 
     tmp = tmp_path_factory.mktemp("tpm-kc-ca")
     with fresh_database(tmp) as url:
