@@ -8,6 +8,7 @@
 #   scripts/hsm-init.sh tpm                 # tpm2-pkcs11 on swtpm through tpm2-abrmd, under var/hsm/tpm
 #   . var/hsm/<kind>/env                    # DEVICE_CA_HSM_MODULE, _TOKEN, _PIN_FILE and the module's settings
 #   scripts/hsm-init.sh <kind> stop         # stops the daemons it started (the token's state stays)
+#   DEVICE_CA_HSM_STATE=DIR scripts/hsm-init.sh <kind> ...   # elsewhere than var/hsm/<kind>
 #
 # PINs are in var/hsm/<kind>/pin and so-pin (mode 0600), set through PKCS#11 (C_InitToken, C_InitPIN).
 set -euo pipefail
@@ -23,4 +24,5 @@ case "$kind" in
     softhsm|opencryptoki|tpm) ;;
     *) echo "usage: scripts/hsm-init.sh [softhsm|opencryptoki|tpm] [stop]" >&2; exit 2 ;;
 esac
-exec python3 -m hsm.provision "${2:-start}" --kind "$kind" --dir "var/hsm/$kind" --label "${DEVICE_CA_HSM_TOKEN:-device-ca}"
+exec python3 -m hsm.provision "${2:-start}" --kind "$kind" --dir "${DEVICE_CA_HSM_STATE:-var/hsm/$kind}" \
+    --label "${DEVICE_CA_HSM_TOKEN:-device-ca}"
