@@ -254,10 +254,11 @@ class Provisioner:
 
     def _init_by_pkcs11(self, soft_token_only: bool, quiet: bool = False) -> None:
         """C_InitToken (SO PIN, label) on a free slot, C_Login as SO, C_InitPIN; in a child process,
-        so that this process never holds the module initialised (a later fork stays clean)."""
-        os.environ.update(self.module_env())
+        so that this process never holds the module initialised (a later fork stays clean) and its
+        environment is not changed (the module's settings are set in the child only)."""
         pid = os.fork()
         if pid == 0:
+            os.environ.update(self.module_env())
             code = 1
             try:
                 self._init_in_this_process(soft_token_only)

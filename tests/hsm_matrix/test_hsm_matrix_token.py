@@ -112,3 +112,12 @@ def test_session_limit(pkcs11_module):
         assert answer["refused"]["reason"] == "device" and "session limit is reached" in answer["refused"]["message"]
     else:
         assert answer == {"limit": None, "refused": None}
+
+
+def test_setting_up_a_module_leaves_this_process_environment_alone(pkcs11_module):
+    """The module's settings (TPM2_PKCS11_*, its D-Bus bus) reach the processes that use it through
+    Module.env, never through the test process's own environment, which every later test inherits."""
+    import os
+
+    for name, value in pkcs11_module.provisioner.module_env().items():
+        assert os.environ.get(name) != value, name
