@@ -42,6 +42,7 @@ log = logging.getLogger("device_ca.ra.janitor")
 JANITOR_SECONDS = 5          # CRL after a revocation within seconds (bursts coalesce into one CRL)
 ROTATION_EVERY = 6           # superseded revocations and responder rotation every 30 s
 LEASE_TTL = dt.timedelta(seconds=20)      # a dead holder's jobs resume elsewhere within this
+FAILING_ROUNDS = 3           # rounds failing in a row before the janitor logs an error (not a warning)
 PREPARE_WAIT = 60.0          # seconds a starting node waits for the lease (or for another to finish)
 
 
@@ -159,12 +160,18 @@ class Janitor:
     def start(self, interval: float = JANITOR_SECONDS) -> threading.Thread:
         """A daemon thread running a round every ``interval`` seconds; errors are logged and retried."""
         def loop() -> None:
+            failing = 0
             while True:
                 time.sleep(interval)
                 try:
                     self.run_once()
+                    failing = 0
                 except Exception as exc:  # noqa: BLE001 - keep the janitor alive; the next round retries
-                    log.warning("janitor: %s", exc)
+                    failing += 1
+                    # one failed round is a warning; rounds failing in a row stop CRLs and pre-signed
+                    # answers, which an operator must see at the default log level
+                    (log.error if failing >= FAILING_ROUNDS else log.warning)(
+                        "janitor: %s (%d rounds in a row)", exc, failing)
 
         thread = threading.Thread(target=loop, name="device-ca-janitor", daemon=True)
         thread.start()

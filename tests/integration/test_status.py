@@ -74,7 +74,10 @@ def _presigned(env, serial, want_status, timeout=30):
 def test_server_presigns_answers_for_new_and_revoked_certificates(served):
     env, server, tmp = served
     cert, serial = _issue(env, tmp, "lock-5")
-    good = _presigned(env, serial, "good")
+    try:
+        good = _presigned(env, serial, "good")
+    except AssertionError as exc:  # the janitor pre-signs: what it logged says why it did not
+        raise AssertionError(f"{exc}; serve log: {server.log.read_text()[-3000:]}") from None
     req = tmp / "req5.der"
     openssl("ocsp", "-issuer", str(env.ca_dir / "issuing.pem"), "-cert", str(cert), "-no_nonce", "-reqout", str(req))
     status, body = _post(server, req.read_bytes())
@@ -217,7 +220,8 @@ def test_the_server_signs_audit_checkpoints_and_serves_the_newest(served):
             break
         assert code in ("200", "404"), proc.stdout
         time.sleep(1)
-    assert checkpoint is not None, "no checkpoint covering the revocation within 45 s"
+    assert checkpoint is not None, ("no checkpoint covering the revocation within 45 s; serve log: "
+                                    f"{server.log.read_text()[-3000:]}")
     message = base64.b64decode(checkpoint["message"])
     assert message == (f"device-ca audit checkpoint\nseq {checkpoint['seq']}\nhead {checkpoint['head']}\n"
                        f"at {checkpoint['at']}\n").encode()
