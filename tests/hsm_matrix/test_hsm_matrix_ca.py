@@ -9,7 +9,6 @@ import ctypes
 import csv
 import json
 import os
-import secrets
 import signal
 import subprocess
 import time
