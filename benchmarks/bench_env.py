@@ -7,10 +7,10 @@ from pathlib import Path
 
 def temp_softhsm(work: Path) -> Path:
     """A SoftHSM configuration under ``work``, made the process's SOFTHSM2_CONF before PKCS#11 loads."""
+    from hsm.softhsm import write_config
+
     directory = work / "softhsm"
-    (directory / "tokens").mkdir(parents=True)
-    conf = directory / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    conf = write_config(directory)
     os.environ["SOFTHSM2_CONF"] = str(conf)
     os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"] = str(directory)
     return conf

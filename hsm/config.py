@@ -7,8 +7,10 @@ or the database, and it is kept out of every repr, log line and exception messag
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hsm.errors import HsmError
 
@@ -31,6 +33,20 @@ class TokenConfig:
             raise HsmError("token", "no token label configured")
         if not isinstance(self.pin, str) or not self.pin:
             raise HsmError("pin", "empty HSM PIN")
+
+
+def random_pin(path: str | os.PathLike, length: int) -> str:
+    """The PIN in the file ``path``, made first (``length`` random hex characters, mode 0600, created
+    exclusively) when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_hex(length)[:length].encode() + b"\n")
+        finally:
+            os.close(fd)
+    return path.read_text().strip()
 
 
 def pin_from_env(environ: Mapping[str, str] = os.environ) -> str:

@@ -27,7 +27,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -39,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hsm._cryptoki import CKU_SO, Cryptoki
+from hsm.config import random_pin
 from hsm.errors import CKR_OK, ckr_name
 
 MODULES = {
@@ -76,16 +76,6 @@ def free_port_pair() -> int:
                     continue
                 return port
     raise ProvisionError("no two adjacent free loopback ports for swtpm")
-
-
-def random_pin(path: Path, length: int) -> str:
-    """The PIN in ``path``, made (random, ``length`` characters, mode 0600) when absent."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, secrets.token_hex(length)[:length].encode() + b"\n")
-        os.close(fd)
-    return path.read_text().strip()
 
 
 class Provisioner:
@@ -150,13 +140,9 @@ class Provisioner:
     # -- SoftHSM ---------------------------------------------------------------------
 
     def _start_softhsm(self) -> None:
-        from hsm.softhsm import init_token, token_labels
+        from hsm.softhsm import init_token, token_labels, write_config
 
-        conf = self.directory / "softhsm2.conf"
-        if not conf.exists():
-            (self.directory / "tokens").mkdir(exist_ok=True)
-            conf.write_text(f"directories.tokendir = {self.directory / 'tokens'}\n"
-                            "objectstore.backend = file\nlog.level = ERROR\n")
+        write_config(self.directory)
         env = {**os.environ, **self.module_env()}
         if self.label in token_labels(env):
             return

@@ -18,6 +18,19 @@ import sys
 import time
 from pathlib import Path
 
+from hsm.config import random_pin
+
+
+def write_config(directory: Path) -> Path:
+    """``directory``/softhsm2.conf with its tokens in ``directory``/tokens (both made if absent; an
+    existing configuration is kept); its path, for SOFTHSM2_CONF."""
+    (directory / "tokens").mkdir(parents=True, exist_ok=True)
+    conf = directory / "softhsm2.conf"
+    if not conf.exists():
+        conf.write_text(f"directories.tokendir = {directory / 'tokens'}\n"
+                        "objectstore.backend = file\nlog.level = ERROR\n")
+    return conf
+
 
 def token_labels(env: dict[str, str] | None = None) -> list[str]:
     out = subprocess.run(["softhsm2-util", "--show-slots"], capture_output=True, text=True, env=env).stdout
@@ -66,16 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.label in token_labels():
         print(f"token {args.label!r} already initialised")
         return 0
-    pins = []
-    for path in (args.pin_file, args.so_pin_file):
-        if not path.exists():
-            import secrets
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.write(fd, secrets.token_hex(12).encode() + b"\n")
-            os.close(fd)
-        pins.append(path.read_text().strip())
+    pins = [random_pin(path, 24) for path in (args.pin_file, args.so_pin_file)]
     try:
         init_token(args.label, pins[0], pins[1])
     except RuntimeError as exc:

@@ -25,12 +25,9 @@ def pytest_configure(config):
 
         os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"] = tempfile.mkdtemp(prefix="device-ca-softhsm-")
         config._device_ca_softhsm_tmp = os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"]
-    directory = Path(os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"])
-    (directory / "tokens").mkdir(parents=True, exist_ok=True)
-    conf = directory / "softhsm2.conf"
-    if not conf.exists():
-        conf.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
+    from hsm.softhsm import write_config
+
+    os.environ["SOFTHSM2_CONF"] = str(write_config(Path(os.environ["DEVICE_CA_TEST_SOFTHSM_DIR"])))
 
 
 def pytest_unconfigure(config):

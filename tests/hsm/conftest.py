@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from hsm import TokenConfig, open_token
-from hsm.softhsm import init_token
+from hsm.softhsm import init_token, write_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE = os.environ.get("DEVICE_CA_TEST_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
@@ -71,12 +71,7 @@ def hsm_softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
         pytest.fail("SoftHSM2 is not installed (apt-get install softhsm2; scripts/setup.sh does it)")
     shared = os.environ.get("DEVICE_CA_TEST_SOFTHSM_DIR")
     directory = Path(shared) if shared else tmp_path_factory.mktemp("softhsm")
-    directory.mkdir(parents=True, exist_ok=True)
-    conf = directory / "softhsm2.conf"
-    if not conf.exists():
-        (directory / "tokens").mkdir(exist_ok=True)
-        conf.write_text(f"directories.tokendir = {directory / 'tokens'}\n"
-                        "objectstore.backend = file\nlog.level = ERROR\n")
+    conf = write_config(directory)
     os.environ["SOFTHSM2_CONF"] = str(conf)
     run = secrets.token_hex(4)
     pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
